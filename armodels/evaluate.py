@@ -1,0 +1,50 @@
+"""Evaluation of a trained model on held-out tokens: nats/token, bits/token, bits/byte, perplexity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from armodels.data import TokenWindows
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    nats_per_token: float
+    bits_per_token: float
+    bits_per_byte: float | None  # None when the byte length of tokens is unknown
+    perplexity: float
+    tokens: int
+    bytes: int | None
+
+
+@torch.no_grad()
+def evaluate_loss(model, windows: TokenWindows, *, token_bytes: np.ndarray | None = None, batch_size: int = 32,
+                  max_windows: int | None = None) -> EvalResult:
+    """Mean negative log-likelihood of every target token in the (first `max_windows`) windows, in order.
+
+    `token_bytes[id]` is the number of bytes token `id` stands for; with it, bits/byte is exact: total bits over
+    the bytes of exactly the tokens that were scored.
+    """
+    model.eval()
+    nats, n_tokens, n_bytes = 0.0, 0, 0
+    lengths = None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes), dtype=torch.int64)
+    for x, y in windows.eval_batches(batch_size, max_windows=max_windows):
+        logits, _, _ = model(x)
+        nats += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+        n_tokens += y.numel()
+        if lengths is not None:
+            n_bytes += int(lengths[y].sum())
+    per_token = nats / n_tokens
+    return EvalResult(
+        nats_per_token=per_token,
+        bits_per_token=per_token / math.log(2),
+        bits_per_byte=nats / math.log(2) / n_bytes if n_bytes else None,
+        perplexity=math.exp(per_token),
+        tokens=n_tokens,
+        bytes=n_bytes if lengths is not None else None,
+    )

@@ -1,0 +1,159 @@
+"""A decoder-only causal transformer (GPT-2 style, after nanoGPT's model.py), with a KV cache for decoding.
+
+One file holds the config, the model, its parameter count and its FLOPs per token, so that what the scaling study
+reports about a model can be checked against the model itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    vocab_size: int = 256
+    seq_len: int = 128  # context length; positions are learned, so generation stops at seq_len tokens
+    n_layer: int = 2
+    n_head: int = 2
+    n_embd: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.vocab_size, self.seq_len, self.n_layer, self.n_head, self.n_embd) < 1:
+            raise ValueError(f"transformer sizes must be positive: {self}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+
+# A KV cache is one (keys, values) pair per layer, each [batch, heads, tokens so far, head_dim].
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        # is_causal=True aligns the mask top-left, which is right only when queries and keys start together.
+        # With a cache, the new queries sit at the end of the keys, so the mask must be built explicitly.
+        n_past = k.size(2) - T
+        if n_past == 0:
+            mask, causal = None, True
+        elif T == 1:
+            mask, causal = None, False  # one new token may attend to everything before it
+        else:
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=n_past)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.proj(y), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, past=None):
+        a, present = self.attn(self.ln1(x), past)
+        x = x + a
+        x = x + self.mlp(self.ln2(x))
+        return x, present
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections that write into the residual stream.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, KVCache]:
+        """Logits for every position of `idx` [B, T]; mean cross-entropy (nats/token) if `targets` is given.
+
+        `cache` holds keys and values of earlier tokens (from a previous call); the returned cache covers them and
+        `idx`, so decoding feeds one new token at a time.
+        """
+        B, T = idx.shape
+        start = 0 if cache is None else cache[0][0].size(2)
+        if start + T > self.config.seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the model's context of {self.config.seq_len}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        new_cache: KVCache = []
+        for i, block in enumerate(self.blocks):
+            x, present = block(x, None if cache is None else cache[i])
+            new_cache.append(present)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss, new_cache
+
+    # ---- size and cost, beside the model (see scaling/flops.py for the conventions) ----
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; non-embedding excludes token and position embeddings (the tied head is the token one)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel() + self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward), per-layer count; see scaling.flops.transformer_flops."""
+        from scaling.flops import transformer_flops_per_token
+
+        c = self.config
+        return transformer_flops_per_token(c.n_layer, c.n_embd, c.seq_len, c.vocab_size)
+
+    def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
+        """Model FLOP utilisation: achieved training FLOP/s as a fraction of `peak_flops`."""
+        return self.flops_per_token() * tokens_per_second / peak_flops

@@ -1,0 +1,199 @@
+"""The `arscale` command line.
+
+Every error a user can cause prints one line (`error: ...`) and exits 2 for bad arguments or input, 1 for a
+failure while running; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from pipelines.errors import RunFailure, UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines about creating tables are noise here
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except UserError as e:
+        return _fail(args, e, 2)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        return _fail(args, e, 2)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # RunFailure, and anything unexpected
+        return _fail(args, e, 1)
+
+
+def _fail(args, error: BaseException, code: int) -> int:
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    else:
+        message = str(error).strip() or type(error).__name__
+        expected = isinstance(error, (UserError, RunFailure, OSError, ValueError))
+        if not expected:
+            message = f"{type(error).__name__}: {message}"
+        hint = "" if expected else "  (--debug shows the traceback)"
+        print(f"error: {message.splitlines()[0]}{hint}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's parser must not reset a --debug given before the subcommand.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    parser = argparse.ArgumentParser(prog="arscale", parents=[common],
+                                     description="Scaling-law studies of autoregressive models on Ray.")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    study = sub.add_parser("study", help="run and inspect studies", parents=[common]).add_subparsers(
+        metavar="ACTION")
+    p = study.add_parser("run", parents=[common], help="run a study (skips finished steps)",
+                         description="Run a study: tokenizer, shards, a grid of models, evaluation, fits, report.")
+    p.add_argument("config", nargs="?", help="study YAML file or preset name (default: text-default)")
+    p.add_argument("--out", type=Path, help="study folder (default: studies/<study name>)")
+    p.add_argument("--dry-run", action="store_true", help="print the steps, what would run, sizes and FLOPs")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                          "else sqlite:///<study>/mlflow.db)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    p.set_defaults(handler=cmd_study_run)
+    p = study.add_parser("status", parents=[common], help="show the state of every step of a study")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(handler=cmd_study_status)
+
+    p = sub.add_parser("report", parents=[common], help="show where a study's report is and its main numbers")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("fit", parents=[common], help="fit a scaling law to a table of runs")
+    p.add_argument("--runs", type=Path, required=True, help="CSV with columns params, tokens, loss[, flops, ...]")
+    p.add_argument("--form", default="compute",
+                   choices=["compute", "params", "tokens", "chinchilla", "envelope", "isoflop"])
+    p.add_argument("--convention", help="FLOPs convention when computing FLOPs from params and tokens")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--holdout-top", type=int, default=1)
+    p.add_argument("--predict-compute", type=float, nargs="*", default=[])
+    p.add_argument("--json", action="store_true", help="print only the fit as one JSON object")
+    p.add_argument("--plot", type=Path, help="write the fitted frontier as a PNG")
+    p.set_defaults(handler=cmd_fit)
+
+    p = sub.add_parser("train", parents=[common], help="run one training run in this process, without Ray",
+                       description="Train one model from a run.json (each study training step saves one) in a "
+                                   "single process: for debugging and GPU checks.")
+    p.add_argument("--config", type=Path, required=True, help="run.json of a training step")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("tokenize", parents=[common], help="tokenize text files into Parquet token shards",
+                       description="Tokenize text files with a trained tokenizer into Parquet shards with a "
+                                   "manifest (the format the study's shard step writes).")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (holds tokenizer.json)")
+    p.add_argument("--input", nargs="+", required=True, help="text files, directories or globs")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--shard-tokens", type=int, default=1_000_000)
+    p.add_argument("--extensions", nargs="*", default=[".txt", ".py", ".md"],
+                   help="file types read from directories")
+    p.set_defaults(handler=cmd_tokenize)
+    return parser
+
+
+def cmd_study_run(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.study import run_study
+
+    cfg, path = load_config(args.config)
+    out = args.out or Path("studies") / cfg.name
+    run_study(cfg, path, out, dry_run=args.dry_run, tracking_uri=args.tracking_uri, address=args.address)
+    return 0
+
+
+def cmd_study_status(args) -> int:
+    from pipelines.status import study_status
+
+    print(study_status(args.dir))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pipelines.status import report_summary
+
+    print(report_summary(args.dir))
+    return 0
+
+
+def cmd_fit(args) -> int:
+    import scaling
+
+    try:
+        runs = scaling.load_runs_csv(args.runs)
+        result = scaling.fit_runs(runs, args.form, convention=args.convention, bootstrap=args.bootstrap,
+                                  holdout_top=args.holdout_top, predict_compute=args.predict_compute)
+    except scaling.FitInputError as e:
+        raise UserError(str(e)) from None
+    if args.plot:
+        scaling.plots.plot_frontier(runs, result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(describe_fit(result.to_dict()))
+    return 0
+
+
+def describe_fit(fit: dict) -> str:
+    """A fit as a few readable lines: the law with intervals, the backtest, the predictions."""
+    ci = fit.get("ci", {})
+
+    def value(key: str) -> str:
+        low, high = ci.get(key, (None, None))
+        interval = f" [{low:.4g}, {high:.4g}]" if low is not None else ""
+        return f"{key} = {fit[key]:.4g}{interval}"
+
+    keys = [k for k in ("E", "A", "alpha", "B", "beta") if fit.get(k) is not None]
+    lines = [f"{fit['form']} fit on {fit['n_points']} runs" + (f" (FLOPs: {fit['convention']})"
+                                                                 if fit.get("convention") else "")]
+    lines += [f"  {value(k)}" for k in keys]
+    for row in fit.get("excluded", []):
+        lines.append(f"  excluded: {row}")
+    backtest = fit.get("backtest")
+    if backtest:
+        lines.append(f"  backtest (largest held out): mean abs. relative error {backtest['mean_abs_rel_error']:.2%}")
+    for p in fit.get("predictions", []):
+        lines.append(f"  predicted loss at C={p['compute']:.3g}: {p['loss']:.4f} [{p['low']:.4f}, {p['high']:.4f}]")
+    return "\n".join(lines)
+
+
+def cmd_train(args) -> int:
+    from armodels.train import TrainRun, train_single_process
+    from pipelines.progress import TrainingProgress
+
+    try:
+        run = TrainRun.load(args.config)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    result = train_single_process(run, args.out, on_metrics=TrainingProgress(run.name, run.tokens_seen, every=5))
+    print(json.dumps(result, indent=2))
+    return 0 if result["status"] == "ok" else 1
+
+
+def cmd_tokenize(args) -> int:
+    from pipelines.tokenize import tokenize_files
+
+    manifest = tokenize_files(args.tokenizer, args.input, args.out, shard_tokens=args.shard_tokens,
+                              extensions=tuple(args.extensions))
+    print(f"{manifest.documents} documents, {manifest.tokens:,} tokens in {len(manifest.shards)} shards → {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

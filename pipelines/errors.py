@@ -1,0 +1,9 @@
+"""The two kinds of error the CLI reports in one line (exit codes: 2 for UserError, 1 for RunFailure)."""
+
+
+class UserError(Exception):
+    """Bad arguments or invalid/missing input: fix the input and run again (exit code 2)."""
+
+
+class RunFailure(Exception):
+    """Something failed while running; finished work is kept (exit code 1)."""

@@ -1,0 +1,109 @@
+"""Step `train-<size>`: one grid point, trained by Ray Train's TorchTrainer running DeepSpeed.
+
+The loop itself is armodels.train.train (no Ray inside); this step only places it on Ray Train workers, logs its
+metrics to the step's MLflow run (step = tokens seen) and prints progress. The run's full description is saved as
+run.json, so `arscale train --config <step dir>/run.json --out DIR` repeats it in one process without Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from armodels.files import read_json, write_json_atomic
+from armodels.shards import read_manifest
+from armodels.train import TrainConfig, TrainRun
+from armodels.transformer import TransformerConfig
+from pipelines.executor import StepContext
+
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class TrainStepConfig:
+    name: str
+    model: TransformerConfig
+    train: TrainConfig
+    num_workers: int = 1
+    cpus_per_worker: int = 1
+
+    def run(self, shards_dir: Path) -> TrainRun:
+        return TrainRun(self.model, self.train, str(Path(shards_dir) / "train"), str(Path(shards_dir) / "val"),
+                        name=self.name)
+
+
+def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    run = config.run(ctx.inputs["shards"])
+    vocab = read_manifest(run.train_shards).vocab_size
+    if vocab > run.model.vocab_size:
+        raise ValueError(f"the tokenizer has {vocab} tokens but the model only {run.model.vocab_size}")
+    write_json_atomic(ctx.output / "run.json", run.to_dict())
+    ctx.log(f"{run.steps} steps × {run.train.batch_size} sequences × {run.model.seq_len} tokens on "
+            f"{config.num_workers} worker(s) × {config.cpus_per_worker} CPU(s)")
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"run": run.to_dict(), "out": str(ctx.output), "threads": config.cpus_per_worker,
+                           "tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id},
+        scaling_config=ScalingConfig(num_workers=config.num_workers,
+                                     resources_per_worker={"CPU": config.cpus_per_worker}),
+        run_config=RunConfig(name=config.name, storage_path=str(ctx.output / "ray-train"),
+                             logging_config=LoggingConfig(log_level="WARNING")),
+    )
+    try:
+        trainer.fit()
+    except Exception as e:
+        raise _worker_error(e) from None
+    result = read_json(ctx.output / "result.json", "training result")
+    logger = ctx.logger()
+    if logger:
+        logger.log_metrics({k: result[k] for k in ("params", "params_nonembedding", "flops_6ND",
+                                                   "flops_per_layer", "tokens_per_s", "train_seconds")},
+                           step=result["tokens"])
+        logger.set_tags({"arscale.status": result["status"]})
+        logger.flush()
+    return {"status": result["status"], "reason": result["reason"], "tokens": result["tokens"],
+            "final_train_loss": result["final_train_loss"]}
+
+
+def _train_worker(loop_config: dict) -> None:
+    """Runs on each Ray Train worker; torch.distributed is already set up by Ray Train."""
+    import ray.train
+    import torch
+
+    from armodels.train import train
+    from pipelines.progress import TrainingProgress
+    from pipelines.tracking import RunLogger
+
+    torch.set_num_threads(loop_config["threads"])
+    run = TrainRun.from_dict(loop_config["run"])
+    out = Path(loop_config["out"])
+    rank = ray.train.get_context().get_world_rank()
+    logger = None
+    if rank == 0 and loop_config["run_id"]:
+        logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], out / "mlflow-unsent.jsonl")
+    progress = TrainingProgress(run.name, run.tokens_seen)
+
+    def on_metrics(metrics: dict) -> None:
+        progress(metrics)
+        if logger:
+            names = {"loss": "train_loss", "val_loss": "val_loss", "lr": "lr", "tokens_per_s": "tokens_per_s"}
+            logger.log_metrics({names[k]: v for k, v in metrics.items() if k in names}, step=metrics["tokens"])
+
+    try:
+        train(run, out, on_metrics=on_metrics)
+    finally:
+        if logger:
+            logger.flush()
+
+
+def _worker_error(e: Exception) -> Exception:
+    """Ray Train wraps worker exceptions; surface the first worker's own error."""
+    failures = getattr(e, "worker_failures", None)
+    if failures:
+        rank, error = sorted(failures.items())[0]
+        cause = getattr(error, "cause", None) or error
+        return RuntimeError(f"training worker {rank} failed: {type(cause).__name__}: {str(cause).strip()}")
+    return e

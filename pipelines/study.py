@@ -1,0 +1,231 @@
+"""A study: the DAG of steps built from a StudyConfig, and running it.
+
+    corpus ─► tokenizer ─► shards ─► train-<size> ─► eval-<size> ─► fit ─► report
+       └──────────────────────┘         (one pair per model size)          ▲
+                                                                           └── train/eval outputs
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from armodels.files import read_json, write_json_atomic
+from armodels.train import TrainConfig
+from armodels.transformer import TransformerConfig
+from pipelines.config import StudyConfig
+from pipelines.errors import RunFailure, UserError
+from pipelines.executor import Executor, Outcome, Resources, Step, topological_order
+from pipelines.progress import duration, human
+from pipelines.steps import corpus, evaluate, fit, report, shards, tokenizer, train
+from scaling.flops import transformer_nonembedding_params
+
+STUDY_FILE = "study.json"
+LOCK_FILE = ".lock"
+
+
+def token_budget(cfg: StudyConfig, n_layer: int, n_embd: int, override: int | None) -> int:
+    """Tokens for one size: its override, else training.tokens, else tokens_per_param × N_nonemb, clipped."""
+    t = cfg.training
+    if override or t.tokens:
+        return override or t.tokens
+    n = transformer_nonembedding_params(n_layer, n_embd)
+    return int(min(max(t.tokens_per_param * n, t.min_tokens), t.max_tokens))
+
+
+def train_configs(cfg: StudyConfig) -> list[train.TrainStepConfig]:
+    """One training-step config per model size of the grid."""
+    t = cfg.training
+    shared = {f.name: getattr(t, f.name) for f in fields(TrainConfig)
+              if f.name != "tokens" and getattr(t, f.name, None) is not None}
+    out = []
+    for size in cfg.models.sizes:
+        model = TransformerConfig(vocab_size=cfg.tokenizer.vocab_size, seq_len=cfg.models.seq_len,
+                                  n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd)
+        options = {**shared, "seed": cfg.seed, **({"lr": size.lr} if size.lr else {})}
+        budget = token_budget(cfg, size.n_layer, size.n_embd, size.tokens)
+        out.append(train.TrainStepConfig(size.label, model, TrainConfig(tokens=budget, **options),
+                                         num_workers=t.num_workers, cpus_per_worker=t.cpus_per_worker))
+    return out
+
+
+def corpus_config(cfg: StudyConfig) -> corpus.CorpusStepConfig:
+    c = cfg.corpus
+    if c.source == "python-stdlib":
+        return corpus.stdlib_config(c.max_bytes, c.val_fraction, cfg.seed, c.max_file_bytes)
+    # Absolute paths, so the step's hash and its reading do not depend on the directory the study runs from.
+    paths = tuple(p if glob.has_magic(p) else str(Path(p).resolve()) for p in c.paths)
+    return corpus.CorpusStepConfig(paths, tuple(c.extensions), c.max_bytes, c.val_fraction, cfg.seed,
+                                   c.max_file_bytes)
+
+
+def build_steps(cfg: StudyConfig) -> list[Step]:
+    """The study's DAG, as the list of its final steps (just the report), which reach every other step."""
+    c = cfg.corpus
+    corpus_step = Step("corpus", corpus.build_corpus, corpus_config(cfg), version=corpus.VERSION,
+                       describe=f"{c.source}, up to {human(c.max_bytes)}B, {c.val_fraction:.0%} held out")
+    tok_step = Step("tokenizer", tokenizer.train_tokenizer,
+                    tokenizer.TokenizerStepConfig(cfg.tokenizer.vocab_size, cfg.tokenizer.train_bytes),
+                    inputs={"corpus": corpus_step}, version=tokenizer.VERSION,
+                    describe=f"byte-level BPE, vocab {cfg.tokenizer.vocab_size}")
+    shard_step = Step("shards", shards.shard_corpus, shards.ShardStepConfig(cfg.shards.shard_tokens),
+                      inputs={"corpus": corpus_step, "tokenizer": tok_step}, version=shards.VERSION,
+                      describe=f"Parquet shards of {human(cfg.shards.shard_tokens)} tokens")
+    e = cfg.evaluation
+    eval_cfg = evaluate.EvalStepConfig(e.max_tokens, e.samples, e.sample_tokens, e.temperature, e.top_k, e.top_p,
+                                       cfg.seed)
+    trains, evals = {}, {}
+    for tc in train_configs(cfg):
+        run = tc.run(Path("."))
+        flops = run.flops(cfg.fit.convention)
+        trains[tc.name] = Step(
+            f"train-{tc.name}", train.train_model, tc, inputs={"shards": shard_step}, version=train.VERSION,
+            resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True), priority=flops,
+            describe=(f"{human(transformer_nonembedding_params(tc.model.n_layer, tc.model.n_embd))} params "
+                      "(non-emb), "
+                      f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({cfg.fit.convention})"))
+        evals[tc.name] = Step(f"eval-{tc.name}", evaluate.evaluate_model, eval_cfg, version=evaluate.VERSION,
+                              inputs={"train": trains[tc.name], "shards": shard_step, "tokenizer": tok_step},
+                              describe=f"val loss on ≤{human(e.max_tokens)} tokens, {e.samples} samples")
+    f = cfg.fit
+    fit_step = Step("fit", fit.fit_study,
+                    fit.FitStepConfig(f.convention, f.bootstrap, f.holdout_top, tuple(f.predict_multipliers),
+                                      cfg.seed),
+                    inputs=evals, version=fit.VERSION,
+                    describe=f"L(C) and L(N) power laws, {f.bootstrap} bootstraps, hold out top {f.holdout_top}")
+    report_step = Step("report", report.write_report, report.ReportStepConfig(cfg.name, cfg.model_dump(mode="json")),
+                       inputs={"fit": fit_step, **{f"train-{k}": v for k, v in trains.items()},
+                               **{f"eval-{k}": v for k, v in evals.items()}},
+                       version=report.VERSION, describe="report.md with plots")
+    return [report_step]
+
+
+def describe_plan(executor: Executor, targets: list[Step]) -> str:
+    """The DAG as a table: each step, whether it will run or be skipped, and what it does."""
+    rows = []
+    for step, state in executor.plan(targets):
+        action = "skip (done)" if state["state"] == "succeeded" else f"run ({state['state']})"
+        rows.append((step.dirname, action, step.describe))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'step':<{width}}  {'action':<20}  what", f"{'-' * width}  {'-' * 20}  ----"]
+    lines += [f"{d:<{width}}  {a:<20}  {w}" for d, a, w in rows]
+    return "\n".join(lines)
+
+
+def check_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable ({e.strerror}); choose another with --out") from None
+
+
+def check_corpus(cfg: StudyConfig) -> None:
+    """Fail before starting Ray when the corpus is missing or empty."""
+    try:
+        c = corpus_config(cfg)
+        files = corpus.find_files(c.paths, c.extensions)
+    except FileNotFoundError as e:
+        raise UserError(f"{e}; fix corpus.paths in the config") from None
+    if not any(f.stat().st_size for f in files):
+        raise UserError(f"the corpus is empty: no non-empty files with extensions {list(cfg.corpus.extensions)} "
+                        f"under {', '.join(cfg.corpus.paths) or 'the standard library'}")
+
+
+class StudyLock:
+    """One running study per folder: a lock file with the owner's host and pid (stale locks are taken over)."""
+
+    def __init__(self, out: Path):
+        self.path = out / LOCK_FILE
+
+    def __enter__(self):
+        if self.path.is_file():
+            try:
+                owner = read_json(self.path)
+            except ValueError:
+                owner = {}
+            if owner.get("host") == socket.gethostname() and _pid_alive(owner.get("pid")):
+                raise UserError(f"study {self.path.parent} is already running (pid {owner['pid']}); "
+                                "wait for it or stop it first")
+        write_json_atomic(self.path, {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def run_study(cfg: StudyConfig, config_path: Path, out: Path, *, dry_run: bool = False,
+              tracking_uri: str | None = None, address: str | None = None, log=print) -> dict[str, Outcome]:
+    """Run (or with dry_run, only show) the study; returns each step's outcome.
+
+    Raises RunFailure if a step failed, after every step that does not depend on it has run.
+    """
+    from pipelines.tracking import StudyTracking, resolve_tracking_uri
+
+    out = Path(out).resolve()
+    targets = build_steps(cfg)
+    if dry_run:
+        log(describe_plan(Executor(out), targets))
+        return {}
+    check_output_dir(out)
+    check_corpus(cfg)
+    started = time.time()
+    with StudyLock(out):
+        from cluster.local import connect
+
+        previous = read_json(out / STUDY_FILE) if (out / STUDY_FILE).is_file() else {}
+        uri = resolve_tracking_uri(tracking_uri, out)
+        tracking = StudyTracking(uri, cfg.name, out, previous.get("mlflow", {}).get("parent_run_id"))
+        dashboard = connect(address)
+        executor = Executor(out, tracking, log=log)
+        steps = topological_order(targets)
+        write_json_atomic(out / STUDY_FILE, {
+            "name": cfg.name, "config_path": str(config_path), "config": cfg.model_dump(mode="json"),
+            "steps": [{"name": s.name, "dir": s.dirname, "inputs": {k: d.dirname for k, d in s.inputs.items()},
+                       "describe": s.describe} for s in steps],
+            "report": f"{targets[0].dirname}/report.md",
+            "mlflow": {"tracking_uri": uri, "experiment_id": tracking.experiment_id,
+                       "parent_run_id": tracking.parent_run_id},
+        })
+        log(f"study {cfg.name} → {out}")
+        log(f"MLflow: {uri}" + (f"   Ray dashboard: {dashboard}" if dashboard else ""))
+        try:
+            outcomes = executor.run(targets)
+        except KeyboardInterrupt:
+            tracking.finish_study(ok=False)
+            raise RunFailure("interrupted; finished steps are kept — run the same command again to resume") from None
+        failed = {n: o for n, o in outcomes.items() if o.state == "failed"}
+        tracking.finish_study(ok=not failed)
+        ran = sum(o.state == "succeeded" for o in outcomes.values())
+        log(f"{ran} steps ran, {sum(o.state == 'skipped' for o in outcomes.values())} skipped "
+            f"in {duration(time.time() - started)}")
+        if failed:
+            blocked = sum(o.state == "blocked" for o in outcomes.values())
+            names = ", ".join(f"{n} ({o.error})" for n, o in failed.items())
+            raise RunFailure(f"{len(failed)} step(s) failed: {names}; {blocked} step(s) waiting on them. "
+                             f"Finished steps are kept: fix the cause and run the same command again")
+        _link_latest(out / "report", targets[0].dirname)
+        log(f"report: {out / targets[0].dirname / 'report.md'}")
+        return outcomes
+
+
+def _link_latest(link: Path, target: str) -> None:
+    """`<study>/report` always points at the newest report directory."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)

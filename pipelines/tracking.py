@@ -1,0 +1,160 @@
+"""MLflow tracking: one parent run per study, one nested run per executed step (a training run is a step).
+
+By default a study tracks into a SQLite store inside its own folder (`sqlite:///<study>/mlflow.db`, artifacts in
+`<study>/mlartifacts`); `MLFLOW_TRACKING_URI` or `--tracking-uri` point it elsewhere, e.g. a `mlflow server`.
+Logging never stops a study: a tracking call that keeps failing is written to `<step dir>/mlflow-unsent.jsonl`
+with a warning instead, and the work goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+STUDY_TAG = "arscale.study"
+
+
+def resolve_tracking_uri(cli_uri: str | None, study_dir: Path) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite store inside the study folder."""
+    return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(study_dir).resolve()}/mlflow.db"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """A nested config as flat `a.b.c -> value` strings, as MLflow params want them."""
+    if is_dataclass(obj):
+        obj = asdict(obj)
+    if hasattr(obj, "model_dump"):
+        obj = obj.model_dump(mode="json")
+    if isinstance(obj, dict):
+        out: dict[str, str] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): str(obj)[:6000]}
+
+
+def _with_retries(fn, *args, attempts: int = 4, **kwargs):
+    """SQLite stores lock briefly under concurrent writers and servers restart: retry with backoff."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.25 * 2**i)
+
+
+class StudyTracking:
+    """Creates the study's parent run and the nested runs of its steps (called from the study driver)."""
+
+    def __init__(self, uri: str, study_name: str, study_dir: Path, parent_run_id: str | None = None):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            artifacts = (Path(study_dir).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+            self.experiment_id = self.client.create_experiment(study_name, artifact_location=artifacts)
+        else:
+            self.experiment_id = experiment.experiment_id
+        run = None
+        if parent_run_id:
+            try:
+                run = self.client.get_run(parent_run_id)
+            except mlflow.exceptions.MlflowException:
+                run = None  # the store was replaced; start a new parent run
+        if run is None:
+            run = self.client.create_run(self.experiment_id, run_name=study_name,
+                                         tags={STUDY_TAG: str(Path(study_dir).resolve())})
+        else:
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        self.parent_run_id = run.info.run_id
+
+    def start_step_run(self, name: str, dirname: str, config: Any, inputs: dict[str, str]) -> str:
+        """A nested run for one execution of a step; tags trace it to its inputs' versioned directories."""
+        from mlflow.entities import Param
+
+        tags = {"mlflow.parentRunId": self.parent_run_id, "arscale.step": name, "arscale.step_dir": dirname,
+                "arscale.step_hash": dirname.rsplit("-", 1)[-1]}
+        tags.update({f"arscale.input.{k}": v for k, v in inputs.items()})
+        run = _with_retries(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
+        params = [Param(k, v) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):  # MLflow caps params per batch at 100
+            _with_retries(self.client.log_batch, run.info.run_id, params=params[i:i + 100])
+        return run.info.run_id
+
+    def finish_run(self, run_id: str, ok: bool, error: str | None = None) -> None:
+        if error:
+            _with_retries(self.client.set_tag, run_id, "arscale.error", error[:5000])
+        _with_retries(self.client.set_terminated, run_id, "FINISHED" if ok else "FAILED")
+
+    def finish_study(self, ok: bool) -> None:
+        self.finish_run(self.parent_run_id, ok)
+
+
+class RunLogger:
+    """Logs metrics, tags and artifacts into one existing run, from any process (the step's Ray worker).
+
+    Metrics are buffered and sent in batches; if the store stays unreachable they go to a local JSONL file
+    (`fallback`) with one warning, so training never waits on tracking.
+    """
+
+    def __init__(self, uri: str, run_id: str, fallback: Path, flush_every: float = 5.0):
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_id = run_id
+        self.fallback = Path(fallback)
+        self.flush_every = flush_every
+        self._buffer: list = []
+        self._last_flush = time.monotonic()
+        self._warned = False
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer += [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None]
+        if time.monotonic() - self._last_flush > self.flush_every:
+            self.flush()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._call(self._set_tags, tags, what={"tags": tags})
+
+    def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None:
+        self._call(self.client.log_artifacts, self.run_id, str(directory), artifact_path,
+                   what={"artifacts": str(directory)})
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._call(self.client.log_artifact, self.run_id, str(path), artifact_path, what={"artifact": str(path)})
+
+    def flush(self) -> None:
+        batch, self._buffer = self._buffer, []
+        self._last_flush = time.monotonic()
+        for i in range(0, len(batch), 1000):  # MLflow caps metrics per batch at 1000
+            chunk = batch[i:i + 1000]
+            self._call(self.client.log_batch, self.run_id, metrics=chunk,
+                       what={"metrics": [[m.key, m.value, m.step] for m in chunk]})
+
+    def _set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def _call(self, fn, *args, what: dict, **kwargs) -> None:
+        try:
+            _with_retries(fn, *args, **kwargs)
+        except Exception as e:
+            if not self._warned:
+                print(f"warning: MLflow is unreachable ({type(e).__name__}); writing to {self.fallback} instead",
+                      file=sys.stderr, flush=True)
+                self._warned = True
+            with open(self.fallback, "a") as f:
+                f.write(json.dumps({"run_id": self.run_id, **what}, default=str) + "\n")

@@ -1,0 +1,47 @@
+"""Shared fixtures: real text (the Python standard library), a real tokenizer and shards, a real local Ray."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+@pytest.fixture(scope="session")
+def stdlib_texts() -> list[str]:
+    """About 600 kB of real Python source: the json, email and logging packages of the standard library."""
+    files = sorted(p for pkg in ("json", "email", "logging") for p in (STDLIB / pkg).glob("*.py"))
+    return [f.read_text(encoding="utf-8") for f in files]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(stdlib_texts):
+    from armodels.bpe import train_bpe
+
+    return train_bpe(stdlib_texts, 320)
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory, stdlib_texts, tokenizer) -> Path:
+    """A shard directory with train/ and val/ splits, as the study's shard step writes it."""
+    from armodels.shards import tokenize_to_shards
+
+    root = tmp_path_factory.mktemp("shards")
+    tokenize_to_shards(tokenizer, stdlib_texts[:-4], root / "train", split="train", shard_tokens=40_000)
+    tokenize_to_shards(tokenizer, stdlib_texts[-4:], root / "val", split="val")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real Ray cluster on 127.0.0.1 with 2 CPUs, shared by the tests of a session."""
+    import ray
+
+    from cluster.local import connect
+
+    connect(num_cpus=2)
+    yield ray
+    ray.shutdown()

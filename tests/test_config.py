@@ -1,0 +1,65 @@
+import pytest
+
+from pipelines.config import PRESETS_DIR, load_config
+from pipelines.errors import UserError
+from pipelines.study import build_steps, token_budget, train_configs
+from pipelines.executor import topological_order
+from scaling.flops import transformer_nonembedding_params
+
+
+def write(tmp_path, text):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+MINIMAL = "name: s\nmodels:\n  sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]\n"
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+def test_presets_are_valid(preset):
+    cfg, path = load_config(preset)
+    assert path.parent == PRESETS_DIR and cfg.models.sizes
+
+
+def test_default_study_spans_thirty_fold_in_non_embedding_params():
+    cfg, _ = load_config(None)
+    params = [transformer_nonembedding_params(t.model.n_layer, t.model.n_embd) for t in train_configs(cfg)]
+    assert len(params) >= 5 and max(params) / min(params) >= 30
+
+
+def test_token_budget_rule():
+    cfg, _ = load_config("text-default")
+    assert token_budget(cfg, 1, 32, None) == 500_000  # 20 × 12.5k = 250k, raised to min_tokens
+    assert token_budget(cfg, 4, 128, None) == 2_000_000  # capped at max_tokens
+    assert token_budget(cfg, 4, 128, 123) == 123
+
+
+@pytest.mark.parametrize("text, message", [
+    (MINIMAL + "training:\n  lrr: 0.1\n", r"training\.lrr: unknown key"),
+    (MINIMAL + "training:\n  lr: fast\n", r"training\.lr: Input should be a valid number.*'fast'"),
+    (MINIMAL + "training:\n  lr: -1\n", r"training\.lr: Input should be greater than 0"),
+    (MINIMAL + "tokenizer:\n  vocab_size: 100\n", r"tokenizer\.vocab_size: Input should be greater than or equal to 258"),
+    ("name: s\nmodels:\n  sizes: [{n_layer: 1, n_embd: 30, n_head: 4}]\n", r"models\.sizes\.0: n_embd 30 is not a multiple"),
+    ("name: s\n", r"models: Field required"),
+    ("name: s\nmodels: {sizes: [}\n", r"not valid YAML at line 2"),
+    ("- a\n- b\n", r"must be a YAML mapping"),
+])
+def test_bad_configs_give_one_line_naming_the_key(tmp_path, text, message):
+    with pytest.raises(UserError, match=message) as e:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_config_names_the_presets():
+    with pytest.raises(UserError, match="config nope.yaml not found.*text-default"):
+        load_config("nope.yaml")
+
+
+def test_changing_one_field_changes_only_downstream_hashes(tmp_path):
+    base, _ = load_config("text-tiny")
+    changed = base.model_copy(update={"evaluation": base.evaluation.model_copy(update={"samples": 2})})
+    before = {s.name: s.hash for s in topological_order(build_steps(base))}
+    after = {s.name: s.hash for s in topological_order(build_steps(changed))}
+    differ = {n for n in before if before[n] != after[n]}
+    assert differ == {n for n in before if n.startswith("eval-")} | {"fit", "report"}

@@ -1,0 +1,95 @@
+"""MLflow tracking against a real `mlflow server` on 127.0.0.1, and what happens when it is unreachable."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.tracking import RunLogger, StudyTracking, flatten, resolve_tracking_uri
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root}/server.db", "--default-artifact-root", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            MlflowClient(uri).search_experiments()
+            break
+        except Exception:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@dataclass
+class Cfg:
+    lr: float = 0.1
+    sizes: tuple = (1, 2)
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("http://x:1", tmp_path) == "http://x:1"
+
+
+def test_flatten_nested_config():
+    assert flatten({"a": Cfg(), "b": {"c": None}}) == {"a.lr": "0.1", "a.sizes": "(1, 2)", "b.c": "None"}
+
+
+def test_parent_and_nested_runs_on_a_real_server(tmp_path, mlflow_server):
+    tracking = StudyTracking(mlflow_server, "server-study", tmp_path)
+    run_id = tracking.start_step_run("train-a", "train-a-0123456789", Cfg(), {"shards": "shards-abc"})
+    logger = RunLogger(mlflow_server, run_id, tmp_path / "unsent.jsonl", flush_every=3600)
+    for tokens in (100, 200, 300):
+        logger.log_metrics({"train_loss": 5.0 - tokens / 100}, step=tokens)
+    logger.flush()
+    tracking.finish_run(run_id, ok=True)
+    # the same study again reuses its parent run
+    again = StudyTracking(mlflow_server, "server-study", tmp_path, tracking.parent_run_id)
+    assert again.parent_run_id == tracking.parent_run_id
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.data.tags["mlflow.parentRunId"] == tracking.parent_run_id
+    assert run.data.tags["arscale.input.shards"] == "shards-abc" and run.data.params["lr"] == "0.1"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train_loss")] == [
+        (100, 4.0), (200, 3.0), (300, 2.0)]
+    assert run.info.status == "FINISHED" and not (tmp_path / "unsent.jsonl").exists()
+
+
+def test_unreachable_server_never_stops_the_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    logger = RunLogger(f"http://127.0.0.1:{free_port()}", "0" * 32, tmp_path / "unsent.jsonl", flush_every=0)
+    logger.log_metrics({"train_loss": 1.5}, step=10)
+    logger.log_metrics({"train_loss": 1.4}, step=20)
+    lines = [json.loads(x) for x in (tmp_path / "unsent.jsonl").read_text().splitlines()]
+    assert [m for line in lines for m in line["metrics"]] == [["train_loss", 1.5, 10], ["train_loss", 1.4, 20]]
+    assert capsys.readouterr().err.count("MLflow is unreachable") == 1
