@@ -16,7 +16,7 @@ from pathlib import Path
 
 from armodels.files import read_json, write_json_atomic
 from armodels.train import TrainConfig
-from armodels.transformer import TransformerConfig
+from armodels.models.transformer import TransformerConfig
 from pipelines.config import StudyConfig
 from pipelines.errors import RunFailure, UserError
 from pipelines.executor import Executor, Outcome, Resources, Step, topological_order

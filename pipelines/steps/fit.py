@@ -40,13 +40,14 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
     fits, summary = {}, {}
     for form in FORMS:
         try:
-            result = scaling.fit_runs(runs, form, bootstrap=config.bootstrap, holdout_top=config.holdout_top,
+            result = scaling.fit_runs(runs, form, convention=config.convention if form == "compute" else None,
+                                      bootstrap=config.bootstrap, holdout_top=config.holdout_top,
                                       predict_compute=targets if form == "compute" else (), seed=config.seed)
         except scaling.FitInputError as e:  # too few usable runs: the report says so instead of failing
             fits[form] = {"form": form, "error": str(e)}
             ctx.log(f"{form} fit not possible: {e}")
             continue
-        fits[form] = {**result.to_dict(), "convention": config.convention if form == "compute" else None}
+        fits[form] = result.to_dict()
         plot = ctx.output / ("frontier.png" if form == "compute" else "params.png")
         scaling.plots.plot_frontier(runs, result, plot, extrapolate_to=max(targets) if targets else None)
         if form == "compute" and result.backtest:

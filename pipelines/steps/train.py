@@ -13,7 +13,7 @@ from pathlib import Path
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import read_manifest
 from armodels.train import TrainConfig, TrainRun
-from armodels.transformer import TransformerConfig
+from armodels.models.transformer import TransformerConfig
 from pipelines.executor import StepContext
 
 VERSION = "1"

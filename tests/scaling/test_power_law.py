@@ -1,0 +1,67 @@
+"""The 1-D forms L(x) = E + A·x^−α: recovery, bootstrap coverage, backtest, tiny studies."""
+
+import time
+
+import numpy as np
+import pytest
+
+import scaling
+
+
+def test_recovers_known_parameters_within_2_percent(power_law_runs):
+    c, loss = power_law_runs(count=12, noise=0.0005)
+    fit = scaling.fit_compute(c, loss, bootstrap=0, holdout_top=0)
+    for name, truth in {"E": 1.8, "A": 60, "alpha": 0.12}.items():
+        assert fit.params[name] == pytest.approx(truth, rel=0.02), name
+
+
+@pytest.mark.slow
+def test_bootstrap_interval_covers_the_truth_in_most_seeds(power_law_runs):
+    covered = 0
+    for seed in range(50):
+        c, loss = power_law_runs(count=8, noise=0.003, seed=seed)
+        fit = scaling.fit_compute(c, loss, bootstrap=100, holdout_top=0, seed=seed)
+        low, high = fit.ci["alpha"]
+        covered += low <= 0.12 <= high
+    assert covered >= 35  # a 90% percentile interval on 8 points under-covers a little; most is the claim
+
+
+def test_backtest_predicts_the_largest_runs(power_law_runs):
+    c, loss = power_law_runs(count=10, noise=0.001)
+    fit = scaling.fit_compute(c, loss, bootstrap=0, holdout_top=2)
+    bt = fit.backtest
+    assert bt.x == list(c[-2:]) and bt.actual == list(loss[-2:])
+    assert len(bt.abs_rel_error) == 2 and bt.mean_abs_rel_error < 0.01
+
+
+def test_backtest_impossible_has_a_reason(power_law_runs):
+    c, loss = power_law_runs(count=4)
+    fit = scaling.fit_compute(c, loss, bootstrap=0, holdout_top=1)
+    assert fit.backtest is None and "leaves 3, fewer than the 4" in fit.backtest_note
+
+
+def test_tiny_study_bootstrap_is_fast_and_counts_skipped_resamples(power_law_runs):
+    c, loss = power_law_runs(count=5, noise=0.01)
+    started = time.perf_counter()
+    fit = scaling.fit_compute(c, loss, bootstrap=1000, predict_compute=[1e17])
+    elapsed = time.perf_counter() - started
+    assert 800 < fit.bootstrap_used < 1000  # resamples with < 3 distinct x are skipped, and said so
+    assert any("resamples used" in w for w in fit.warnings)
+    p = fit.predictions[0]
+    assert p.low <= p.loss <= p.high
+    assert fit.params["E"] >= 0 and fit.params["A"] > 0 and fit.params["alpha"] >= 0
+    print(f"5-point fit with 1,000 resamples: {elapsed:.2f} s")  # not asserted: the machine is shared
+
+
+def test_params_and_tokens_forms(power_law_runs):
+    x, loss = power_law_runs(count=8, noise=0.0005)
+    assert scaling.fit_params(x, loss, bootstrap=0).params["alpha"] == pytest.approx(0.12, rel=0.05)
+    fit = scaling.fit_tokens(x, loss, bootstrap=0)
+    assert fit.form == "tokens" and fit.predict([1e14])[0] == pytest.approx(1.8 + 60 * 1e14**-0.12, rel=0.01)
+
+
+def test_bad_arrays_are_one_line_errors():
+    with pytest.raises(scaling.FitInputError, match=r"^C\[1\] = -1: values must be finite and positive"):
+        scaling.fit_compute([1, -1, 3, 4], [1, 2, 3, 4])
+    with pytest.raises(scaling.FitInputError, match="inputs differ in length: C 2, L 3"):
+        scaling.fit_compute([1, 2], [1, 2, 3])
