@@ -24,7 +24,7 @@ import torch
 from armodels.data import TokenWindows
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import load_token_stream
-from armodels.transformer import Transformer, TransformerConfig
+from armodels.models.transformer import Transformer, TransformerConfig
 from scaling.flops import training_flops, transformer_nonembedding_params
 
 

@@ -11,7 +11,7 @@ from armodels.data import TokenWindows
 from armodels.evaluate import evaluate_loss
 from armodels.shards import load_token_stream
 from armodels.train import TrainConfig, TrainRun, load_model, lr_multiplier, train_single_process
-from armodels.transformer import TransformerConfig
+from armodels.models.transformer import TransformerConfig
 
 
 def make_run(shards, **train) -> TrainRun:

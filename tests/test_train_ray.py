@@ -5,7 +5,7 @@ import json
 import pytest
 
 from armodels.train import TrainConfig, train_single_process
-from armodels.transformer import TransformerConfig
+from armodels.models.transformer import TransformerConfig
 from pipelines.executor import StepContext
 from pipelines.steps.train import TrainStepConfig, train_model
 

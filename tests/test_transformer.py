@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from armodels.sampling import filter_logits, generate
-from armodels.transformer import Transformer, TransformerConfig
+from armodels.models.transformer import Transformer, TransformerConfig
 from scaling.flops import transformer_flops_per_token, transformer_nonembedding_params
 
 

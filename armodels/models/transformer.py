@@ -2,6 +2,15 @@
 
 One file holds the config, the model, its parameter count and its FLOPs per token, so that what the scaling study
 reports about a model can be checked against the model itself.
+
+Two views of the same network:
+- `forward(idx, targets, cache)`: next-token prediction on idx, each token at its own position (the training loop's
+  path and `armodels.sampling.generate`'s);
+- `conditionals(x)`: the family interface. Step s ≥ 1 of the ordering π runs on the tokens at π(0..s-1), each at
+  its own position, so in raster order `conditionals(x)[:, 1:]` is `forward(x[:, :-1])` and a model trained either
+  way serves both. Step 0 has no token: the network runs on an empty token at position 0, alone, which costs no
+  extra parameter. With `any_order=True` every input also gets an embedding of the position it predicts (π(s), as
+  in σ-GPT), so that one network can decode in any ordering.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from armodels.models.base import ARModel
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -22,6 +33,7 @@ class TransformerConfig:
     n_head: int = 2
     n_embd: int = 64
     dropout: float = 0.0
+    any_order: bool = False  # adds an embedding of the position to predict, so orderings other than raster work
 
     def __post_init__(self) -> None:
         if min(self.vocab_size, self.seq_len, self.n_layer, self.n_head, self.n_embd) < 1:
@@ -65,6 +77,10 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.proj(y), (k, v)
 
+    @staticmethod
+    def cached_tokens(past: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return past[0].size(2)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: TransformerConfig):
@@ -78,10 +94,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, attention: type[nn.Module] = CausalSelfAttention):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.n_embd)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = attention(cfg)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
@@ -92,14 +108,18 @@ class Block(nn.Module):
         return x, present
 
 
-class Transformer(nn.Module):
+class Transformer(ARModel):
+    family = "transformer"
+    attention: type[nn.Module] = CausalSelfAttention  # linear attention swaps this
+
     def __init__(self, cfg: TransformerConfig):
-        super().__init__()
-        self.config = cfg
+        super().__init__(cfg)
+        self.any_order = cfg.any_order
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.seq_len, cfg.n_embd)
+        self.wpe_next = nn.Embedding(cfg.seq_len, cfg.n_embd) if cfg.any_order else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, self.attention) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
@@ -123,29 +143,51 @@ class Transformer(nn.Module):
         `idx`, so decoding feeds one new token at a time.
         """
         B, T = idx.shape
-        start = 0 if cache is None else cache[0][0].size(2)
+        start = 0 if cache is None else self.attention.cached_tokens(cache[0])
         if start + T > self.config.seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds the model's context of {self.config.seq_len}")
         pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
-        new_cache: KVCache = []
-        for i, block in enumerate(self.blocks):
-            x, present = block(x, None if cache is None else cache[i])
-            new_cache.append(present)
-        logits = self.lm_head(self.ln_f(x))
+        logits, new_cache = self._run(self.drop(self.wte(idx) + self.wpe(pos)), cache)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss, new_cache
 
+    def _run(self, h: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """The block stack and head on input embeddings h [B, T, C], after the tokens in `cache`."""
+        new_cache: KVCache = []
+        for i, block in enumerate(self.blocks):
+            h, present = block(h, None if cache is None else cache[i])
+            new_cache.append(present)
+        return self.lm_head(self.ln_f(h)), new_cache
+
+    def _step_inputs(self, previous: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Input embeddings [B, S, C] of decoding steps `steps` [S]; previous[:, i] is the token placed at step
+        steps[i] - 1 (ignored at step 0, whose input is an empty token at position 0)."""
+        first = steps == 0
+        own_position = torch.where(first, 0, self.ordering[(steps - 1).clamp(min=0)])
+        h = self.wte(previous) * ~first[:, None] + self.wpe(own_position)
+        if self.wpe_next is not None:
+            h = h + self.wpe_next(self.ordering[steps])
+        return self.drop(h)
+
+    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(self.seq_len, device=x.device)
+        previous = F.pad(x[:, self.ordering[:-1]], (1, 0))  # step s sees the token of step s - 1
+        h = self._step_inputs(previous, steps)
+        first, _ = self._run(h[:, :1])  # the start, seen by no later step
+        rest, _ = self._run(h[:, 1:])
+        return torch.cat([first, rest], dim=1)[:, self.ordering.argsort()]  # step order back to positions
+
+    def decoder(self, batch_size: int) -> "CachedDecoder":
+        return CachedDecoder(self, batch_size)
+
     # ---- size and cost, beside the model (see scaling/flops.py for the conventions) ----
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; non-embedding excludes token and position embeddings (the tied head is the token one)."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.wte.weight.numel() + self.wpe.weight.numel()
-        return n
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Token and position embeddings (the tied head is the token one)."""
+        tables = [self.wte, self.wpe] + ([self.wpe_next] if self.wpe_next is not None else [])
+        return [t.weight for t in tables]
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward), per-layer count; see scaling.flops.transformer_flops."""
@@ -157,3 +199,28 @@ class Transformer(nn.Module):
     def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
         """Model FLOP utilisation: achieved training FLOP/s as a fraction of `peak_flops`."""
         return self.flops_per_token() * tokens_per_second / peak_flops
+
+
+class CachedDecoder:
+    """Decodes one step at a time from each layer's cached keys and values (or, for linear attention, its running
+    state): the same sums as `conditionals`, without recomputing the prefix."""
+
+    def __init__(self, model: Transformer, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+        self.cache: KVCache | None = None
+        self.steps = 0
+
+    def step(self, token: torch.Tensor | None) -> torch.Tensor:
+        device = self.model.ordering.device
+        previous = torch.zeros(self.batch_size, 1, dtype=torch.long, device=device) if token is None else token[:, None]
+        h = self.model._step_inputs(previous, torch.tensor([self.steps], device=device))
+        if self.steps == 0:
+            logits, _ = self.model._run(h)  # the start stays out of the cache, as in `conditionals`
+        else:
+            logits, self.cache = self.model._run(h, self.cache)
+        self.steps += 1
+        return logits[:, -1]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache = [tuple(t[index] if torch.is_tensor(t) else t for t in past) for past in self.cache]

@@ -1,0 +1,1 @@
+"""The autoregressive model families, one file each."""

@@ -1,0 +1,148 @@
+"""What every autoregressive family shares: the ordering, log-likelihood from conditionals, sampling and size.
+
+A family implements one method, `conditionals(x)`: logits [B, T, V] for a batch of token sequences x [B, T], where
+the distribution at position t depends only on the tokens that come before t in `self.ordering` (a permutation of
+0..T-1, raster order unless the family supports others). Log-likelihood, sampling and beam search follow from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from armodels.models.layers import MaskedConv2d, MaskedLinear
+from armodels.sampling import Decoder, RecomputeDecoder, sample
+
+
+def check_positive(config: object, *names: str) -> None:
+    """Raise ValueError naming every field of `config` among `names` that is below 1."""
+    bad = [f"{name}={getattr(config, name)}" for name in names if getattr(config, name) < 1]
+    if bad:
+        raise ValueError(f"{type(config).__name__} sizes must be positive: {', '.join(bad)}")
+
+
+def freeze_tuples(config: object) -> None:
+    """Turn list-valued fields (as read back from JSON) into tuples, so frozen configs stay hashable."""
+    for f in fields(config):
+        if isinstance(getattr(config, f.name), list):
+            object.__setattr__(config, f.name, tuple(getattr(config, f.name)))
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Single-channel images of `height` × `width` pixels with `vocab_size` levels, flattened in raster order."""
+
+    height: int = 8
+    width: int = 8
+    vocab_size: int = 2
+
+    @property
+    def seq_len(self) -> int:
+        return self.height * self.width
+
+    def __post_init__(self) -> None:
+        check_positive(self, "height", "width")
+        if self.vocab_size < 2:
+            raise ValueError(f"images need at least 2 levels, got vocab_size={self.vocab_size}")
+
+
+class ARModel(nn.Module):
+    """Base of every family. Subclasses set `family`, build their layers and implement `conditionals` and
+    `flops_per_token`; the ones that can decode faster than rerunning the network override `decoder`."""
+
+    family: ClassVar[str]
+    # Count-based families (histogram, ngram) have no trainable parameters: the training loop calls `fit(x)` on
+    # each batch instead of stepping an optimiser, and their evaluation is the same as any other family's.
+    trainable: ClassVar[bool] = True
+    # Whether `set_ordering` accepts any permutation; families that are causal by construction in raster order
+    # (convolutions, recurrences) accept raster order only.
+    any_order: bool = False
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab_size: int = config.vocab_size
+        self.seq_len: int = config.seq_len
+        self.register_buffer("ordering", torch.arange(self.seq_len))
+
+    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] of every position of x [B, T] given the tokens before it in `self.ordering`."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Calling the module (as DeepSpeed or DDP wrappers do) gives the conditionals.
+        return self.conditionals(x)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-likelihood in nats of each sequence of x [B, T]: shape [B]."""
+        if x.dim() != 2 or x.size(1) != self.seq_len:
+            raise ValueError(f"expected tokens of shape [batch, {self.seq_len}], got {list(x.shape)}")
+        logp = F.log_softmax(self.conditionals(x).float(), dim=-1)
+        return logp.gather(-1, x.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood in nats per token: what training minimises."""
+        logits = self.conditionals(x)
+        return F.cross_entropy(logits.float().flatten(0, 1), x.flatten())
+
+    # ---- ordering ----
+
+    def set_ordering(self, ordering: Sequence[int] | torch.Tensor) -> None:
+        """Decode in `ordering` (a permutation of 0..T-1) from now on."""
+        perm = torch.as_tensor(ordering, dtype=torch.long, device=self.ordering.device)
+        raster = torch.arange(self.seq_len, device=perm.device)
+        if perm.shape != (self.seq_len,) or not torch.equal(perm.sort().values, raster):
+            raise ValueError(f"an ordering must be a permutation of 0..{self.seq_len - 1}")
+        if not self.any_order and not torch.equal(perm, raster):
+            raise ValueError(f"the {self.family} family decodes in raster order only")
+        self.ordering.copy_(perm)
+
+    def before_train_step(self) -> None:
+        """Called by the training loop before each optimiser step; MADE moves to its next ordering here."""
+
+    # ---- decoding (see armodels.sampling) ----
+
+    def decoder(self, batch_size: int) -> Decoder:
+        """A decoder yields the logits of the next position in `self.ordering` one step at a time. This one reruns
+        `conditionals` on the partly decoded sequence; families with a cache or a recurrent state override it."""
+        return RecomputeDecoder(self, batch_size)
+
+    def sample(self, n: int, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               seed: int | None = None, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """`n` sequences [n, T] drawn token by token in `self.ordering`; temperature 0 is greedy."""
+        return sample(self, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt)
+
+    # ---- size and cost, beside the model ----
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Parameters used as look-up tables (token and position embeddings), left out of the non-embedding count
+        as in Kaplan et al. 2020; their FLOPs are negligible."""
+        return []
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count. Weights a mask holds at zero are not counted: they can never change the output."""
+        n = sum(p.numel() for p in self.parameters())
+        n -= sum(int((m.mask == 0).sum()) for m in self.modules() if isinstance(m, (MaskedLinear, MaskedConv2d)))
+        if non_embedding:
+            n -= sum(p.numel() for p in self.embedding_parameters())
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs (forward + backward = 3 × forward) per token."""
+        raise NotImplementedError
+
+    def weight_flops(self) -> int:
+        """Forward FLOPs of one application of every weight matrix and kernel: 2 (multiply, add) per weight.
+        Masked weights are multiplied too; embeddings (look-ups), biases and nonlinearities are neglected, as in
+        scaling.flops. Convolutional and recurrent families apply their weights once per token."""
+        n = 0
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                n += m.weight.numel()
+            elif isinstance(m, nn.RNNBase):
+                n += sum(p.numel() for name, p in m.named_parameters() if name.startswith("weight"))
+        return 2 * n

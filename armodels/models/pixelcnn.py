@@ -1,0 +1,68 @@
+"""PixelCNN (van den Oord et al. 2016, "Pixel Recurrent Neural Networks"): masked convolutions in raster order.
+
+The first layer's mask A hides the pixel being predicted; later layers' mask B let a pixel's own features through,
+which by then describe earlier pixels only. Stacked masks grow a receptive field that misses pixels above and to
+the right of the current one (the blind spot, see tests/models); gated_pixelcnn.py removes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from armodels.models.base import ARModel, ImageConfig, check_positive
+from armodels.models.layers import MaskedConv2d, image_input, raster_mask
+
+
+@dataclass(frozen=True)
+class PixelCNNConfig(ImageConfig):
+    channels: int = 32
+    n_layers: int = 4  # residual mask-B layers after the mask-A one
+    first_kernel: int = 5  # mask A (7 in the paper)
+    kernel: int = 3  # mask B
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "channels", "first_kernel", "kernel")
+        if self.n_layers < 0 or self.first_kernel % 2 == 0 or self.kernel % 2 == 0:
+            raise ValueError(f"need n_layers >= 0 and odd kernels: {self}")
+
+
+class PixelCNNTrunk(nn.Module):
+    """Mask A, then residual mask-B layers, then a per-pixel 1×1 head to `out_channels` features of each pixel's
+    distribution. Shared with the mixture-of-logistics family, which reads other outputs off the same trunk."""
+
+    def __init__(self, cfg: PixelCNNConfig, out_channels: int):
+        super().__init__()
+        self.config = cfg
+        C = cfg.channels
+        self.first = MaskedConv2d(1, C, raster_mask(cfg.first_kernel, cfg.first_kernel, include_centre=False))
+        self.layers = nn.ModuleList(MaskedConv2d(C, C, raster_mask(cfg.kernel, cfg.kernel, include_centre=True))
+                                    for _ in range(cfg.n_layers))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens x [B, H·W] → features [B, out_channels, H, W], each pixel's from earlier pixels only."""
+        c = self.config
+        h = self.first(image_input(x, c.height, c.width, c.vocab_size))
+        for layer in self.layers:
+            h = h + layer(F.relu(h))
+        return self.head(h)
+
+
+class PixelCNN(ARModel):
+    family = "pixelcnn"
+
+    def __init__(self, cfg: PixelCNNConfig):
+        super().__init__(cfg)
+        self.trunk = PixelCNNTrunk(cfg, cfg.vocab_size)
+
+    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x).flatten(2).transpose(1, 2)  # [B, V, H, W] → [B, T, V], raster order
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: every kernel is applied once per pixel, masked taps included: 3 × 2 · weights."""
+        return 3.0 * self.weight_flops()

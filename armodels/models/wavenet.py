@@ -1,0 +1,78 @@
+"""WaveNet (van den Oord et al. 2016): stacked dilated causal convolutions with gated activations, residual and skip
+connections, over a token sequence.
+
+The input is the sequence shifted right behind a start token, and every convolution is padded on the left only,
+so the output at t sees the tokens before t. Dilations doubling layer by layer reach (kernel - 1) · Σ dilations
+tokens back; further tokens cannot matter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from armodels.models.base import ARModel, check_positive, freeze_tuples
+
+
+@dataclass(frozen=True)
+class WaveNetConfig:
+    vocab_size: int = 16
+    seq_len: int = 32
+    channels: int = 32  # residual stream
+    skip_channels: int = 32
+    kernel_size: int = 2
+    dilations: tuple[int, ...] = (1, 2, 4, 8)
+
+    def __post_init__(self) -> None:
+        freeze_tuples(self)
+        check_positive(self, "vocab_size", "seq_len", "channels", "skip_channels", "kernel_size")
+        if not self.dilations or min(self.dilations) < 1:
+            raise ValueError(f"dilations must be positive, got {self.dilations}")
+
+    @property
+    def receptive_field(self) -> int:
+        return (self.kernel_size - 1) * sum(self.dilations) + 1
+
+
+class ResidualLayer(nn.Module):
+    def __init__(self, cfg: WaveNetConfig, dilation: int):
+        super().__init__()
+        self.left_pad = (cfg.kernel_size - 1) * dilation
+        self.conv = nn.Conv1d(cfg.channels, 2 * cfg.channels, cfg.kernel_size, dilation=dilation)
+        self.residual = nn.Conv1d(cfg.channels, cfg.channels, 1)
+        self.skip = nn.Conv1d(cfg.channels, cfg.skip_channels, 1)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.conv(F.pad(h, (self.left_pad, 0))).chunk(2, dim=1)
+        z = torch.tanh(a) * torch.sigmoid(b)
+        return h + self.residual(z), self.skip(z)
+
+
+class WaveNet(ARModel):
+    family = "wavenet"
+
+    def __init__(self, cfg: WaveNetConfig):
+        super().__init__(cfg)
+        self.embed = nn.Embedding(cfg.vocab_size + 1, cfg.channels)  # the last row is the start token
+        self.layers = nn.ModuleList(ResidualLayer(cfg, d) for d in cfg.dilations)
+        S = cfg.skip_channels
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(S, S, 1), nn.ReLU(), nn.Conv1d(S, cfg.vocab_size, 1))
+
+    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
+        shifted = F.pad(x[:, :-1], (1, 0), value=self.vocab_size)
+        h = self.embed(shifted).transpose(1, 2)  # [B, C, T]
+        skips = 0
+        for layer in self.layers:
+            h, skip = layer(h)
+            skips = skips + skip
+        return self.head(skips).transpose(1, 2)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.embed.weight]
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: every convolution is applied once per position, 3 × 2 · weights."""
+        return 3.0 * self.weight_flops()
