@@ -1,4 +1,5 @@
-"""Evaluation of a trained model on held-out tokens: nats/token, bits/token, bits/byte, perplexity."""
+"""Evaluation of a trained model of any family on held-out tokens: nats/token, bits/token (= bits/dim for
+images), bits/byte, perplexity."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from armodels.data import TokenWindows
 
@@ -15,7 +15,7 @@ from armodels.data import TokenWindows
 @dataclass(frozen=True)
 class EvalResult:
     nats_per_token: float
-    bits_per_token: float
+    bits_per_token: float  # bits per dimension when each token is a pixel
     bits_per_byte: float | None  # None when the byte length of tokens is unknown
     perplexity: float
     tokens: int
@@ -25,7 +25,7 @@ class EvalResult:
 @torch.no_grad()
 def evaluate_loss(model, windows: TokenWindows, *, token_bytes: np.ndarray | None = None, batch_size: int = 32,
                   max_windows: int | None = None) -> EvalResult:
-    """Mean negative log-likelihood of every target token in the (first `max_windows`) windows, in order.
+    """Negative log-likelihood of every token of the (first `max_windows`) windows, in order.
 
     `token_bytes[id]` is the number of bytes token `id` stands for; with it, bits/byte is exact: total bits over
     the bytes of exactly the tokens that were scored.
@@ -33,12 +33,11 @@ def evaluate_loss(model, windows: TokenWindows, *, token_bytes: np.ndarray | Non
     model.eval()
     nats, n_tokens, n_bytes = 0.0, 0, 0
     lengths = None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes), dtype=torch.int64)
-    for x, y in windows.eval_batches(batch_size, max_windows=max_windows):
-        logits, _, _ = model(x)
-        nats += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
-        n_tokens += y.numel()
+    for x in windows.eval_batches(batch_size, max_windows=max_windows):
+        nats -= model.log_prob(x).sum().item()
+        n_tokens += x.numel()
         if lengths is not None:
-            n_bytes += int(lengths[y].sum())
+            n_bytes += int(lengths[x].sum())
     per_token = nats / n_tokens
     return EvalResult(
         nats_per_token=per_token,

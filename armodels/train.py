@@ -1,16 +1,22 @@
-"""The training loop: one model, one token budget, DeepSpeed, warmup + cosine learning rate.
+"""The training loop: one model of any family, one token budget, DeepSpeed, warmup + cosine learning rate.
 
 It runs wherever torch.distributed is set up: inside Ray Train workers (pipelines/steps/train.py) or in a single
 process without Ray (`arscale train --config run.json`, for debugging and GPU checks). It imports no Ray.
 
+Every family trains on the same objective, `model.loss(x)`: the mean negative log-likelihood per token of
+`seq_len`-token windows. Count-based families (histogram, n-gram) count the same windows instead of stepping an
+optimiser.
+
 Outputs, written by rank 0 into `out_dir`:
-    model.safetensors, model.json   the trained weights and the model config
+    model.safetensors, model.json   the trained weights, the family and its config
     curve.json                      train loss per logged step and validation loss at the evaluation points
     result.json                     tokens, FLOPs, throughput, final losses, and status "ok" or "diverged"
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import socket
@@ -21,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+import armodels
 from armodels.data import TokenWindows
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import load_token_stream
-from armodels.models.transformer import Transformer, TransformerConfig
-from scaling.flops import training_flops, transformer_nonembedding_params
+from scaling.flops import training_flops
 
 
 @dataclass(frozen=True)
@@ -57,21 +63,43 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ModelCosts:
+    params: int
+    params_nonembedding: int
+    flops_per_token: float  # training FLOPs per token, counted layer by layer by the family
+
+
+def model_costs(family: str, config: dict) -> ModelCosts:
+    """Parameter counts and FLOPs per token of a model (built once per process and config to count them)."""
+    return _model_costs(family, json.dumps(config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _model_costs(family: str, config_json: str) -> ModelCosts:
+    model = armodels.build(family, **json.loads(config_json))
+    return ModelCosts(model.num_params(non_embedding=False), model.num_params(), model.flops_per_token())
+
+
+@dataclass(frozen=True)
 class TrainRun:
     """Everything one training run needs. Saved as run.json beside its outputs, so it can be re-run alone."""
 
-    model: TransformerConfig
+    family: str
+    model: dict  # the family's config fields (see armodels.build)
     train: TrainConfig
     train_shards: str
     val_shards: str
     name: str = "run"
+
+    def build(self):
+        return armodels.build(self.family, **self.model)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainRun:
-        return cls(model=TransformerConfig(**d["model"]), train=TrainConfig(**d["train"]),
+        return cls(family=d["family"], model=dict(d["model"]), train=TrainConfig(**d["train"]),
                    train_shards=d["train_shards"], val_shards=d["val_shards"], name=d.get("name", "run"))
 
     @classmethod
@@ -82,18 +110,28 @@ class TrainRun:
             raise ValueError(f"{path} is not a valid training run config ({e})") from None
 
     @property
+    def seq_len(self) -> int:
+        return armodels.family_classes(self.family)[1](**self.model).seq_len
+
+    @property
     def steps(self) -> int:
-        return math.ceil(self.train.tokens / (self.train.batch_size * self.model.seq_len))
+        return math.ceil(self.train.tokens / (self.train.batch_size * self.seq_len))
 
     @property
     def tokens_seen(self) -> int:
-        return self.steps * self.train.batch_size * self.model.seq_len
+        return self.steps * self.train.batch_size * self.seq_len
+
+    def costs(self) -> ModelCosts:
+        return model_costs(self.family, self.model)
 
     def flops(self, convention: str, tokens: int | None = None) -> float:
-        m = self.model
-        return training_flops(convention, self.tokens_seen if tokens is None else tokens,
-                              params_nonembedding=transformer_nonembedding_params(m.n_layer, m.n_embd), n_layer=m.n_layer,
-                              d_model=m.n_embd, seq_len=m.seq_len, vocab_size=m.vocab_size)
+        """Training FLOPs for `tokens` (default: the whole run) in `convention`: "6ND" (non-embedding N, Kaplan
+        et al.) or "per_layer" (the family's own layer-by-layer count; for transformers scaling.flops')."""
+        tokens = self.tokens_seen if tokens is None else tokens
+        costs = self.costs()
+        if convention == "per_layer":
+            return costs.flops_per_token * tokens
+        return training_flops(convention, tokens, params_nonembedding=costs.params_nonembedding)
 
 
 @dataclass
@@ -137,25 +175,74 @@ def _split_batch(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     return micro, per_worker // micro
 
 
+class Objective(torch.nn.Module):
+    """What DeepSpeed wraps: the model's mean NLL per token, so every family has the same forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(x)
+
+
 def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | None = None) -> dict:
     """Train `run` on the current torch.distributed group; returns the result dict (also saved as result.json).
 
     `on_metrics` is called on rank 0 every `log_every` steps and at each evaluation with a flat metrics dict.
     A non-finite loss stops the run with status "diverged" (the result says where); that is a result, not a crash.
     """
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(run.train.seed)
+    model = run.build()
+    windows = TokenWindows(load_token_stream(run.train_shards), model.seq_len, seed=run.train.seed)
+    val = TokenWindows(load_token_stream(run.val_shards), model.seq_len)
+    loop = _optimise if model.trainable else _count
+    start = time.perf_counter()
+    outcome = loop(run, model, windows, val, rank, world, on_metrics or (lambda m: None))
+    elapsed = time.perf_counter() - start
+
+    tokens = outcome.steps * run.train.batch_size * model.seq_len
+    result = {
+        "name": run.name, "family": run.family, "status": outcome.status, "reason": outcome.reason,
+        "steps": outcome.steps, "tokens": tokens,
+        "params": model.num_params(non_embedding=False), "params_nonembedding": model.num_params(),
+        "flops_6ND": run.flops("6ND", tokens), "flops_per_layer": run.flops("per_layer", tokens),
+        "initial_loss": outcome.initial_loss, "final_train_loss": outcome.last_loss,
+        "final_val_loss": outcome.curve.val[-1]["loss"] if outcome.curve.val and outcome.status == "ok" else None,
+        "train_seconds": elapsed, "tokens_per_s": tokens / elapsed, "workers": world,
+    }
+    if rank == 0:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if outcome.status == "ok":
+            save_model(model, run.family, Path(out_dir))
+        write_json_atomic(Path(out_dir) / "curve.json", asdict(outcome.curve))
+        write_json_atomic(Path(out_dir) / "result.json", result)
+    return result
+
+
+@dataclass
+class _Outcome:
+    curve: Curve
+    steps: int
+    initial_loss: float
+    last_loss: float
+    status: str = "ok"
+    reason: str | None = None
+
+
+def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
+              on_metrics: Callable[[dict], None]) -> _Outcome:
+    """Gradient descent with DeepSpeed on the global batches of every step."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say so, rather than have DeepSpeed warn it guessed
     import deepspeed  # heavy import, kept out of module import time
     import torch.distributed as dist
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    cfg, out_dir = run.train, Path(out_dir)
+    cfg = run.train
     micro, accum = _split_batch(cfg, world)
-    torch.manual_seed(cfg.seed)
-
-    windows = TokenWindows(load_token_stream(run.train_shards), run.model.seq_len, seed=cfg.seed)
-    val = TokenWindows(load_token_stream(run.val_shards), run.model.seq_len)
-    model = Transformer(run.model)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -165,102 +252,115 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
     total = run.steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, total, cfg.warmup_fraction, cfg.min_lr_ratio))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+    engine, _, _, _ = deepspeed.initialize(model=Objective(model), optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg, micro, accum, world))
     device = engine.device
 
     def evaluate() -> float:
         engine.eval()
-        total_loss = torch.zeros(2, dtype=torch.float64)  # summed nats, tokens
         with torch.no_grad():
-            for x, y in val.eval_batches(micro, max_windows=cfg.eval_windows, rank=rank, world_size=world):
-                _, loss, _ = engine(x.to(device), y.to(device))
-                total_loss += torch.tensor([loss.item() * y.numel(), y.numel()], dtype=torch.float64)
-        dist.all_reduce(total_loss)
+            loss = mean_loss(lambda x: engine(x.to(device)), val, micro, cfg.eval_windows, rank, world)
         engine.train()
-        return (total_loss[0] / total_loss[1]).item()
+        return loss
 
-    eval_steps = {round(total * (i + 1) / cfg.eval_points) - 1 for i in range(cfg.eval_points)} if cfg.eval_points else set()
-    tokens_per_step = cfg.batch_size * run.model.seq_len
-    curve, status, reason = Curve(), "ok", None
+    eval_steps = {round(total * (i + 1) / cfg.eval_points) - 1 for i in range(cfg.eval_points)}
+    tokens_per_step = cfg.batch_size * model.seq_len
+    curve = Curve()
+    out = _Outcome(curve, 0, float("nan"), float("nan"))
     start = time.perf_counter()
-    initial_loss = last_loss = float("nan")
     for step in range(total):
+        model.before_train_step()  # MADE moves to its next mask here
         step_loss = torch.zeros(1, dtype=torch.float64)
         for m in range(accum):
-            x, y = windows.train_batch(step, cfg.batch_size, offset=(m * world + rank) * micro, size=micro)
-            _, loss, _ = engine(x.to(device), y.to(device))
+            x = windows.train_batch(step, cfg.batch_size, offset=(m * world + rank) * micro, size=micro)
+            loss = engine(x.to(device))
             engine.backward(loss)
             engine.step()
             step_loss += loss.item() / accum
         dist.all_reduce(step_loss)  # every rank sees the same mean loss, so all stop together on divergence
-        last_loss = step_loss.item() / world
+        out.last_loss, out.steps = step_loss.item() / world, step + 1
         if step == 0:
-            initial_loss = last_loss
+            out.initial_loss = out.last_loss
         tokens = (step + 1) * tokens_per_step
-        if not math.isfinite(last_loss):
-            status, reason = "diverged", f"loss became {last_loss} at step {step} ({tokens} tokens)"
+        if not math.isfinite(out.last_loss):
+            out.status, out.reason = "diverged", f"loss became {out.last_loss} at step {step} ({tokens} tokens)"
             break
         if step % cfg.log_every == 0 or step == total - 1:
             elapsed = time.perf_counter() - start
-            point = {"step": step, "tokens": tokens, "loss": last_loss, "lr": schedule.get_last_lr()[0]}
+            point = {"step": step, "tokens": tokens, "loss": out.last_loss, "lr": schedule.get_last_lr()[0]}
             curve.train.append(point)
-            if rank == 0 and on_metrics:
+            if rank == 0:
                 on_metrics({**point, "tokens_per_s": tokens / elapsed, "elapsed_s": elapsed,
                             "progress": (step + 1) / total})
         if step in eval_steps:
-            val_loss = evaluate()
-            curve.val.append({"step": step, "tokens": tokens, "loss": val_loss})
-            if rank == 0 and on_metrics:
-                on_metrics({"step": step, "tokens": tokens, "val_loss": val_loss})
-    elapsed = time.perf_counter() - start
-    tokens_seen = (step + 1) * tokens_per_step
+            curve.val.append({"step": step, "tokens": tokens, "loss": evaluate()})
+            if rank == 0:
+                on_metrics({"step": step, "tokens": tokens, "val_loss": curve.val[-1]["loss"]})
+    return out
 
-    result = {
-        "name": run.name,
-        "status": status,
-        "reason": reason,
-        "steps": step + 1,
-        "tokens": tokens_seen,
-        "params": model.num_params(non_embedding=False),
-        "params_nonembedding": model.num_params(non_embedding=True),
-        "flops_6ND": run.flops("6ND", tokens_seen),
-        "flops_per_layer": run.flops("per_layer", tokens_seen),
-        "initial_loss": initial_loss,
-        "final_train_loss": last_loss,
-        "final_val_loss": curve.val[-1]["loss"] if curve.val and status == "ok" else None,
-        "train_seconds": elapsed,
-        "tokens_per_s": tokens_seen / elapsed,
-        "workers": world,
-    }
+
+def _count(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
+           on_metrics: Callable[[dict], None]) -> _Outcome:
+    """Count-based families see the same token budget as the others, counted once, then summed over workers."""
+    import torch.distributed as dist
+
+    cfg, total = run.train, run.steps
+    chunk = max(1, 4096 // cfg.batch_size)  # steps per fit() call: counting is cheap, re-tabulating is not
+    for first in range(0, total, chunk):
+        steps = range(first, min(first + chunk, total))
+        per_rank = cfg.batch_size // world
+        model.fit(torch.cat([windows.train_batch(s, cfg.batch_size, offset=rank * per_rank, size=per_rank)
+                             for s in steps]))
+    dist.all_reduce(model.counts)
+    if hasattr(model, "tabulate"):
+        model.tabulate()  # the n-gram's smoothed table, from the summed counts
+    tokens = total * cfg.batch_size * model.seq_len
+    with torch.no_grad():
+        val_loss = mean_loss(model.loss, val, cfg.batch_size // world, cfg.eval_windows, rank, world)
+        train_loss = mean_loss(model.loss, windows, cfg.batch_size // world, cfg.eval_windows, rank, world)
+    curve = Curve(train=[{"step": total - 1, "tokens": tokens, "loss": train_loss, "lr": 0.0}],
+                  val=[{"step": total - 1, "tokens": tokens, "loss": val_loss}])
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if status == "ok":
-            save_model(engine.module, run.model, out_dir)
-        write_json_atomic(out_dir / "curve.json", asdict(curve))
-        write_json_atomic(out_dir / "result.json", result)
-    return result
+        on_metrics({"step": total - 1, "tokens": tokens, "val_loss": val_loss})
+        on_metrics({**curve.train[0], "tokens_per_s": 0.0, "elapsed_s": 0.0, "progress": 1.0})
+    # before any counts every model is uniform: that is where its "training" starts
+    return _Outcome(curve, total, math.log(model.vocab_size), train_loss)
 
 
-def save_model(model: torch.nn.Module, config: TransformerConfig, out_dir: Path) -> None:
-    """Weights as fp32 safetensors (tied tensors stored once) and the config as JSON."""
+def mean_loss(loss_fn: Callable[[torch.Tensor], torch.Tensor], windows: TokenWindows, batch_size: int,
+              max_windows: int, rank: int, world: int) -> float:
+    """Mean nats/token of `loss_fn` over the first `max_windows` windows, split across ranks and all-reduced."""
+    import torch.distributed as dist
+
+    total = torch.zeros(2, dtype=torch.float64)  # summed nats, tokens
+    for x in windows.eval_batches(batch_size, max_windows=max_windows, rank=rank, world_size=world):
+        total += torch.tensor([loss_fn(x).item() * x.numel(), x.numel()], dtype=torch.float64)
+    dist.all_reduce(total)
+    return (total[0] / total[1]).item()
+
+
+def save_model(model, family: str, out_dir: Path) -> None:
+    """Weights as fp32 safetensors (tied tensors stored once) and the family and config as JSON."""
     from safetensors.torch import save_model as save_safetensors
 
-    fp32 = Transformer(config)
-    fp32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    fp32 = armodels.build(family, **asdict(model.config))
+    fp32.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
     tmp = out_dir / ".model.safetensors.tmp"
     save_safetensors(fp32, str(tmp))
     os.replace(tmp, out_dir / "model.safetensors")
-    write_json_atomic(out_dir / "model.json", asdict(config))
+    write_json_atomic(out_dir / "model.json", {"family": family, "config": asdict(model.config)})
 
 
-def load_model(directory: Path) -> Transformer:
+def load_model(directory: Path):
     """Load a model saved by `save_model`: JSON config + safetensors, no pickle."""
     from safetensors.torch import load_model as load_safetensors
 
     directory = Path(directory)
-    config = TransformerConfig(**read_json(directory / "model.json", "model config"))
-    model = Transformer(config)
+    spec = read_json(directory / "model.json", "model config")
+    try:
+        model = armodels.build(spec["family"], **spec["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{directory / 'model.json'} is not a valid model config ({e})") from None
     path = directory / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the training run has no saved weights")

@@ -7,10 +7,12 @@ one place. See configs/text-default.yaml for a commented example.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+import re
+from dataclasses import fields
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from pipelines.errors import UserError
 
@@ -47,38 +49,48 @@ class ShardConfig(_Strict):
     shard_tokens: int = Field(1_000_000, gt=0)
 
 
-class ModelSize(_Strict):
-    n_layer: int = Field(gt=0)
-    n_embd: int = Field(gt=0)
-    n_head: int = Field(gt=0)
-    name: str | None = None  # default l{n_layer}-d{n_embd}
-    tokens: int | None = Field(None, gt=0)  # overrides the budget rule for this size
-    lr: float | None = Field(None, gt=0)  # overrides training.lr for this size
+# Keys of a size entry that belong to the study, not to the family's config.
+SIZE_OPTIONS = ("name", "tokens", "lr")
+
+
+class GridConfig(_Strict):
+    """One family trained at several sizes. A size is the family's config fields (see `armodels.build`), plus
+    optional `name` (default: family and parameter count), `tokens` (overrides the budget rule) and `lr`
+    (overrides training.lr)."""
+
+    family: str = "transformer"
+    sizes: list[dict[str, Any]] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _heads_divide_width(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
-        return self
+    def _sizes_fit_the_family(self):
+        import armodels
 
-    @property
-    def label(self) -> str:
-        return self.name or f"l{self.n_layer}-d{self.n_embd}"
+        if self.family not in armodels.families():
+            raise ValueError(f"unknown family {self.family!r}; one of {', '.join(armodels.families())}")
+        config_class = armodels.family_classes(self.family)[1]
+        known = {f.name for f in fields(config_class)}
+        if "seq_len" not in known:
+            raise ValueError(f"{self.family} models images (height × width), not token streams")
+        for i, size in enumerate(self.sizes):
+            model = {k: v for k, v in size.items() if k not in SIZE_OPTIONS}
+            for key in model:
+                if key in ("vocab_size", "seq_len"):
+                    raise ValueError(f"sizes.{i}.{key}: set by the study (tokenizer.vocab_size, models.seq_len)")
+                if key not in known:
+                    raise ValueError(f"sizes.{i}.{key}: {self.family} has no such field; its fields: "
+                                     f"{', '.join(sorted(known - {'vocab_size', 'seq_len'}))}")
+            try:
+                TypeAdapter(config_class).validate_python(model)
+            except ValidationError as e:
+                where, _, message = describe_validation_error(e).partition(": ")
+                where = "" if where == "(top level)" else f".{where}"
+                raise ValueError(f"sizes.{i}{where}: {message}") from None
+        return self
 
 
 class ModelsConfig(_Strict):
-    family: Literal["transformer"] = "transformer"
-    seq_len: int = Field(128, gt=0)
-    sizes: list[ModelSize] = Field(min_length=1)
-
-    @field_validator("sizes")
-    @classmethod
-    def _unique_names(cls, sizes):
-        labels = [s.label for s in sizes]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ValueError(f"model sizes must have distinct names; repeated: {', '.join(dupes)}")
-        return sizes
+    seq_len: int = Field(128, gt=0)  # tokens per training window, for every family
+    grids: list[GridConfig] = Field(min_length=1)
 
 
 class TrainingConfig(_Strict):
@@ -114,8 +126,7 @@ class TrainingConfig(_Strict):
 
 class EvaluationConfig(_Strict):
     max_tokens: int = Field(200_000, gt=0)  # validation tokens scored per model
-    samples: int = Field(3, ge=0)
-    sample_tokens: int = Field(96, gt=0)
+    samples: int = Field(3, ge=0)  # each a full window of models.seq_len tokens, starting a new document
     temperature: float = Field(0.8, ge=0)
     top_k: int | None = Field(40, gt=0)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -174,14 +185,19 @@ def load_config(spec: str | None) -> tuple[StudyConfig, Path]:
 
 
 def describe_validation_error(e: ValidationError) -> str:
-    """'training.lr: Input should be a valid number (got "fast")' — plus a count if there are more problems."""
+    """'training.lr: Input should be a valid number (got 'fast')' — plus a count if there are more problems."""
     errors = e.errors()
     first = errors[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    path = [str(p) for p in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
+    # Validators that check nested entries report "sizes.2.n_layer: ..."; fold that into the path.
+    nested = re.match(r"^([\w.]+): (.*)$", message)
+    if nested:
+        path.append(nested.group(1))
+        message = nested.group(2)
     if first["type"] == "extra_forbidden":
         message = "unknown key (check its spelling and the preset configs for the valid keys)"
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         message += f" (got {first['input']!r})"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{where}: {message}{more}"
+    return f"{'.'.join(path) or '(top level)'}: {message}{more}"

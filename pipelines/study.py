@@ -1,8 +1,8 @@
 """A study: the DAG of steps built from a StudyConfig, and running it.
 
-    corpus ─► tokenizer ─► shards ─► train-<size> ─► eval-<size> ─► fit ─► report
-       └──────────────────────┘         (one pair per model size)          ▲
-                                                                           └── train/eval outputs
+    corpus ─► tokenizer ─► shards ─► train-<run> ─► eval-<run> ─► fit ─► report
+       └──────────────────────┘    (one pair per family and size)         ▲
+                                                                          └── train/eval outputs
 """
 
 from __future__ import annotations
@@ -15,41 +15,45 @@ from dataclasses import fields
 from pathlib import Path
 
 from armodels.files import read_json, write_json_atomic
-from armodels.train import TrainConfig
-from armodels.models.transformer import TransformerConfig
-from pipelines.config import StudyConfig
+from armodels.train import TrainConfig, model_costs
+from pipelines.config import SIZE_OPTIONS, StudyConfig
 from pipelines.errors import RunFailure, UserError
 from pipelines.executor import Executor, Outcome, Resources, Step, topological_order
 from pipelines.progress import duration, human
 from pipelines.steps import corpus, evaluate, fit, report, shards, tokenizer, train
-from scaling.flops import transformer_nonembedding_params
 
 STUDY_FILE = "study.json"
 LOCK_FILE = ".lock"
 
 
-def token_budget(cfg: StudyConfig, n_layer: int, n_embd: int, override: int | None) -> int:
+def token_budget(cfg: StudyConfig, params_nonembedding: int, override: int | None) -> int:
     """Tokens for one size: its override, else training.tokens, else tokens_per_param × N_nonemb, clipped."""
     t = cfg.training
     if override or t.tokens:
         return override or t.tokens
-    n = transformer_nonembedding_params(n_layer, n_embd)
-    return int(min(max(t.tokens_per_param * n, t.min_tokens), t.max_tokens))
+    return int(min(max(t.tokens_per_param * params_nonembedding, t.min_tokens), t.max_tokens))
 
 
 def train_configs(cfg: StudyConfig) -> list[train.TrainStepConfig]:
-    """One training-step config per model size of the grid."""
+    """One training-step config per model size of every grid."""
     t = cfg.training
     shared = {f.name: getattr(t, f.name) for f in fields(TrainConfig)
               if f.name != "tokens" and getattr(t, f.name, None) is not None}
     out = []
-    for size in cfg.models.sizes:
-        model = TransformerConfig(vocab_size=cfg.tokenizer.vocab_size, seq_len=cfg.models.seq_len,
-                                  n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd)
-        options = {**shared, "seed": cfg.seed, **({"lr": size.lr} if size.lr else {})}
-        budget = token_budget(cfg, size.n_layer, size.n_embd, size.tokens)
-        out.append(train.TrainStepConfig(size.label, model, TrainConfig(tokens=budget, **options),
-                                         num_workers=t.num_workers, cpus_per_worker=t.cpus_per_worker))
+    for grid in cfg.models.grids:
+        for size in grid.sizes:
+            model = {k: v for k, v in size.items() if k not in SIZE_OPTIONS}
+            model.update(vocab_size=cfg.tokenizer.vocab_size, seq_len=cfg.models.seq_len)
+            options = {**shared, "seed": cfg.seed, **({"lr": size["lr"]} if size.get("lr") else {})}
+            params = model_costs(grid.family, model).params_nonembedding
+            name = size.get("name") or f"{grid.family}-{human(params)}"
+            out.append(train.TrainStepConfig(
+                name, grid.family, model, TrainConfig(tokens=token_budget(cfg, params, size.get("tokens")), **options),
+                num_workers=t.num_workers, cpus_per_worker=t.cpus_per_worker))
+    names = [c.name for c in out]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"models: several sizes are named {', '.join(repeated)}; give them distinct `name`s")
     return out
 
 
@@ -76,8 +80,7 @@ def build_steps(cfg: StudyConfig) -> list[Step]:
                       inputs={"corpus": corpus_step, "tokenizer": tok_step}, version=shards.VERSION,
                       describe=f"Parquet shards of {human(cfg.shards.shard_tokens)} tokens")
     e = cfg.evaluation
-    eval_cfg = evaluate.EvalStepConfig(e.max_tokens, e.samples, e.sample_tokens, e.temperature, e.top_k, e.top_p,
-                                       cfg.seed)
+    eval_cfg = evaluate.EvalStepConfig(e.max_tokens, e.samples, e.temperature, e.top_k, e.top_p, cfg.seed)
     trains, evals = {}, {}
     for tc in train_configs(cfg):
         run = tc.run(Path("."))
@@ -85,8 +88,7 @@ def build_steps(cfg: StudyConfig) -> list[Step]:
         trains[tc.name] = Step(
             f"train-{tc.name}", train.train_model, tc, inputs={"shards": shard_step}, version=train.VERSION,
             resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True), priority=flops,
-            describe=(f"{human(transformer_nonembedding_params(tc.model.n_layer, tc.model.n_embd))} params "
-                      "(non-emb), "
+            describe=(f"{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
                       f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({cfg.fit.convention})"))
         evals[tc.name] = Step(f"eval-{tc.name}", evaluate.evaluate_model, eval_cfg, version=evaluate.VERSION,
                               inputs={"train": trains[tc.name], "shards": shard_step, "tokenizer": tok_step},

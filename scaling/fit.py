@@ -176,7 +176,8 @@ def fit_runs(runs: pd.DataFrame, form: str, *, convention: str | None = None, bo
     form
         One of ``FORMS``.
     convention
-        How compute is counted (one of ``flops.CONVENTIONS``). None: the ``flops`` column if there is one, else
+        How compute is counted (one of ``flops.CONVENTIONS``): from the ``flops_<convention>`` column if the
+        table has one, else computed from its columns. None: the ``flops`` column if there is one, else
         6ND. For chinchilla it chooses N (6ND: non-embedding, 6ND_total: all parameters) since that form
         allocates compute as C = 6·N·D.
     bootstrap, holdout_top, predict_compute, ci_level, seed
@@ -252,6 +253,8 @@ def _fit_inputs(runs: pd.DataFrame, form: str, convention: str | None) -> tuple[
     if form in ("compute", "envelope", "isoflop"):
         if convention is None and "flops" in runs.columns:
             values["flops"] = column("flops")
+        elif convention is not None and f"flops_{convention}" in runs.columns:
+            values["flops"] = column(f"flops_{convention}")  # counted by whoever made the table, e.g. a study
         else:
             convention = convention or "6ND"
             needed = ("tokens",) + CONVENTION_COLUMNS[convention]

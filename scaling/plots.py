@@ -195,3 +195,31 @@ def plot_learning_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path,
     if curves:
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_families(fits: dict[str, FitResult], path, *, extrapolate_to: float | None = None,
+                  title: str | None = None) -> Path:
+    """Compute fits of several model families side by side: each family's runs and fitted L(C), on one axis, so
+    they compare at matched compute."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = np.concatenate([fit.law.axis for fit in fits.values()])
+    grid = np.geomspace(xs.min(), max(xs.max(), extrapolate_to or 0), 200)
+    shown = []
+    for i, (family, fit) in enumerate(fits.items()):
+        color = f"C{i % 10}"
+        ax.scatter(fit.law.axis, fit.law.loss, color=color, zorder=3)
+        curve = fit.predict(grid)
+        ax.plot(grid, curve, color=color, label=f"{family}: α = {fit.params['alpha']:.3f}")
+        shown += [*fit.law.loss, *curve[np.isfinite(curve)]]
+    lo, hi = min(shown), max(shown)
+    pad = 0.1 * (hi - lo or abs(hi))
+    ax.set_ylim(lo - pad, hi + pad)
+    if extrapolate_to and extrapolate_to > xs.max():
+        ax.axvline(xs.max(), color="gray", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel(next(iter(fits.values())).x_label)
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title or "families at matched compute")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -25,19 +25,20 @@ def one_line_error(result, code: int, pattern: str):
 def test_dry_run_prints_the_plan_with_sizes_and_flops(tmp_path):
     r = arscale("study", "run", "--dry-run", "--out", tmp_path / "s")
     assert r.returncode == 0, r.stderr
-    for step in ("corpus-", "tokenizer-", "shards-", "train-l1-d32-", "train-l4-d128-", "eval-l4-d128-", "fit-",
-                 "report-"):
+    for step in ("corpus-", "tokenizer-", "shards-", "train-transformer-12.5k-", "train-transformer-789k-",
+                 "eval-transformer-789k-", "fit-", "report-"):
         assert step in r.stdout
-    assert "789k params (non-emb), 2.0M tokens, 9.48e+12 FLOPs (6ND)" in r.stdout
+    assert "transformer, 789k params (non-emb), 2.0M tokens, 9.48e+12 FLOPs (6ND)" in r.stdout
     assert r.stdout.count("run (pending)") == 15
     assert not (tmp_path / "s").exists()  # a dry run writes nothing
 
 
 @pytest.mark.parametrize("content, pattern", [
     ("name: s\nmodels: {sizes: [}\n", "is not valid YAML at line 2"),
-    ("name: s\nmodels:\n  sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]\ntraining: {lrr: 1}\n",
+    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]}]\ntraining: {lrr: 1}\n",
      "training.lrr: unknown key"),
-    ("name: s\nmodels:\n  sizes: [{n_layer: one, n_embd: 16, n_head: 2}]\n", "models.sizes.0.n_layer"),
+    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: one, n_embd: 16, n_head: 2}]}]\n",
+     "models.grids.0.sizes.0.n_layer: Input should be a valid integer"),
 ])
 def test_bad_config_exits_2(tmp_path, content, pattern):
     config = tmp_path / "c.yaml"
@@ -64,7 +65,7 @@ def test_empty_or_missing_corpus_exits_2(tmp_path, make_corpus, pattern):
     make_corpus(corpus)
     config = tmp_path / "c.yaml"
     config.write_text(f"name: s\ncorpus: {{source: files, paths: ['{corpus}'], extensions: ['.txt']}}\n"
-                      "models:\n  sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]\n")
+                      "models:\n  grids: [{sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]}]\n")
     one_line_error(arscale("study", "run", config, "--out", tmp_path / "s"), 2, pattern)
 
 

@@ -13,26 +13,28 @@ def write(tmp_path, text):
     return str(path)
 
 
-MINIMAL = "name: s\nmodels:\n  sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]\n"
+MINIMAL = "name: s\nmodels:\n  grids: [{family: transformer, sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]}]\n"
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
 def test_presets_are_valid(preset):
     cfg, path = load_config(preset)
-    assert path.parent == PRESETS_DIR and cfg.models.sizes
+    assert path.parent == PRESETS_DIR and cfg.models.grids
 
 
 def test_default_study_spans_thirty_fold_in_non_embedding_params():
     cfg, _ = load_config(None)
-    params = [transformer_nonembedding_params(t.model.n_layer, t.model.n_embd) for t in train_configs(cfg)]
+    params = [t.run(".").costs().params_nonembedding for t in train_configs(cfg)]
     assert len(params) >= 5 and max(params) / min(params) >= 30
+    assert params[-1] == transformer_nonembedding_params(4, 128)
 
 
 def test_token_budget_rule():
     cfg, _ = load_config("text-default")
-    assert token_budget(cfg, 1, 32, None) == 500_000  # 20 × 12.5k = 250k, raised to min_tokens
-    assert token_budget(cfg, 4, 128, None) == 2_000_000  # capped at max_tokens
-    assert token_budget(cfg, 4, 128, 123) == 123
+    assert token_budget(cfg, 12_480, None) == 500_000  # 20 × 12.5k = 250k, raised to min_tokens
+    assert token_budget(cfg, 788_736, None) == 2_000_000  # capped at max_tokens
+    assert token_budget(cfg, 788_736, 123) == 123
+    assert [t.name for t in train_configs(cfg)][:2] == ["transformer-12.5k", "transformer-55.8k"]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -40,7 +42,12 @@ def test_token_budget_rule():
     (MINIMAL + "training:\n  lr: fast\n", r"training\.lr: Input should be a valid number.*'fast'"),
     (MINIMAL + "training:\n  lr: -1\n", r"training\.lr: Input should be greater than 0"),
     (MINIMAL + "tokenizer:\n  vocab_size: 100\n", r"tokenizer\.vocab_size: Input should be greater than or equal to 258"),
-    ("name: s\nmodels:\n  sizes: [{n_layer: 1, n_embd: 30, n_head: 4}]\n", r"models\.sizes\.0: n_embd 30 is not a multiple"),
+    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, n_embd: 30, n_head: 4}]}]\n",
+     r"models\.grids\.0\.sizes\.0: n_embd \(30\) must be a multiple of n_head \(4\)"),
+    ("name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hiden: 8}]}]\n",
+     r"models\.grids\.0\.sizes\.0\.hiden: rnn has no such field; its fields: cell, "),
+    ("name: s\nmodels:\n  grids: [{family: made, sizes: [{}]}]\n", r"models\.grids\.0: made models images"),
+    ("name: s\nmodels:\n  grids: [{sizes: [{seq_len: 8}]}]\n", r"sizes\.0\.seq_len: set by the study"),
     ("name: s\n", r"models: Field required"),
     ("name: s\nmodels: {sizes: [}\n", r"not valid YAML at line 2"),
     ("- a\n- b\n", r"must be a YAML mapping"),

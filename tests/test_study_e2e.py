@@ -17,7 +17,8 @@ def tiny_config():
     cfg, path = load_config("text-tiny")
     data = cfg.model_dump()
     # one more size whose learning rate makes it diverge: it must be reported and left out of the fit
-    data["models"]["sizes"].append({"n_layer": 1, "n_embd": 8, "n_head": 2, "name": "unstable", "lr": 1e4})
+    data["models"]["grids"][0]["sizes"].append({"n_layer": 1, "n_embd": 8, "n_head": 2, "name": "unstable",
+                                                "lr": 1e4})
     return StudyConfig.model_validate(data), path
 
 
@@ -44,7 +45,7 @@ def test_every_step_ran(study):
 
 def test_fit_has_a_backtest_and_predictions(study):
     out, _, _ = study
-    fit = json.loads((step_dir(out, "fit") / "fit.json").read_text())
+    fit = json.loads((step_dir(out, "fit") / "fit.json").read_text())["transformer"]
     compute = fit["compute"]
     assert compute["n_points"] == 5 and compute["alpha"] > 0
     assert {"E", "A", "alpha"} <= set(compute["ci"])
@@ -60,7 +61,7 @@ def test_report_has_plots_and_names_the_diverged_run(study):
     for section in ("## Runs", "## Loss vs tokens", "## Loss vs compute", "### Backtest", "### Predictions",
                     "## Samples", "## Provenance"):
         assert section in report
-    for png in ("learning_curves.png", "frontier.png", "backtest.png"):
+    for png in ("learning_curves.png", "frontier-transformer.png", "backtest-transformer.png"):
         assert f"]({png})" in report and (out / "report" / png).stat().st_size > 10_000
     assert "**unstable**: diverged — loss became nan" in report
 
@@ -74,19 +75,19 @@ def test_every_run_is_in_mlflow(study):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and len(children) == 17
     by_name = {r.info.run_name: r for r in children}
-    train = by_name["train-l2-d32"]
+    train = by_name["train-transformer-24.9k"]
     history = client.get_metric_history(train.info.run_id, "train_loss")
     steps = [m.step for m in history]
     assert len(history) >= 3 and steps == sorted(steps) and steps[-1] == json.loads(
-        (step_dir(out, "train-l2-d32") / "result.json").read_text())["tokens"]  # step = tokens seen
+        (step_dir(out, "train-transformer-24.9k") / "result.json").read_text())["tokens"]  # step = tokens seen
     assert train.data.params["train.lr"] == "0.005" and train.data.params["model.n_embd"] == "32"
     assert train.data.tags["arscale.input.shards"] == step_dir(out, "shards").name
     assert {"val_loss", "flops_6ND", "tokens_per_s"} <= set(train.data.metrics)
     assert by_name["train-unstable"].info.status == "FAILED"
     assert "loss became nan" in by_name["train-unstable"].data.tags["arscale.error"]
-    assert by_name["eval-l2-d32"].data.metrics["val_bits_per_byte"] > 0
+    assert by_name["eval-transformer-24.9k"].data.metrics["val_bits_per_byte"] > 0
     fit = by_name["fit"]
-    assert fit.data.tags["arscale.input.l2-d32"] == step_dir(out, "eval-l2-d32").name
+    assert fit.data.tags["arscale.input.transformer-24.9k"] == step_dir(out, "eval-transformer-24.9k").name
     artifacts = {a.path for a in client.list_artifacts(fit.info.run_id)}
     assert {"fit.json", "runs.csv"} <= artifacts
     assert any(a.path == "report" for a in client.list_artifacts(by_name["report"].info.run_id))

@@ -11,13 +11,13 @@ from armodels.data import TokenWindows
 from armodels.evaluate import evaluate_loss
 from armodels.shards import load_token_stream
 from armodels.train import TrainConfig, TrainRun, load_model, lr_multiplier, train_single_process
-from armodels.models.transformer import TransformerConfig
 
 
-def make_run(shards, **train) -> TrainRun:
+def make_run(shards, family="transformer", model=None, **train) -> TrainRun:
     options = dict(tokens=24_000, batch_size=16, lr=5e-3, eval_points=2, eval_windows=8, log_every=5)
-    return TrainRun(TransformerConfig(vocab_size=320, seq_len=32, n_layer=1, n_head=2, n_embd=16),
-                    TrainConfig(**{**options, **train}), str(shards / "train"), str(shards / "val"), name="t")
+    model = dict(n_layer=1, n_head=2, n_embd=16) if model is None else model
+    return TrainRun(family, {"vocab_size": 320, "seq_len": 32, **model}, TrainConfig(**{**options, **train}),
+                    str(shards / "train"), str(shards / "val"), name="t")
 
 
 def test_training_lowers_loss_and_saves_a_loadable_model(tmp_path, shards, tokenizer):
@@ -47,7 +47,8 @@ def test_a_diverging_run_stops_and_says_why(tmp_path, shards):
 
 
 def test_weights_are_loaded_without_pickle(tmp_path):
-    (tmp_path / "model.json").write_text(json.dumps({"vocab_size": 8, "seq_len": 4}))
+    (tmp_path / "model.json").write_text(json.dumps({"family": "transformer",
+                                                     "config": {"vocab_size": 8, "seq_len": 4}}))
     torch.save({"evil": 1}, tmp_path / "model.safetensors")  # a pickle where safetensors belongs
     with pytest.raises(ValueError, match="not a valid weights file"):
         load_model(tmp_path)
@@ -62,11 +63,36 @@ def test_learning_rate_schedule_warms_up_then_decays():
 
 def test_batches_depend_only_on_the_step_not_the_worker_split():
     windows = TokenWindows(np.arange(10_000), seq_len=16, seed=3)
-    x, y = windows.train_batch(5, 8)
+    x = windows.train_batch(5, 8)
     halves = [windows.train_batch(5, 8, offset=o, size=4) for o in (0, 4)]
-    assert torch.equal(x, torch.cat([h[0] for h in halves])) and torch.equal(y, x + 1)
-    assert not torch.equal(x, windows.train_batch(6, 8)[0])
-    assert torch.equal(x, TokenWindows(np.arange(10_000), seq_len=16, seed=3).train_batch(5, 8)[0])
+    assert torch.equal(x, torch.cat(halves)) and x.shape == (8, 16)
+    assert torch.equal(x[:, 1:], x[:, :-1] + 1)  # whole consecutive windows of the stream
+    assert not torch.equal(x, windows.train_batch(6, 8))
+    assert torch.equal(x, TokenWindows(np.arange(10_000), seq_len=16, seed=3).train_batch(5, 8))
     # every window is visited once per epoch
-    seen = torch.cat([windows.train_batch(s, 8)[0][:, 0] for s in range(windows.n_windows // 8)])
+    seen = torch.cat([windows.train_batch(s, 8)[:, 0] for s in range(windows.n_windows // 8)])
     assert len(set(seen.tolist())) == len(seen)
+
+
+@pytest.mark.parametrize("family, model", [
+    ("rnn", dict(n_layer=1, n_embd=16, hidden=32)),
+    ("wavenet", dict(channels=16, skip_channels=16, dilations=(1, 2, 4))),
+    ("linear_attention", dict(n_layer=1, n_head=2, n_embd=16)),
+])
+def test_other_families_train_through_the_same_loop(tmp_path, shards, family, model):
+    result = train_single_process(make_run(shards, family, model), tmp_path)
+    assert result["status"] == "ok" and result["family"] == family
+    assert result["final_train_loss"] < result["initial_loss"] - 0.5
+    assert load_model(tmp_path).family == family
+
+
+@pytest.mark.parametrize("family, model", [("histogram", {}), ("ngram", {"order": 2})])
+def test_count_based_families_count_the_same_budget(tmp_path, shards, tokenizer, family, model):
+    result = train_single_process(make_run(shards, family, model), tmp_path)
+    assert result["status"] == "ok" and result["initial_loss"] == pytest.approx(math.log(320))
+    loaded = load_model(tmp_path)
+    assert loaded.counts.sum().item() == result["tokens"]  # every token of the budget counted once
+    val = TokenWindows(load_token_stream(shards / "val"), 32)
+    ev = evaluate_loss(loaded, val, max_windows=8)
+    assert ev.nats_per_token == pytest.approx(result["final_val_loss"], rel=1e-4)
+    assert ev.nats_per_token < math.log(320) - 1.0

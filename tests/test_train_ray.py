@@ -5,17 +5,16 @@ import json
 import pytest
 
 from armodels.train import TrainConfig, train_single_process
-from armodels.models.transformer import TransformerConfig
 from pipelines.executor import StepContext
 from pipelines.steps.train import TrainStepConfig, train_model
 
 
 @pytest.mark.parametrize("zero_stage", [1])
 def test_two_workers_follow_the_single_process_loss_curve(tmp_path, shards, ray_local, zero_stage):
-    model = TransformerConfig(vocab_size=320, seq_len=32, n_layer=1, n_head=2, n_embd=16)
+    model = dict(vocab_size=320, seq_len=32, n_layer=1, n_head=2, n_embd=16)
     train = TrainConfig(tokens=16_000, batch_size=16, lr=5e-3, eval_points=1, eval_windows=8, log_every=1,
                         zero_stage=zero_stage)
-    step = TrainStepConfig("dp", model, train, num_workers=2)
+    step = TrainStepConfig("dp", "transformer", model, train, num_workers=2)
     out = tmp_path / "ray"
     out.mkdir()
     summary = train_model(step, StepContext("train-dp", out, {"shards": shards}))

@@ -13,7 +13,6 @@ from pathlib import Path
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import read_manifest
 from armodels.train import TrainConfig, TrainRun
-from armodels.models.transformer import TransformerConfig
 from pipelines.executor import StepContext
 
 VERSION = "1"
@@ -22,14 +21,15 @@ VERSION = "1"
 @dataclass(frozen=True)
 class TrainStepConfig:
     name: str
-    model: TransformerConfig
+    family: str
+    model: dict  # the family's config fields
     train: TrainConfig
     num_workers: int = 1
     cpus_per_worker: int = 1
 
     def run(self, shards_dir: Path) -> TrainRun:
-        return TrainRun(self.model, self.train, str(Path(shards_dir) / "train"), str(Path(shards_dir) / "val"),
-                        name=self.name)
+        return TrainRun(self.family, self.model, self.train, str(Path(shards_dir) / "train"),
+                        str(Path(shards_dir) / "val"), name=self.name)
 
 
 def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
@@ -38,10 +38,10 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
 
     run = config.run(ctx.inputs["shards"])
     vocab = read_manifest(run.train_shards).vocab_size
-    if vocab > run.model.vocab_size:
-        raise ValueError(f"the tokenizer has {vocab} tokens but the model only {run.model.vocab_size}")
+    if vocab > run.model["vocab_size"]:
+        raise ValueError(f"the tokenizer has {vocab} tokens but the model only {run.model['vocab_size']}")
     write_json_atomic(ctx.output / "run.json", run.to_dict())
-    ctx.log(f"{run.steps} steps × {run.train.batch_size} sequences × {run.model.seq_len} tokens on "
+    ctx.log(f"{run.family}: {run.steps} steps × {run.train.batch_size} sequences × {run.seq_len} tokens on "
             f"{config.num_workers} worker(s) × {config.cpus_per_worker} CPU(s)")
     trainer = TorchTrainer(
         _train_worker,
