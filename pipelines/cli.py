@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from pipelines.errors import RunFailure, UserError
 
+FORMS = ["compute", "params", "tokens", "chinchilla", "envelope", "isoflop"]
+
 
 def main(argv: list[str] | None = None) -> int:
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines about creating tables are noise here
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its INFO lines about creating tables are noise
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -79,17 +81,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.set_defaults(handler=cmd_report)
 
-    p = sub.add_parser("fit", parents=[common], help="fit a scaling law to a table of runs")
-    p.add_argument("--runs", type=Path, required=True, help="CSV with columns params, tokens, loss[, flops, ...]")
-    p.add_argument("--form", default="compute",
-                   choices=["compute", "params", "tokens", "chinchilla", "envelope", "isoflop"])
-    p.add_argument("--convention", help="FLOPs convention when computing FLOPs from params and tokens")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--holdout-top", type=int, default=1)
-    p.add_argument("--predict-compute", type=float, nargs="*", default=[])
+    p = sub.add_parser("fit", parents=[common], help="fit a scaling law to a table of runs",
+                       description="Fit a scaling law to runs from a CSV or from a study's MLflow store. With "
+                                   "--tracking-uri (or $MLFLOW_TRACKING_URI) the fit is logged to MLflow.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs", type=Path, help="CSV with columns params, tokens, loss[, flops, "
+                                                  "params_nonembedding, run_id, ...]")
+    source.add_argument("--mlflow", metavar="URI", help="read the runs of a study from this tracking store")
+    p.add_argument("--experiment", help="MLflow experiment (the study's name); needed when the store has several")
+    p.add_argument("--form", default="compute", choices=FORMS)
+    p.add_argument("--convention", help="FLOPs convention (6ND, 6ND_total, kaplan, per_layer, chinchilla); "
+                                        "default: the flops column, else 6ND")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals (default 1000)")
+    p.add_argument("--holdout-top", type=int, default=1, help="largest-compute runs held out by the backtest")
+    p.add_argument("--predict-compute", type=float, nargs="*", default=[], metavar="C",
+                   help="training FLOPs to predict the loss at")
     p.add_argument("--json", action="store_true", help="print only the fit as one JSON object")
     p.add_argument("--plot", type=Path, help="write the fitted frontier as a PNG")
+    p.add_argument("--tracking-uri", help="log the fit to this MLflow store (default: $MLFLOW_TRACKING_URI, "
+                                          "or the --mlflow store)")
     p.set_defaults(handler=cmd_fit)
+
+    p = sub.add_parser("advise", parents=[common], help="which run to train next to sharpen a prediction",
+                       description="Rank candidate runs that fit in a FLOPs budget by how much each is expected to "
+                                   "narrow the bootstrap interval of the predicted loss at a target compute.")
+    p.add_argument("--runs", type=Path, required=True, help="CSV of finished runs, as for `arscale fit`")
+    p.add_argument("--target-compute", type=float, required=True, metavar="C", help="FLOPs of the prediction")
+    p.add_argument("--budget", type=float, required=True, metavar="FLOPS", help="the most the next run may cost")
+    p.add_argument("--form", default="chinchilla", choices=["chinchilla", "compute"])
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_advise)
 
     p = sub.add_parser("train", parents=[common], help="run one training run in this process, without Ray",
                        description="Train one model from a run.json (each study training step saves one) in a "
@@ -138,18 +161,50 @@ def cmd_report(args) -> int:
 def cmd_fit(args) -> int:
     import scaling
 
+    from pipelines.mlflow_runs import log_fit, runs_from_mlflow
+
+    if args.bootstrap < 0 or args.holdout_top < 0:
+        raise UserError("--bootstrap and --holdout-top must be 0 or more")
     try:
-        runs = scaling.load_runs_csv(args.runs)
+        if args.runs:
+            runs, experiment = scaling.load_runs_csv(args.runs), args.experiment or "arscale-fits"
+        else:  # a fit of a study's runs is logged beside them, in the study's experiment
+            runs, experiment = runs_from_mlflow(args.mlflow, args.experiment)
         result = scaling.fit_runs(runs, args.form, convention=args.convention, bootstrap=args.bootstrap,
                                   holdout_top=args.holdout_top, predict_compute=args.predict_compute)
     except scaling.FitInputError as e:
         raise UserError(str(e)) from None
     if args.plot:
         scaling.plots.plot_frontier(runs, result, args.plot)
+    print(json.dumps(result.to_dict()) if args.json else describe_fit(result.to_dict()))
+    tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or args.mlflow
+    if tracking:
+        run_id = log_fit(tracking, experiment, result, source=str(args.runs or args.mlflow), plot=args.plot)
+        print(f"logged to MLflow {tracking}, run {run_id}", file=sys.stderr)
+    return 0
+
+
+def cmd_advise(args) -> int:
+    import scaling
+
+    try:
+        advice = scaling.advise(scaling.load_runs_csv(args.runs), args.target_compute, args.budget, form=args.form,
+                                top=args.top, bootstrap=args.bootstrap)
+    except (scaling.FitInputError, ValueError) as e:
+        raise UserError(str(e)) from None
     if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(describe_fit(result.to_dict()))
+        print(json.dumps([vars(a) for a in advice]))
+        return 0
+    if not advice:
+        print("no candidate run fits in the budget")
+        return 0
+    print(f"interval width of the predicted loss at C={args.target_compute:.3g} today: {advice[0].width_now:.4f}")
+    print(f"{'rank':>4}  {'params':>10}  {'tokens':>10}  {'FLOPs':>10}  {'expected width':>14}  {'narrower by':>11}")
+    for i, a in enumerate(advice, 1):
+        params = f"{a.params:.3g}" if a.params else "—"
+        tokens = f"{a.tokens:.3g}" if a.tokens else "—"
+        print(f"{i:>4}  {params:>10}  {tokens:>10}  {a.compute:>10.3g}  {a.expected_width:>14.4f}  "
+              f"{a.relative_reduction:>11.1%}")
     return 0
 
 

@@ -178,7 +178,7 @@ def fit_runs(runs: pd.DataFrame, form: str, *, convention: str | None = None, bo
     convention
         How compute is counted (one of ``flops.CONVENTIONS``): from the ``flops_<convention>`` column if the
         table has one, else computed from its columns. None: the ``flops`` column if there is one, else
-        6ND. For chinchilla it chooses N (6ND: non-embedding, 6ND_total: all parameters) since that form
+        6ND (6ND_total without a ``params_nonembedding`` column). For chinchilla it chooses N (6ND: non-embedding, 6ND_total: all parameters) since that form
         allocates compute as C = 6·N·D.
     bootstrap, holdout_top, predict_compute, ci_level, seed
         As in `fit_law`.
@@ -256,7 +256,8 @@ def _fit_inputs(runs: pd.DataFrame, form: str, convention: str | None) -> tuple[
         elif convention is not None and f"flops_{convention}" in runs.columns:
             values["flops"] = column(f"flops_{convention}")  # counted by whoever made the table, e.g. a study
         else:
-            convention = convention or "6ND"
+            # the CSV may hold only total parameters; count with what is there
+            convention = convention or ("6ND" if "params_nonembedding" in runs.columns else "6ND_total")
             needed = ("tokens",) + CONVENTION_COLUMNS[convention]
             missing = [c for c in needed if c not in runs.columns]
             if missing:

@@ -93,3 +93,55 @@ def test_usage_errors_exit_2():
     assert arscale().returncode == 2
     assert arscale("study", "run", "--no-such-flag").returncode == 2
     assert arscale("tokenize", "--help").returncode == 0
+
+
+def synthetic_runs(path, *, rows=8, seed=0):
+    """A run table drawn from L(C) = 1.8 + 40·C^-0.12 with 1% noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    params = np.geomspace(1e4, 1e7, rows)
+    tokens = 20 * params
+    loss = (1.8 + 40 * (6 * params * tokens) ** -0.12) * np.exp(rng.normal(0, 0.01, rows))
+    lines = ["run_id,params,tokens,loss"] + [f"r{i},{n:.0f},{d:.0f},{l:.5f}"
+                                               for i, (n, d, l) in enumerate(zip(params, tokens, loss))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_fit_prints_json_plots_and_logs_to_mlflow(tmp_path):
+    import json
+
+    csv = synthetic_runs(tmp_path / "runs.csv")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = arscale("fit", "--runs", csv, "--bootstrap", 100, "--predict-compute", 1e16, "--json",
+                "--plot", tmp_path / "fit.png", "--tracking-uri", uri)
+    assert r.returncode == 0, r.stderr
+    fit = json.loads(r.stdout)  # stdout holds only the JSON object
+    assert fit["form"] == "compute" and fit["n_points"] == 8 and fit["convention"] == "6ND_total"
+    assert 0.08 < fit["alpha"] < 0.16 and len(fit["predictions"]) == 1 and fit["backtest"]
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    logged = client.search_runs([client.get_experiment_by_name("arscale-fits").experiment_id])
+    assert len(logged) == 1 and logged[0].data.metrics["alpha"] == pytest.approx(fit["alpha"])
+    assert {a.path for a in client.list_artifacts(logged[0].info.run_id)} == {"fit.json", "fit.png"}
+
+
+def test_fit_with_a_bad_csv_names_the_problem(tmp_path):
+    (tmp_path / "runs.csv").write_text("params,tokens\n1,2\n")
+    one_line_error(arscale("fit", "--runs", tmp_path / "runs.csv"), 2, "loss")
+    (tmp_path / "runs.csv").write_text("params,tokens,loss\n1,2,abc\n")
+    one_line_error(arscale("fit", "--runs", tmp_path / "runs.csv"), 2, "loss")
+    one_line_error(arscale("fit", "--mlflow", f"sqlite:///{tmp_path}/empty.db"), 2, "0 experiments with study runs")
+
+
+def test_advise_ranks_candidates_within_the_budget(tmp_path):
+    csv = synthetic_runs(tmp_path / "runs.csv")
+    r = arscale("advise", "--runs", csv, "--target-compute", 1e17, "--budget", 1e15, "--form", "compute",
+                "--bootstrap", 50, "--top", 3)
+    assert r.returncode == 0, r.stderr
+    ranks = [line.split() for line in r.stdout.splitlines()[2:]]
+    assert [row[0] for row in ranks] == ["1", "2", "3"]
+    assert all(float(row[3]) <= 1e15 for row in ranks)

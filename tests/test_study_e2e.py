@@ -109,3 +109,17 @@ def test_config_change_reruns_only_downstream_steps(study, tiny_config):
     outcomes = run_study(changed, path, out)
     ran = {n for n, o in outcomes.items() if o.state == "succeeded"}
     assert ran == {n for n in outcomes if n.startswith("eval-")} | {"fit", "report"}
+
+
+def test_the_fit_can_be_rebuilt_from_mlflow_alone(study):
+    import scaling
+    from pipelines.mlflow_runs import runs_from_mlflow
+
+    out, _, _ = study
+    runs, experiment = runs_from_mlflow(f"sqlite:///{out}/mlflow.db")
+    assert experiment == "text-tiny" and len(runs) == 6
+    refit = scaling.fit_runs(runs, "compute", convention="6ND", bootstrap=0, holdout_top=0)
+    saved = json.loads((step_dir(out, "fit") / "fit.json").read_text())["transformer"]["compute"]
+    assert refit.n_points == 5 and any("unstable" in json.dumps(row) for row in refit.excluded)
+    for key in ("E", "A", "alpha"):
+        assert refit.params[key] == pytest.approx(saved[key], rel=1e-6)
