@@ -10,7 +10,10 @@ optimiser.
 Outputs, written by rank 0 into `out_dir`:
     model.safetensors, model.json   the trained weights, the family and its config
     curve.json                      train loss per logged step and validation loss at the evaluation points
-    result.json                     tokens, FLOPs, throughput, final losses, and status "ok" or "diverged"
+    result.json                     tokens, FLOPs, throughput, final losses, and status "ok", "diverged" or
+                                    "interrupted" (stopped on request after saving a checkpoint)
+    checkpoint/                     while the run is unfinished: the last mid-run checkpoint (armodels.checkpoint);
+                                    a run started again in the same folder continues from it
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 import torch
 
 import armodels
+from armodels.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from armodels.data import TokenWindows
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import load_token_stream
@@ -52,6 +56,8 @@ class TrainConfig:
     eval_points: int = 8  # validation evaluations during training, for the loss-vs-tokens curve
     eval_windows: int = 64  # validation windows per evaluation
     log_every: int = 10  # steps between metric reports
+    checkpoints: int = 10  # evenly spaced mid-run checkpoints to resume from (0: none); a stop request adds one
+    # (with zero_stage 0 only: ZeRO's partitioned optimizer state does not load without unpickling objects)
 
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -186,11 +192,14 @@ class Objective(torch.nn.Module):
         return self.model.loss(x)
 
 
-def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | None = None) -> dict:
+def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict:
     """Train `run` on the current torch.distributed group; returns the result dict (also saved as result.json).
 
     `on_metrics` is called on rank 0 every `log_every` steps and at each evaluation with a flat metrics dict.
     A non-finite loss stops the run with status "diverged" (the result says where); that is a result, not a crash.
+    If `out_dir` holds a checkpoint of this run, training continues from it. `should_stop` is asked after every
+    step (by every rank); when it says yes on any rank, all ranks save a checkpoint and return status "interrupted".
     """
     import torch.distributed as dist
 
@@ -201,8 +210,9 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
     val = TokenWindows(load_token_stream(run.val_shards), model.seq_len)
     loop = _optimise if model.trainable else _count
     start = time.perf_counter()
-    outcome = loop(run, model, windows, val, rank, world, on_metrics or (lambda m: None))
-    elapsed = time.perf_counter() - start
+    outcome = loop(run, model, windows, val, rank, world, on_metrics or (lambda m: None),
+                   Path(out_dir), should_stop or (lambda: False))
+    elapsed = time.perf_counter() - start + outcome.earlier_seconds
 
     tokens = outcome.steps * run.train.batch_size * model.seq_len
     result = {
@@ -213,6 +223,7 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
         "initial_loss": outcome.initial_loss, "final_train_loss": outcome.last_loss,
         "final_val_loss": outcome.curve.val[-1]["loss"] if outcome.curve.val and outcome.status == "ok" else None,
         "train_seconds": elapsed, "tokens_per_s": tokens / elapsed, "workers": world,
+        "resumed_at_step": outcome.resumed_at,
     }
     if rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -220,6 +231,8 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
             save_model(model, run.family, Path(out_dir))
         write_json_atomic(Path(out_dir) / "curve.json", asdict(outcome.curve))
         write_json_atomic(Path(out_dir) / "result.json", result)
+        if outcome.status != "interrupted":
+            remove_checkpoint(Path(out_dir))  # the run is over: only a stopped run needs its optimizer state
     return result
 
 
@@ -231,11 +244,14 @@ class _Outcome:
     last_loss: float
     status: str = "ok"
     reason: str | None = None
+    resumed_at: int | None = None  # the step a checkpoint let this attempt start from
+    earlier_seconds: float = 0.0  # training time spent by earlier attempts
 
 
 def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
-              on_metrics: Callable[[dict], None]) -> _Outcome:
-    """Gradient descent with DeepSpeed on the global batches of every step."""
+              on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool]) -> _Outcome:
+    """Gradient descent with DeepSpeed on the global batches of every step, resuming from a checkpoint in
+    `out_dir` if there is one and saving checkpoints along the way."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say so, rather than have DeepSpeed warn it guessed
     import deepspeed  # heavy import, kept out of module import time
@@ -243,6 +259,13 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
 
     cfg = run.train
     micro, accum = _split_batch(cfg, world)
+    can_checkpoint = cfg.zero_stage == 0
+    if not can_checkpoint and cfg.checkpoints and rank == 0:
+        print(f"{run.name}: no mid-run checkpoints with zero_stage {cfg.zero_stage}; a restart starts over",
+              flush=True)
+    resume = _matching_checkpoint(out_dir, run, rank) if can_checkpoint else None
+    if resume:
+        resume.load_weights(model)  # before DeepSpeed wraps the parameters
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -255,6 +278,26 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     engine, _, _, _ = deepspeed.initialize(model=Objective(model), optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg, micro, accum, world))
     device = engine.device
+    curve = Curve()
+    out = _Outcome(curve, 0, float("nan"), float("nan"))
+    first_step = 0
+    if resume:
+        engine.optimizer.load_state_dict(resume.optimizer["optimizer"])
+        schedule.load_state_dict(resume.optimizer["scheduler"])
+        torch.set_rng_state(resume.optimizer["rng"])
+        curve.train, curve.val = resume.state["curve"]["train"], resume.state["curve"]["val"]
+        first_step = out.steps = out.resumed_at = resume.step
+        out.initial_loss, out.last_loss = resume.state["initial_loss"], resume.state["last_loss"]
+        out.earlier_seconds = resume.state["train_seconds"]
+
+    def checkpoint(steps_done: int) -> None:
+        if rank == 0:
+            optimizer_state = {"optimizer": engine.optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                               "rng": torch.get_rng_state()}
+            save_checkpoint(out_dir, steps_done, model, optimizer_state, {
+                "run": _fingerprint(run), "curve": asdict(curve), "initial_loss": out.initial_loss,
+                "last_loss": out.last_loss, "train_seconds": out.earlier_seconds + time.perf_counter() - start})
+        dist.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
 
     def evaluate() -> float:
         engine.eval()
@@ -264,21 +307,23 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         return loss
 
     eval_steps = {round(total * (i + 1) / cfg.eval_points) - 1 for i in range(cfg.eval_points)}
+    checkpoint_steps = {round(total * (i + 1) / (cfg.checkpoints + 1))
+                        for i in range(cfg.checkpoints if can_checkpoint else 0)}
     tokens_per_step = cfg.batch_size * model.seq_len
-    curve = Curve()
-    out = _Outcome(curve, 0, float("nan"), float("nan"))
     start = time.perf_counter()
-    for step in range(total):
-        model.before_train_step()  # MADE moves to its next mask here
-        step_loss = torch.zeros(1, dtype=torch.float64)
+    for step in range(first_step, total):
+        model.before_train_step(step)  # MADE moves to this step's mask here
+        step_loss = torch.zeros(2, dtype=torch.float64)  # [summed mean loss, ranks asked to stop]
         for m in range(accum):
             x = windows.train_batch(step, cfg.batch_size, offset=(m * world + rank) * micro, size=micro)
             loss = engine(x.to(device))
             engine.backward(loss)
             engine.step()
-            step_loss += loss.item() / accum
-        dist.all_reduce(step_loss)  # every rank sees the same mean loss, so all stop together on divergence
-        out.last_loss, out.steps = step_loss.item() / world, step + 1
+            step_loss[0] += loss.item() / accum
+        step_loss[1] = float(should_stop())
+        dist.all_reduce(step_loss)  # every rank sees the same loss and stop votes, so all stop together
+        out.last_loss, out.steps = step_loss[0].item() / world, step + 1
+        stop = step_loss[1].item() > 0 and step + 1 < total and can_checkpoint
         if step == 0:
             out.initial_loss = out.last_loss
         tokens = (step + 1) * tokens_per_step
@@ -290,18 +335,42 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
             point = {"step": step, "tokens": tokens, "loss": out.last_loss, "lr": schedule.get_last_lr()[0]}
             curve.train.append(point)
             if rank == 0:
-                on_metrics({**point, "tokens_per_s": tokens / elapsed, "elapsed_s": elapsed,
-                            "progress": (step + 1) / total})
+                on_metrics({**point, "tokens_per_s": (step + 1 - first_step) * tokens_per_step / elapsed,
+                            "elapsed_s": elapsed, "progress": (step + 1) / total})
         if step in eval_steps:
             curve.val.append({"step": step, "tokens": tokens, "loss": evaluate()})
             if rank == 0:
                 on_metrics({"step": step, "tokens": tokens, "val_loss": curve.val[-1]["loss"]})
+        if stop or step + 1 in checkpoint_steps:
+            checkpoint(step + 1)
+        if stop:
+            out.status, out.reason = "interrupted", f"stopped on request after step {step + 1} of {total}"
+            break
     return out
 
 
+def _fingerprint(run: TrainRun) -> dict:
+    """What must match for a checkpoint to belong to `run` (data paths may differ: the folder may have moved)."""
+    return json.loads(json.dumps({"family": run.family, "model": run.model, "train": asdict(run.train)}))
+
+
+def _matching_checkpoint(out_dir: Path, run: TrainRun, rank: int):
+    """The checkpoint in `out_dir` if it was taken by this same run, else None (with a note why on rank 0)."""
+    resume = load_checkpoint(out_dir)
+    if resume and resume.state.get("run") != _fingerprint(run):
+        if rank == 0:
+            print(f"{run.name}: the checkpoint in {out_dir} belongs to a different run config; starting afresh",
+                  flush=True)
+        return None
+    if resume and rank == 0:
+        print(f"{run.name}: resuming from the checkpoint after step {resume.step} of {run.steps}", flush=True)
+    return resume
+
+
 def _count(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
-           on_metrics: Callable[[dict], None]) -> _Outcome:
-    """Count-based families see the same token budget as the others, counted once, then summed over workers."""
+           on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool]) -> _Outcome:
+    """Count-based families see the same token budget as the others, counted once, then summed over workers.
+    Counting takes seconds, so it neither checkpoints nor stops early."""
     import torch.distributed as dist
 
     cfg, total = run.train, run.steps
@@ -371,7 +440,8 @@ def load_model(directory: Path):
     return model.eval()
 
 
-def train_single_process(run: TrainRun, out_dir: Path, on_metrics: Callable[[dict], None] | None = None) -> dict:
+def train_single_process(run: TrainRun, out_dir: Path, on_metrics: Callable[[dict], None] | None = None,
+                         should_stop: Callable[[], bool] | None = None) -> dict:
     """Run the same loop without Ray: a one-process gloo group on this machine (NCCL if a GPU is visible).
 
     The group stays up for later runs in this process: DeepSpeed keeps references to it.
@@ -385,7 +455,7 @@ def train_single_process(run: TrainRun, out_dir: Path, on_metrics: Callable[[dic
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
-    return train(run, out_dir, on_metrics=on_metrics)
+    return train(run, out_dir, on_metrics=on_metrics, should_stop=should_stop)
 
 
 def _free_port() -> int:

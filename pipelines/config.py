@@ -116,6 +116,7 @@ class TrainingConfig(_Strict):
     eval_points: int | None = Field(None, ge=0)
     eval_windows: int | None = Field(None, gt=0)
     log_every: int | None = Field(None, gt=0)
+    checkpoints: int | None = Field(None, ge=0)  # mid-run checkpoints per run (default 10)
 
     @model_validator(mode="after")
     def _budget_bounds(self):

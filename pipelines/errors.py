@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class RunFailure(Exception):
     """Something failed while running; finished work is kept (exit code 1)."""
+
+
+class StepStopped(RunFailure):
+    """A step stopped early on request (Ctrl-C, SIGTERM) after saving what it needs to resume."""

@@ -12,6 +12,10 @@ A step's directory goes through two names:
 
 So a directory without `.tmp` is always complete, and re-running a study skips every step whose directory exists.
 Independent steps run concurrently; the executor admits a step when the CPUs it declares are free in the cluster.
+
+Stopping (Ctrl-C, SIGTERM): the executor writes the file `STOP` in the study folder; long steps (training) look
+for it, save a checkpoint in their .tmp dir and end as failed-with-checkpoint; the executor waits for them
+(up to STOP_GRACE_S) before it cancels what is left. A second Ctrl-C cancels at once.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from armodels.files import read_json, write_json_atomic
+from pipelines.errors import StepStopped
 
 STATUS = "STATUS.json"
-SUCCEEDED, FAILED, RUNNING = "succeeded", "failed", "running"
+STOP_FILE = "STOP"  # its presence asks running steps to checkpoint and stop
+STOP_GRACE_S = 120.0
+SUCCEEDED, FAILED, RUNNING, STOPPED = "succeeded", "failed", "running", "stopped"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,11 @@ class StepContext:
 
     def log(self, message: str) -> None:
         print(message, flush=True)  # Ray prefixes it with the task name, step:<name>
+
+    @property
+    def stop_file(self) -> Path:
+        """Exists when the study was asked to stop (the step's .tmp dir sits in the study folder)."""
+        return self.output.parent / STOP_FILE
 
     def logger(self):
         """A RunLogger for this step's MLflow run, or None when the study is not tracked."""
@@ -161,8 +173,8 @@ def execute_step(fn: StepFn, config: Any, name: str, dirname: str, root: str, in
         summary = fn(config, ctx) or {}
     except BaseException as e:  # KeyboardInterrupt included: the record must say the step did not finish
         (tmp / "error.log").write_text(traceback.format_exc())
-        write_json_atomic(tmp / STATUS, {**record, "state": FAILED, "finished": time.time(),
-                                         "error": one_line_error(e)})
+        write_json_atomic(tmp / STATUS, {**record, "state": STOPPED if isinstance(e, StepStopped) else FAILED,
+                                         "finished": time.time(), "error": one_line_error(e)})
         raise
     write_json_atomic(tmp / STATUS, {**record, "state": SUCCEEDED, "finished": time.time(), "summary": summary})
     if final.exists():  # left by hand without a success record (step_state ignores it): replace it
@@ -178,7 +190,7 @@ def one_line_error(e: BaseException) -> str:
 
 @dataclass
 class Outcome:
-    state: str  # skipped | succeeded | failed | blocked
+    state: str  # skipped | succeeded | failed | blocked | stopped
     seconds: float = 0.0
     error: str | None = None
     summary: dict = field(default_factory=dict)
@@ -217,6 +229,7 @@ class Executor:
         remote = ray.remote(execute_step)
         running: dict[Any, tuple[Step, float, str | None]] = {}
         free = total_cpus
+        (self.root / STOP_FILE).unlink(missing_ok=True)  # left by an earlier stop
         try:
             while pending or running:
                 for step in [s for s in pending if self._inputs_failed(s, outcomes)]:
@@ -237,11 +250,31 @@ class Executor:
                 free += step.resources.cpus
                 outcomes[step.name] = self._collect(done[0], step, time.perf_counter() - started, run_id)
         except KeyboardInterrupt:
-            for ref, (step, _, run_id) in running.items():
-                ray.cancel(ref)
-                self._record_failure(step, run_id, "interrupted by the user")
+            self._stop(running, outcomes)
             raise
         return outcomes
+
+    def _stop(self, running: dict, outcomes: dict[str, Outcome]) -> None:
+        """Ask running steps to checkpoint and stop, wait for them a while, then cancel the rest."""
+        import ray
+
+        if running:
+            (self.root / STOP_FILE).touch()
+            self.log(f"stopping: {len(running)} running step(s) save a checkpoint first "
+                     f"(up to {STOP_GRACE_S:.0f}s; Ctrl-C again to stop at once)")
+            deadline = time.monotonic() + STOP_GRACE_S
+            try:
+                while running and time.monotonic() < deadline:
+                    done, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                    for ref in done:
+                        step, started, run_id = running.pop(ref)
+                        outcomes[step.name] = self._collect(ref, step, time.perf_counter() - started, run_id)
+            except KeyboardInterrupt:
+                pass
+        for ref, (step, _, run_id) in running.items():
+            ray.cancel(ref, force=True)
+            self._record_failure(step, run_id, "interrupted by the user")
+        (self.root / STOP_FILE).unlink(missing_ok=True)
 
     @staticmethod
     def _inputs_done(step: Step, outcomes: dict[str, Outcome]) -> bool:
@@ -274,6 +307,11 @@ class Executor:
             summary = ray.get(ref)
         except Exception as e:
             cause = getattr(e, "cause", None) or e  # RayTaskError wraps the step's own exception
+            if isinstance(cause, StepStopped):
+                self.log(f"■ {step.dirname} stopped after {seconds:.0f}s: {cause}")
+                if self.tracking and run_id:
+                    self.tracking.finish_run(run_id, ok=False, error=str(cause))
+                return Outcome("stopped", seconds, str(cause))
             error = one_line_error(cause) if cause is not e else _ray_error_line(e)
             self._record_failure(step, run_id, error)
             self.log(f"✘ {step.dirname} failed after {seconds:.0f}s: {error}")

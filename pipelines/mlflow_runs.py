@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.errors import UserError
+from pipelines.tracking import artifact_location
 
 EVAL_FILTER = "tags.`arscale.step` LIKE 'eval-%'"
 
@@ -69,7 +70,10 @@ def log_fit(uri: str, experiment: str, result, *, source: str, plot: Path | None
     client = _client(uri)
     try:
         found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        # a SQLite store keeps the artifacts beside its database file
+        db_folder = Path(uri.removeprefix("sqlite:///")).parent
+        experiment_id = found.experiment_id if found else client.create_experiment(
+            experiment, artifact_location=artifact_location(uri, db_folder))
     except Exception as e:
         raise UserError(f"MLflow at {uri} is unreachable ({type(e).__name__}); the fit was not logged") from None
     fit = result.to_dict()

@@ -209,7 +209,8 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path, *, dry_run: bool =
             outcomes = executor.run(targets)
         except KeyboardInterrupt:
             tracking.finish_study(ok=False)
-            raise RunFailure("interrupted; finished steps are kept — run the same command again to resume") from None
+            raise RunFailure(f"interrupted; finished steps and checkpoints are kept — to resume, run: arscale study "
+                             f"run {config_path} --out {out}") from None
         failed = {n: o for n, o in outcomes.items() if o.state == "failed"}
         tracking.finish_study(ok=not failed)
         ran = sum(o.state == "succeeded" for o in outcomes.values())

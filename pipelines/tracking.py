@@ -24,6 +24,12 @@ def resolve_tracking_uri(cli_uri: str | None, study_dir: Path) -> str:
     return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(study_dir).resolve()}/mlflow.db"
 
 
+def artifact_location(uri: str, folder: Path) -> str | None:
+    """Where a new experiment keeps its artifacts: `folder/mlartifacts` for a SQLite store (MLflow's own
+    default is ./mlruns under whatever directory the process happens to run in); the server's choice otherwise."""
+    return (Path(folder).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     """A nested config as flat `a.b.c -> value` strings, as MLflow params want them."""
     if is_dataclass(obj):
@@ -60,8 +66,8 @@ class StudyTracking:
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
-            artifacts = (Path(study_dir).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-            self.experiment_id = self.client.create_experiment(study_name, artifact_location=artifacts)
+            self.experiment_id = self.client.create_experiment(
+                study_name, artifact_location=artifact_location(uri, study_dir))
         else:
             self.experiment_id = experiment.experiment_id
         run = None

@@ -196,6 +196,9 @@ def fit_runs(runs: pd.DataFrame, form: str, *, convention: str | None = None, bo
     if convention is not None and convention not in CONVENTIONS:
         raise FitInputError(f"unknown FLOPs convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
     require_columns(runs, ("loss",))
+    # a canonical row order, so that the same runs give the same fit (bit for bit) from any source
+    order = [c for c in ("params", "tokens", "loss", "run_id") if c in runs]
+    runs = runs.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
     values, convention = _fit_inputs(runs, form, convention)
     keep, excluded = usable_rows(runs, values)
     kept = {name: v[keep] for name, v in values.items()}

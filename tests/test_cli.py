@@ -127,6 +127,7 @@ def test_fit_prints_json_plots_and_logs_to_mlflow(tmp_path):
     logged = client.search_runs([client.get_experiment_by_name("arscale-fits").experiment_id])
     assert len(logged) == 1 and logged[0].data.metrics["alpha"] == pytest.approx(fit["alpha"])
     assert {a.path for a in client.list_artifacts(logged[0].info.run_id)} == {"fit.json", "fit.png"}
+    assert list((tmp_path / "mlartifacts").rglob("fit.json")), "artifacts belong beside the SQLite store"
 
 
 def test_fit_with_a_bad_csv_names_the_problem(tmp_path):

@@ -96,3 +96,58 @@ def test_count_based_families_count_the_same_budget(tmp_path, shards, tokenizer,
     ev = evaluate_loss(loaded, val, max_windows=8)
     assert ev.nats_per_token == pytest.approx(result["final_val_loss"], rel=1e-4)
     assert ev.nats_per_token < math.log(320) - 1.0
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_exactly(tmp_path, shards):
+    """Stop after step 20 of 47, start again in the same folder: same tokens, same curve as one unbroken run."""
+    run = make_run(shards, checkpoints=3)
+    whole = train_single_process(run, tmp_path / "whole")
+    assert not (tmp_path / "whole" / "checkpoint").exists()  # a finished run keeps no optimizer state
+
+    calls = iter(range(1000))
+    stopped = train_single_process(run, tmp_path / "split", should_stop=lambda: next(calls) >= 19)
+    assert stopped["status"] == "interrupted" and stopped["steps"] == 20
+    assert (tmp_path / "split" / "checkpoint" / "state.json").is_file()
+    assert not (tmp_path / "split" / "model.safetensors").exists()
+
+    resumed = train_single_process(run, tmp_path / "split")
+    assert resumed["status"] == "ok" and resumed["resumed_at_step"] == 20
+    assert resumed["tokens"] == whole["tokens"] and resumed["steps"] == whole["steps"]
+    curves = [json.loads((tmp_path / d / "curve.json").read_text()) for d in ("whole", "split")]
+    assert [p["step"] for p in curves[1]["train"]] == [p["step"] for p in curves[0]["train"]]  # none repeated
+    for a, b in zip(curves[0]["train"] + curves[0]["val"], curves[1]["train"] + curves[1]["val"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    assert resumed["final_val_loss"] == pytest.approx(whole["final_val_loss"], rel=1e-5)
+
+
+def test_a_damaged_checkpoint_is_refused_with_its_name(tmp_path, shards):
+    run = make_run(shards, tokens=8_000)
+    calls = iter(range(1000))
+    train_single_process(run, tmp_path, should_stop=lambda: next(calls) >= 3)
+    (tmp_path / "checkpoint" / "optimizer.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="optimizer.pt .*checksum"):
+        train_single_process(run, tmp_path)
+
+
+def test_a_pickled_payload_in_a_checkpoint_is_not_executed(tmp_path, shards):
+    """A checkpoint whose optimizer file (checksum updated to match) holds a pickle that would run code."""
+    from armodels.checkpoint import load_checkpoint
+    from armodels.files import file_sha256
+
+    run = make_run(shards, tokens=8_000)
+    calls = iter(range(1000))
+    train_single_process(run, tmp_path, should_stop=lambda: next(calls) >= 3)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    folder = tmp_path / "checkpoint"
+    torch.save({"optimizer": Payload()}, folder / "optimizer.pt")
+    state = json.loads((folder / "state.json").read_text())
+    state["files"]["optimizer.pt"] = file_sha256(folder / "optimizer.pt")
+    (folder / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        load_checkpoint(tmp_path)
+    assert not marker.exists()

@@ -101,8 +101,8 @@ class ARModel(nn.Module):
             raise ValueError(f"the {self.family} family decodes in raster order only")
         self.ordering.copy_(perm)
 
-    def before_train_step(self) -> None:
-        """Called by the training loop before each optimiser step; MADE moves to its next ordering here."""
+    def before_train_step(self, step: int) -> None:
+        """Called by the training loop before optimiser step `step`; MADE moves to that step's ordering here."""
 
     # ---- decoding (see armodels.sampling) ----
 

@@ -60,9 +60,11 @@ class MADE(ARModel):
         super().set_ordering(ordering)
         self._set_masks(self._generator())
 
-    def before_train_step(self) -> None:
-        if self.config.orderings > 1:
-            self.mask_index = (self.mask_index + 1) % self.config.orderings
+    def before_train_step(self, step: int) -> None:
+        # the mask follows from the step alone, so a run resumed from a checkpoint draws the same masks
+        index = (step + 1) % self.config.orderings
+        if index != self.mask_index:
+            self.mask_index = index
             self._draw_mask()
 
     def _generator(self) -> torch.Generator:

@@ -3,6 +3,11 @@
 The loop itself is armodels.train.train (no Ray inside); this step only places it on Ray Train workers, logs its
 metrics to the step's MLflow run (step = tokens seen) and prints progress. The run's full description is saved as
 run.json, so `arscale train --config <step dir>/run.json --out DIR` repeats it in one process without Ray.
+
+Faults: the loop checkpoints into the step's .tmp dir, which outlives a failed attempt. If a worker dies, Ray
+Train restarts the worker group (up to WORKER_RESTARTS times) and the loop resumes from the last checkpoint; if
+the whole study dies, the next `arscale study run` does the same. A stop request (the study's STOP file) makes
+the loop checkpoint and end early, and this step then fails with a message saying so.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from pathlib import Path
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import read_manifest
 from armodels.train import TrainConfig, TrainRun
+from pipelines.errors import StepStopped
 from pipelines.executor import StepContext
 
 VERSION = "1"
+WORKER_RESTARTS = 2  # Ray Train restarts a failed worker group this many times before the step fails
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ class TrainStepConfig:
 
 
 def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
-    from ray.train import LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     run = config.run(ctx.inputs["shards"])
@@ -46,10 +53,11 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"run": run.to_dict(), "out": str(ctx.output), "threads": config.cpus_per_worker,
-                           "tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id},
+                           "tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id, "stop_file": str(ctx.stop_file)},
         scaling_config=ScalingConfig(num_workers=config.num_workers,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=RunConfig(name=config.name, storage_path=str(ctx.output / "ray-train"),
+                             failure_config=FailureConfig(max_failures=WORKER_RESTARTS),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     try:
@@ -57,6 +65,8 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     except Exception as e:
         raise _worker_error(e) from None
     result = read_json(ctx.output / "result.json", "training result")
+    if result["status"] == "interrupted":
+        raise StepStopped(f"{result['reason']}; the checkpoint is kept and the next run of the study resumes it")
     logger = ctx.logger()
     if logger:
         logger.log_metrics({k: result[k] for k in ("params", "params_nonembedding", "flops_6ND",
@@ -93,7 +103,8 @@ def _train_worker(loop_config: dict) -> None:
             logger.log_metrics({names[k]: v for k, v in metrics.items() if k in names}, step=metrics["tokens"])
 
     try:
-        train(run, out, on_metrics=on_metrics)
+        stop_file = Path(loop_config["stop_file"])
+        train(run, out, on_metrics=on_metrics, should_stop=stop_file.exists)
     finally:
         if logger:
             logger.flush()

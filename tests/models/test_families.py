@@ -91,17 +91,17 @@ def test_made_order_agnostic_training_cycles_through_random_orderings():
     model = make("made", order_agnostic=True, orderings=3, **{"height": 2, "width": 3, "vocab_size": 2})
     x = all_sequences(2, 6)
     seen = []
-    for _ in range(3):
+    for step in range(3):
         seen.append(model.ordering.tolist())
         assert model.log_prob(x).exp().sum().item() == pytest.approx(1.0, abs=1e-5)  # masks follow the ordering
-        model.before_train_step()
+        model.before_train_step(step)
     assert len({tuple(o) for o in seen}) == 3 and model.ordering.tolist() == seen[0]
 
 
 def test_made_connectivity_agnostic_training_keeps_the_ordering():
     model = make("made", orderings=2)
     masks = model.layers[0].mask.clone()
-    model.before_train_step()
+    model.before_train_step(0)
     assert torch.equal(model.ordering, torch.arange(model.seq_len))
     assert not torch.equal(model.layers[0].mask, masks)
 
