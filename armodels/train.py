@@ -255,6 +255,12 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say so, rather than have DeepSpeed warn it guessed
     import deepspeed  # heavy import, kept out of module import time
+    import deepspeed.ops
+
+    # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op in every new process. Only DeepSpeed
+    # inference uses it (training all-reduces through torch.distributed), and a process killed mid-build leaves
+    # a lock file that makes every later build wait forever: mark it unavailable so it is never built.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     import torch.distributed as dist
 
     cfg = run.train

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -291,8 +290,8 @@ class Executor:
         inputs = {k: str(self.root / s.dirname) for k, s in step.inputs.items()}
         run_id = None
         if self.tracking:
-            run_id = self.tracking.start_step_run(step.name, step.dirname, step.config,
-                                                  {k: s.dirname for k, s in step.inputs.items()})
+            run_id = self._track(self.tracking.start_step_run, step.name, step.dirname, step.config,
+                                 {k: s.dirname for k, s in step.inputs.items()})
         cpus = 0 if step.resources.held_by_workers else step.resources.cpus
         self.log(f"▶ {step.dirname}  ({step.resources.cpus:g} CPU{'s' if step.resources.cpus != 1 else ''})")
         ref = remote.options(num_cpus=cpus, name=f"step:{step.name}", max_retries=0).remote(
@@ -310,7 +309,7 @@ class Executor:
             if isinstance(cause, StepStopped):
                 self.log(f"■ {step.dirname} stopped after {seconds:.0f}s: {cause}")
                 if self.tracking and run_id:
-                    self.tracking.finish_run(run_id, ok=False, error=str(cause))
+                    self._track(self.tracking.finish_run, run_id, ok=False, error=str(cause))
                 return Outcome("stopped", seconds, str(cause))
             error = one_line_error(cause) if cause is not e else _ray_error_line(e)
             self._record_failure(step, run_id, error)
@@ -318,8 +317,8 @@ class Executor:
             self.log(f"  details: {self.root / (step.dirname + '.tmp') / 'error.log'}")
             return Outcome("failed", seconds, error)
         if self.tracking and run_id:
-            self.tracking.finish_run(run_id, ok=summary.get("status", "ok") == "ok",
-                                     error=summary.get("reason"))
+            self._track(self.tracking.finish_run, run_id, ok=summary.get("status", "ok") == "ok",
+                        error=summary.get("reason"))
         note = f" — {summary['status']}: {summary.get('reason')}" if summary.get("status", "ok") != "ok" else ""
         self.log(f"✔ {step.dirname} in {seconds:.0f}s{note}")
         return Outcome("succeeded", seconds, summary=summary)
@@ -333,10 +332,16 @@ class Executor:
             if record.get("state") != FAILED:
                 write_json_atomic(status, {**record, "state": FAILED, "error": error, "finished": time.time()})
         if self.tracking and run_id:
-            try:
-                self.tracking.finish_run(run_id, ok=False, error=error)
-            except Exception as e:  # tracking trouble must not hide the step's own failure
-                print(f"warning: could not mark MLflow run {run_id} failed ({e})", file=sys.stderr)
+            self._track(self.tracking.finish_run, run_id, ok=False, error=error)
+
+    def _track(self, fn, *args, **kwargs):
+        """Call the tracker; if MLflow is down, warn and go on (the step runs untracked): work beats records."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self.log(f"warning: MLflow call {fn.__name__} failed ({type(e).__name__}: {str(e).strip()[:200]}); "
+                     "the study goes on")
+            return None
 
 
 def _ray_error_line(e: Exception) -> str:

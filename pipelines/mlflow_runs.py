@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.errors import UserError
-from pipelines.tracking import artifact_location
+from pipelines.tracking import artifact_location, redact_uri
 
 EVAL_FILTER = "tags.`arscale.step` LIKE 'eval-%'"
 
@@ -35,25 +35,25 @@ def runs_from_mlflow(uri: str, experiment: str | None = None):
     try:
         experiments = client.search_experiments()
     except Exception as e:
-        raise UserError(f"MLflow at {uri} is unreachable ({type(e).__name__}); check the URI or start the "
+        raise UserError(f"MLflow at {redact_uri(uri)} is unreachable ({type(e).__name__}); check the URI or start the "
                         "server") from None
     if experiment:
         chosen = [x for x in experiments if x.name == experiment]
         if not chosen:
             names = ", ".join(sorted(x.name for x in experiments)) or "none"
-            raise UserError(f"MLflow at {uri} has no experiment {experiment!r} (experiments: {names})")
+            raise UserError(f"MLflow at {redact_uri(uri)} has no experiment {experiment!r} (experiments: {names})")
     else:
         chosen = [x for x in experiments if client.search_runs([x.experiment_id], EVAL_FILTER, max_results=1)]
         if len(chosen) != 1:
             names = ", ".join(x.name for x in chosen) or "none"
-            raise UserError(f"MLflow at {uri} has {len(chosen)} experiments with study runs ({names}); "
+            raise UserError(f"MLflow at {redact_uri(uri)} has {len(chosen)} experiments with study runs ({names}); "
                             "choose one with --experiment")
     newest: dict[str, object] = {}
     for run in client.search_runs([chosen[0].experiment_id], EVAL_FILTER, max_results=10_000,
                                   order_by=["attributes.start_time DESC"]):
         newest.setdefault(run.data.tags.get("arscale.run", run.info.run_name), run)
     if not newest:
-        raise UserError(f"experiment {chosen[0].name!r} at {uri} has no evaluated runs to fit")
+        raise UserError(f"experiment {chosen[0].name!r} at {redact_uri(uri)} has no evaluated runs to fit")
     rows = []
     for name, run in newest.items():
         row = {"run_id": name, "family": run.data.tags.get("arscale.family"),
@@ -75,7 +75,7 @@ def log_fit(uri: str, experiment: str, result, *, source: str, plot: Path | None
         experiment_id = found.experiment_id if found else client.create_experiment(
             experiment, artifact_location=artifact_location(uri, db_folder))
     except Exception as e:
-        raise UserError(f"MLflow at {uri} is unreachable ({type(e).__name__}); the fit was not logged") from None
+        raise UserError(f"MLflow at {redact_uri(uri)} is unreachable ({type(e).__name__}); the fit was not logged") from None
     fit = result.to_dict()
     run = client.create_run(experiment_id, run_name=f"fit-{result.form}",
                             tags={"arscale.fit_source": source, "arscale.form": result.form})

@@ -24,6 +24,22 @@ def resolve_tracking_uri(cli_uri: str | None, study_dir: Path) -> str:
     return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(study_dir).resolve()}/mlflow.db"
 
 
+def redact_uri(uri: str) -> str:
+    """`uri` fit for logs, reports and study.json: a password or token in it is replaced by ***."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    secret = ("token", "secret", "password", "key", "credential", "signature")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    hidden = [(k, "***" if any(w in k.lower() for w in secret) else v) for k, v in pairs]
+    if netloc == parts.netloc and hidden == pairs:
+        return uri  # nothing to hide (and sqlite:////abs/path must keep its slashes)
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(hidden, safe="*"), parts.fragment))
+
+
 def artifact_location(uri: str, folder: Path) -> str | None:
     """Where a new experiment keeps its artifacts: `folder/mlartifacts` for a SQLite store (MLflow's own
     default is ./mlruns under whatever directory the process happens to run in); the server's choice otherwise."""
@@ -55,6 +71,25 @@ def _with_retries(fn, *args, attempts: int = 4, **kwargs):
             time.sleep(0.25 * 2**i)
 
 
+def _check_reachable(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server does not answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from pipelines.errors import UserError
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"MLflow at {redact_uri(uri)} is unreachable ({e.strerror or e}); start the server, or "
+                        "leave out --tracking-uri and $MLFLOW_TRACKING_URI to use the study's own SQLite store"
+                        ) from None
+
+
 class StudyTracking:
     """Creates the study's parent run and the nested runs of its steps (called from the study driver)."""
 
@@ -64,6 +99,7 @@ class StudyTracking:
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        _check_reachable(uri)
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
@@ -109,7 +145,9 @@ class RunLogger:
     """Logs metrics, tags and artifacts into one existing run, from any process (the step's Ray worker).
 
     Metrics are buffered and sent in batches; if the store stays unreachable they go to a local JSONL file
-    (`fallback`) with one warning, so training never waits on tracking.
+    (`fallback`) with one warning, so training never waits on tracking. The next call that reaches the store
+    first sends what the file holds (the file may also hold records of an earlier attempt of the same step),
+    so a server restart loses nothing.
     """
 
     def __init__(self, uri: str, run_id: str, fallback: Path, flush_every: float = 5.0):
@@ -156,6 +194,8 @@ class RunLogger:
 
     def _call(self, fn, *args, what: dict, **kwargs) -> None:
         try:
+            if self.fallback.is_file():
+                self._send_unsent()
             _with_retries(fn, *args, **kwargs)
         except Exception as e:
             if not self._warned:
@@ -164,3 +204,30 @@ class RunLogger:
                 self._warned = True
             with open(self.fallback, "a") as f:
                 f.write(json.dumps({"run_id": self.run_id, **what}, default=str) + "\n")
+
+    def _send_unsent(self) -> None:
+        """Send the records of the fallback file, then remove it; raises (keeping the file) if the store is down."""
+        records = [json.loads(line) for line in self.fallback.read_text().splitlines() if line.strip()]
+        for i, r in enumerate(records):
+            try:
+                self._send_record(r)
+            except Exception:  # keep what is still unsent, so nothing is sent twice
+                self.fallback.write_text("".join(json.dumps(x) + "\n" for x in records[i:]))
+                raise
+        self.fallback.unlink()
+        print(f"MLflow is reachable again: sent {len(records)} record(s) kept in {self.fallback}",
+              file=sys.stderr, flush=True)
+
+    def _send_record(self, r: dict) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        if "metrics" in r:
+            metrics = [Metric(k, float(v), now, int(step)) for k, v, step in r["metrics"]]
+            self.client.log_batch(r["run_id"], metrics=metrics)
+        if "tags" in r:
+            self.client.log_batch(r["run_id"], tags=[RunTag(k, str(v)) for k, v in r["tags"].items()])
+        if "artifacts" in r and Path(r["artifacts"]).is_dir():
+            self.client.log_artifacts(r["run_id"], r["artifacts"])
+        if "artifact" in r and Path(r["artifact"]).is_file():
+            self.client.log_artifact(r["run_id"], r["artifact"])

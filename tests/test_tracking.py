@@ -19,10 +19,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_mlflow_server(root, port: int) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on 127.0.0.1:port with its store in `root`; returns once it answers."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root}/server.db", "--default-artifact-root", str(root / "artifacts"),
@@ -34,15 +32,27 @@ def mlflow_server(tmp_path_factory):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             MlflowClient(uri).search_experiments()
-            break
+            return proc, uri
         except Exception:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
-    yield uri
+    proc.kill()
+    pytest.fail("mlflow server did not start")
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), free_port())
+    yield uri
+    stop_mlflow_server(proc)
 
 
 @dataclass
@@ -93,3 +103,22 @@ def test_unreachable_server_never_stops_the_work(tmp_path, monkeypatch, capsys):
     lines = [json.loads(x) for x in (tmp_path / "unsent.jsonl").read_text().splitlines()]
     assert [m for line in lines for m in line["metrics"]] == [["train_loss", 1.5, 10], ["train_loss", 1.4, 20]]
     assert capsys.readouterr().err.count("MLflow is unreachable") == 1
+
+
+def test_secrets_in_tracking_uris_are_redacted():
+    from pipelines.tracking import redact_uri
+
+    assert redact_uri("https://alice:s3cret@mlflow.example.com/") == "https://alice:***@mlflow.example.com/"
+    assert redact_uri("https://host/x?token=abc&run=1") == "https://host/x?token=***&run=1"
+    assert redact_uri("sqlite:////tmp/study/mlflow.db") == "sqlite:////tmp/study/mlflow.db"
+
+
+def test_a_study_with_an_unreachable_server_fails_at_once_naming_it(tmp_path):
+    from tests.test_cli import arscale, one_line_error
+
+    uri = f"http://user:pw@127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = arscale("study", "run", "text-tiny", "--out", tmp_path / "s", "--tracking-uri", uri)
+    one_line_error(result, 2, "is unreachable")
+    assert "user:***@127.0.0.1" in result.stderr and "pw" not in result.stderr
+    assert time.monotonic() - started < 60

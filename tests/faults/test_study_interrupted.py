@@ -1,0 +1,98 @@
+"""Faults 2 and 3 at the study level, with the real CLI, Ray, DeepSpeed and MLflow:
+
+- SIGTERM to the study process (as `kill`, a scheduler or `ray job stop` sends it; Ctrl-C takes the same path):
+  running training runs save a checkpoint, the study exits 1 saying how to resume, and no stopped step is marked
+  succeeded;
+- the study's processes SIGKILLed mid-grid: nothing half-written is marked succeeded;
+- a re-run skips finished steps, resumes the interrupted runs from their checkpoints, and each resumed run ends
+  exactly where an uninterrupted run of it ends.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from armodels.train import TrainRun, train_single_process
+from pipelines.executor import step_state
+from tests.test_cli import ARSCALE, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def start_study(config: Path, out: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([*ARSCALE, "study", "run", str(config), "--out", str(out)], cwd=ROOT,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(condition, what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def steps(out: Path) -> dict[str, str]:
+    study = json.loads((out / "study.json").read_text())
+    return {s["name"]: step_state(out, s["dir"])["state"] for s in study["steps"]}
+
+
+def test_a_study_stopped_or_killed_resumes_where_it_was(tmp_path):
+    config = yaml.safe_load((ROOT / "configs" / "text-tiny.yaml").read_text())
+    config["training"].update(tokens=200_000, checkpoints=20)  # runs long enough to interrupt
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "study"
+
+    # 1. SIGTERM while training
+    study = start_study(path, out, tmp_path / "run1.log")
+    wait_for(lambda: any(out.glob("train-*.tmp/checkpoint/state.json")), "a first checkpoint")
+    study.terminate()
+    assert study.wait(timeout=180) == 1
+    log = (tmp_path / "run1.log").read_text()
+    assert f"to resume, run: arscale study run {path} --out {out}" in log
+    states = steps(out)
+    stopped = [n for n, s in states.items() if s == "stopped"]
+    assert stopped and all(s != "succeeded" for n, s in states.items() if n.startswith("train-")), states
+    for name in stopped:
+        assert next(out.glob(f"{name}-*.tmp/checkpoint/state.json"))
+
+    # 2. SIGKILL of the study's processes once a run has resumed and another has finished
+    study = start_study(path, out, tmp_path / "run2.log")
+    log2 = tmp_path / "run2.log"
+    wait_for(lambda: "resuming from the checkpoint" in log2.read_text() and "✔ train" in log2.read_text(),
+             "a resumed run and a finished one")
+    os.killpg(study.pid, signal.SIGKILL)  # the study and every Ray process it started, mid-write or not
+    study.wait(timeout=30)
+    time.sleep(2)
+    finished = {n for n, s in steps(out).items() if s == "succeeded"}
+    for name, state in steps(out).items():
+        if state != "succeeded":
+            assert not [d for d in out.glob(f"{name}-*") if not d.name.endswith(".tmp")], name
+
+    # 3. the re-run completes, skipping what finished
+    study = start_study(path, out, tmp_path / "run3.log")
+    assert study.wait(timeout=600) == 0, (tmp_path / "run3.log").read_text()[-3000:]
+    assert f"{len(finished)} of {len(steps(out))} steps already done" in (tmp_path / "run3.log").read_text()
+    assert set(steps(out).values()) == {"succeeded"}
+
+    resumed = [json.loads(p.read_text()) for p in out.glob("train-*/result.json")]
+    resumed = [r for r in resumed if r["resumed_at_step"]]
+    assert resumed
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray workers ran
+    try:
+        for result in resumed:
+            step_dir = next(out.glob(f"train-{result['name']}-*[!p]"))
+            alone = train_single_process(TrainRun.load(step_dir / "run.json"), tmp_path / result["name"])
+            assert alone["tokens"] == result["tokens"]
+            assert alone["final_val_loss"] == pytest.approx(result["final_val_loss"], rel=1e-6), result["name"]
+    finally:
+        torch.set_num_threads(threads)
+    assert (out / "report" / "report.md").is_file()
