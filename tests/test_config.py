@@ -47,6 +47,8 @@ def test_token_budget_rule():
     ("name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hiden: 8}]}]\n",
      r"models\.grids\.0\.sizes\.0\.hiden: rnn has no such field; its fields: cell, "),
     ("name: s\nmodels:\n  grids: [{family: made, sizes: [{}]}]\n", r"models\.grids\.0: made models images"),
+    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, name: ../../escape}]}]\n", r"sizes\.0\.name: '\.\./\.\./escape' names a folder"),
+    ("name: ../up\nmodels:\n  grids: [{sizes: [{n_layer: 1}]}]\n", r"name: String should match pattern"),
     ("name: s\nmodels:\n  grids: [{sizes: [{seq_len: 8}]}]\n", r"sizes\.0\.seq_len: set by the study"),
     ("name: s\n", r"models: Field required"),
     ("name: s\nmodels: {sizes: [}\n", r"not valid YAML at line 2"),
