@@ -7,7 +7,6 @@ import ipaddress
 import psutil
 
 
-
 def test_the_local_ray_it_starts_listens_on_loopback_only(ray_local):
     ours = {p.pid for p in psutil.Process().children(recursive=True)} | {psutil.Process().pid}
     listening = [c for c in psutil.net_connections(kind="inet")
