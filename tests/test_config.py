@@ -72,3 +72,16 @@ def test_changing_one_field_changes_only_downstream_hashes(tmp_path):
     after = {s.name: s.hash for s in topological_order(build_steps(changed))}
     differ = {n for n in before if before[n] != after[n]}
     assert differ == {n for n in before if n.startswith("eval-")} | {"fit", "report"}
+
+
+def test_an_isoflop_grid_trains_every_size_at_every_budget():
+    cfg, _ = load_config("text-isoflop-tiny")
+    runs = train_configs(cfg)
+    budgets = cfg.training.flops_budgets
+    assert len(runs) == len(budgets) * len(cfg.models.grids[0].sizes) and len({r.name for r in runs}) == len(runs)
+    for r in runs:
+        run = r.run("shards")
+        spent = run.flops("6ND")
+        assert any(abs(spent / c - 1) < 0.05 for c in budgets), (r.name, spent)  # whole batches round it up
+    fit_step = next(s for s in build_steps(cfg)[0].inputs.values() if s.name == "fit")
+    assert fit_step.config.isoflop

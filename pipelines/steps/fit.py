@@ -1,8 +1,10 @@
 """Step `fit`: for each model family, the power laws L(C) and L(N) over its runs, with bootstrap intervals, a
-backtest on the largest-compute run(s), and predictions at multiples of the study's largest compute.
+backtest on the largest-compute run(s), and predictions at multiples of the study's largest compute. An isoFLOP
+grid (training.flops_budgets) adds Chinchilla's three approaches: isoflop (2), envelope (1) and chinchilla (3).
 
 Outputs: runs.csv (one row per run, the input of `arscale fit --runs`), fit.json ({family: {form: fit}}) and the
-plots frontier-<family>.png, params-<family>.png, backtest-<family>.png, and families.png when there are several.
+plots frontier-<family>.png, params-<family>.png, backtest-<family>.png, families.png when there are several,
+and for isoFLOP grids isoflops-<family>.png and optimal-<family>.png (N*(C), D*(C)).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pipelines.executor import StepContext
 
 VERSION = "2"
 FORMS = ("compute", "params")
+ISOFLOP_FORMS = ("isoflop", "envelope", "chinchilla")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class FitStepConfig:
     holdout_top: int
     predict_multipliers: tuple[float, ...]
     seed: int
+    isoflop: bool = False  # the grid trains each size at several FLOPs budgets
 
 
 def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
@@ -40,11 +44,13 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
     fits, compute_fits, summary = {}, {}, {}
     for family, table in runs.groupby("family", sort=False):
         fits[family] = {}
-        for form in FORMS:
+        for form in FORMS + (ISOFLOP_FORMS if config.isoflop else ()):
+            # chinchilla counts C = 6·N·D with non-embedding N; isoflop and envelope read the `flops` column
+            convention = {"compute": config.convention, "chinchilla": "6ND"}.get(form)
             try:
-                result = scaling.fit_runs(table, form, convention=config.convention if form == "compute" else None,
-                                          bootstrap=config.bootstrap, holdout_top=config.holdout_top,
-                                          predict_compute=targets if form == "compute" else (), seed=config.seed)
+                result = scaling.fit_runs(table, form, convention=convention, bootstrap=config.bootstrap,
+                                          holdout_top=config.holdout_top if form in FORMS else 0,
+                                          predict_compute=targets if form != "params" else (), seed=config.seed)
             except scaling.FitInputError as e:  # too few usable runs: the report says so instead of failing
                 fits[family][form] = {"form": form, "error": str(e)}
                 ctx.log(f"{family} {form} fit not possible: {e}")
@@ -52,7 +58,7 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
             fits[family][form] = result.to_dict()
             _plot(result, table, family, targets, ctx)
             p = result.params
-            ctx.log(f"{family} {form}: L = {p['E']:.3f} + {p['A']:.3g}·x^-{p['alpha']:.3f}"
+            ctx.log(f"{family} {form}: " + ", ".join(f"{k} = {v:.4g}" for k, v in p.items())
                     + (f", backtest error {result.backtest.mean_abs_rel_error:.1%}" if result.backtest else ""))
             summary.update({f"{family}.{form}.{k}": v for k, v in p.items()})
             if result.backtest:
@@ -82,5 +88,11 @@ def _plot(result, runs, family: str, targets: list[float], ctx: StepContext) -> 
         if result.backtest:
             scaling.plots.plot_backtest(result, ctx.output / f"backtest-{family}.png",
                                         title=f"{family}: backtest of L(C)")
-    else:
+    elif result.form == "params":
         scaling.plots.plot_frontier(runs, result, ctx.output / f"params-{family}.png", title=f"{family}: L(N)")
+    elif result.form == "isoflop":
+        scaling.plots.plot_isoflops(result, ctx.output / f"isoflops-{family}.png",
+                                    title=f"{family}: loss at fixed compute")
+        scaling.plots.plot_optimal_allocation(result, ctx.output / f"optimal-{family}.png",
+                                              extrapolate_to=max(targets) if targets else None,
+                                              title=f"{family}: compute-optimal N and D (isoFLOP)")

@@ -101,6 +101,10 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
         out += [title.replace("compute", "parameters"), ""]
         out += _fit_section(family_fits.get("params", {}), f"params-{family}.png", plots, "N",
                             "non-embedding parameters")
+        if "isoflop" in family_fits:
+            out += ["## Compute-optimal allocation" if len(families) == 1
+                    else f"## {family}: compute-optimal allocation", ""]
+            out += _allocation_section(family, family_fits, plots)
 
     excluded = [r for r in order if runs[r]["status"] != "ok"]
     if excluded:
@@ -164,6 +168,29 @@ def _backtest_section(fit: dict, plot: str, plots: set[str]) -> list[str]:
     return lines
 
 
+def _allocation_section(family: str, fits: dict, plots: set[str]) -> list[str]:
+    """Chinchilla's three approaches side by side: N*(C) ∝ C^a, D*(C) ∝ C^b, and what each predicts."""
+    out = ["How to split a compute budget between parameters and tokens, by Chinchilla's three approaches "
+           "(Hoffmann et al. 2022): 1 = lower envelope of all runs, 2 = minima of isoFLOP parabolas, "
+           "3 = the parametric fit L(N, D) = E + A/N^α + B/D^β.", "",
+           "| approach | a (N* ∝ C^a) | b (D* ∝ C^b) | at the first prediction: N* | D* | tokens/param | loss |",
+           "|---|--:|--:|--:|--:|--:|--:|"]
+    for number, form in ((1, "envelope"), (2, "isoflop"), (3, "chinchilla")):
+        fit = fits.get(form, {})
+        if "error" in fit or not fit:
+            out.append(f"| {number} ({form}) | — | — | — | — | — | {fit.get('error', 'not fitted')} |")
+            continue
+        first = (fit.get("predictions") or [{}])[0]
+        out.append(f"| {number} ({form}) | {_num(fit.get('a'))} | {_num(fit.get('b'))} | "
+                   f"{_count(first.get('n_opt'))} | {_count(first.get('d_opt'))} | {_num(first.get('tokens_per_param'))} | "
+                   f"{_num(first.get('loss'))} |")
+    out.append("")
+    for name, alt in ((f"isoflops-{family}.png", "isoFLOP curves"), (f"optimal-{family}.png", "N* and D*")):
+        if name in plots:
+            out += [f"![{alt}]({name})", ""]
+    return out
+
+
 def _predictions_section(fit: dict, largest: float | None) -> list[str]:
     if not fit.get("predictions") or not largest:
         return []
@@ -197,3 +224,7 @@ def _shape(config: dict) -> str:
 
 def _num(x) -> str:
     return "—" if x is None else f"{x:.4f}"
+
+
+def _count(x) -> str:
+    return "—" if x is None or x != x else human(x)  # x != x: NaN
