@@ -1,21 +1,42 @@
 """Byte-level BPE tokenizers (HF `tokenizers`), lossless on any text.
 
 All 256 byte symbols are in the initial alphabet, so every string encodes and decodes back exactly, whatever
-merges were learned. A tokenizer is a directory holding `tokenizer.json` (the HF format, plain JSON: loading it runs
-no code) and `meta.json` (vocab size, special tokens, training inputs, content hash).
+merges were learned. `encode_bytes_batch` and `decode_bytes` extend that to arbitrary bytes (invalid UTF-8
+included): HF `tokenizers` only takes `str`, and its decoder replaces bytes that are not UTF-8, so the bytes of
+every token are looked up in the byte-level alphabet instead. A tokenizer is a directory holding `tokenizer.json`
+(the HF format, plain JSON: loading it runs no code) and `meta.json` (vocab size, special tokens, training inputs,
+content hash).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 END_OF_DOCUMENT = "<|endoftext|>"
+# Bytes that are not UTF-8 come back from `bytes.decode(..., "surrogateescape")` as these lone surrogates.
+_ESCAPED_BYTES = re.compile("([\udc80-\udcff]+)")
+
+
+def byte_alphabet() -> dict[str, int]:
+    """The byte-level alphabet (GPT-2's bytes_to_unicode, as HF's ByteLevel uses it): character -> the byte it stands
+    for. Printable bytes stand for themselves; the others are shifted to code points from 256 up."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, shift = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + shift)] = b
+            shift += 1
+    return chars
 
 
 @dataclass(frozen=True)
@@ -31,8 +52,18 @@ class BPETokenizer:
     """A trained byte-level BPE tokenizer: encode/decode and the byte length of every token."""
 
     def __init__(self, tokenizer: Tokenizer, meta: BPEMeta):
+        # A document that contains the text "<|endoftext|>" must encode it as ordinary bytes, or it would not decode
+        # back (special tokens stand for no bytes) and would split the document in a token stream.
+        tokenizer.encode_special_tokens = True
         self.hf = tokenizer
         self.meta = meta
+        self._bytes = self._token_byte_table()
+        alphabet = {b: c for c, b in byte_alphabet().items()}
+        self._byte_ids = [tokenizer.token_to_id(alphabet[b]) for b in range(256)]
+        flat = b"".join(self._bytes)
+        self._flat = np.frombuffer(flat, dtype=np.uint8) if flat else np.zeros(0, np.uint8)
+        self._lengths = np.array([len(b) for b in self._bytes], dtype=np.int64)
+        self._starts = np.cumsum(self._lengths) - self._lengths
 
     @property
     def vocab_size(self) -> int:
@@ -45,18 +76,65 @@ class BPETokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_bytes_batch(self, docs: Sequence[str | bytes]) -> list[list[int]]:
+        """Token ids of each document, given as text or as raw bytes; decode_bytes gives back the same bytes.
+
+        UTF-8 documents (nearly all) go to HF `encode_batch` in one call. In the others, each run of bytes that is not
+        UTF-8 becomes the tokens of those single bytes, and the valid text around it is encoded as usual.
+        """
+        texts: list[str | None] = []
+        broken: dict[int, list[str]] = {}
+        for i, doc in enumerate(docs):
+            if isinstance(doc, str):
+                texts.append(doc)
+                continue
+            try:
+                texts.append(doc.decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append(None)
+                broken[i] = _ESCAPED_BYTES.split(doc.decode("utf-8", "surrogateescape"))
+        ids = self.encode_batch([t for t in texts if t is not None])
+        if not broken:
+            return ids
+        valid = iter(ids)
+        return [next(valid) if t is not None else self._encode_escaped(broken[i]) for i, t in enumerate(texts)]
+
+    def _encode_escaped(self, parts: list[str]) -> list[int]:
+        """`parts` alternate valid text and runs of escaped bytes (re.split with a group)."""
+        encoded = iter(self.encode_batch(parts[0::2]))
+        out: list[int] = []
+        for k, part in enumerate(parts):
+            if k % 2 == 0:
+                out += next(encoded)
+            else:
+                out += [self._byte_ids[b] for b in part.encode("utf-8", "surrogateescape")]
+        return out
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
 
+    def decode_bytes(self, ids: Sequence[int] | np.ndarray) -> bytes:
+        """The exact bytes that token ids stand for (special tokens stand for none), vectorised over the ids."""
+        ids = np.asarray(ids, dtype=np.int64)
+        lengths = self._lengths[ids]
+        total = int(lengths.sum())
+        out_starts = np.cumsum(lengths) - lengths
+        source = np.repeat(self._starts[ids] - out_starts, lengths) + np.arange(total)
+        return self._flat[source].tobytes()
+
     def token_bytes(self) -> list[int]:
         """Number of UTF-8 bytes each token id stands for (0 for special tokens); gives exact bits per byte."""
+        return [len(b) for b in self._bytes]
+
+    def _token_byte_table(self) -> list[bytes]:
         specials = set(self.meta.special_tokens)
-        lengths = []
+        alphabet = byte_alphabet()
+        table = []
         for i in range(self.vocab_size):
             tok = self.hf.id_to_token(i)
             # In the byte-level alphabet each character stands for exactly one byte.
-            lengths.append(0 if tok in specials else len(tok))
-        return lengths
+            table.append(b"" if tok is None or tok in specials else bytes(alphabet[c] for c in tok))
+        return table
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

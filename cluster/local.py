@@ -14,13 +14,21 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     """Start or join Ray; returns the dashboard URL (empty if there is none).
 
     With no address (and no RAY_ADDRESS), a local cluster is started on 127.0.0.1 only, so nothing listens on
-    the machine's public interfaces; its dashboard binds to 127.0.0.1 as well.
+    the machine's public interfaces; its dashboard binds to 127.0.0.1 as well. That, and joining a cluster at a
+    127.0.0.1 address (`arscale cluster up`), needs Ray's loopback mode (cluster.loopback). With a token at hand,
+    requests carry it (cluster.auth).
     """
     import ray
+
+    from cluster import auth, loopback
 
     if ray.is_initialized():
         return ""
     address = address or os.environ.get("RAY_ADDRESS")
+    if not address or loopback.is_loopback(address):
+        loopback.use_loopback()
+    if address:
+        auth.enable_client_auth()
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in log files
     common = dict(log_to_driver=True, logging_level="ERROR" if quiet else "INFO", configure_logging=True,

@@ -7,12 +7,17 @@ failure while running; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
+from cluster import cli as cluster_cli
+from pipelines import cli_tokenize
 from pipelines.errors import RunFailure, UserError
 
 FORMS = ["compute", "params", "tokens", "chinchilla", "envelope", "isoflop"]
@@ -121,16 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("tokenize", parents=[common], help="tokenize text files into Parquet token shards",
-                       description="Tokenize text files with a trained tokenizer into Parquet shards with a "
-                                   "manifest (the format the study's shard step writes).")
-    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (holds tokenizer.json)")
-    p.add_argument("--input", nargs="+", required=True, help="text files, directories or globs")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--shard-tokens", type=int, default=1_000_000)
-    p.add_argument("--extensions", nargs="*", default=[".txt", ".py", ".md"],
-                   help="file types read from directories")
-    p.set_defaults(handler=cmd_tokenize)
+    cli_tokenize.add_parsers(sub, common)  # tokenizer train bpe, tokenize, detokenize
+    cluster_cli.add_commands(sub, common)  # cluster up|down|status, submit, jobs
     return parser
 
 
@@ -162,6 +159,7 @@ def cmd_fit(args) -> int:
     import scaling
 
     from pipelines.mlflow_runs import log_fit, runs_from_mlflow
+    from pipelines.tracking import redact_uri
 
     if args.bootstrap < 0 or args.holdout_top < 0:
         raise UserError("--bootstrap and --holdout-top must be 0 or more")
@@ -180,7 +178,7 @@ def cmd_fit(args) -> int:
     tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or args.mlflow
     if tracking:
         run_id = log_fit(tracking, experiment, result, source=str(args.runs or args.mlflow), plot=args.plot)
-        print(f"logged to MLflow {tracking}, run {run_id}", file=sys.stderr)
+        print(f"logged to MLflow {redact_uri(tracking)}, run {run_id}", file=sys.stderr)
     return 0
 
 
@@ -239,18 +237,17 @@ def cmd_train(args) -> int:
         run = TrainRun.load(args.config)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-    result = train_single_process(run, args.out, on_metrics=TrainingProgress(run.name, run.tokens_seen, every=5))
+    stop = threading.Event()  # Ctrl-C or SIGTERM: finish the step, save a checkpoint, stop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with contextlib.redirect_stdout(sys.stderr):  # stdout holds only the result (DeepSpeed prints too)
+        result = train_single_process(run, args.out, should_stop=stop.is_set,
+                                      on_metrics=TrainingProgress(run.name, run.tokens_seen, every=5))
     print(json.dumps(result, indent=2))
+    if result["status"] == "interrupted":
+        print(f"stopped with a checkpoint in {args.out}; run the same command again to resume", file=sys.stderr)
+        return 130
     return 0 if result["status"] == "ok" else 1
-
-
-def cmd_tokenize(args) -> int:
-    from pipelines.tokenize import tokenize_files
-
-    manifest = tokenize_files(args.tokenizer, args.input, args.out, shard_tokens=args.shard_tokens,
-                              extensions=tuple(args.extensions))
-    print(f"{manifest.documents} documents, {manifest.tokens:,} tokens in {len(manifest.shards)} shards → {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

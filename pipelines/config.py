@@ -6,9 +6,9 @@ one place. See configs/text-default.yaml for a commented example.
 
 from __future__ import annotations
 
-from pathlib import Path
 import re
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -50,13 +50,14 @@ class ShardConfig(_Strict):
 
 
 # Keys of a size entry that belong to the study, not to the family's config.
-SIZE_OPTIONS = ("name", "tokens", "lr")
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become folder names cannot leave the study folder
+SIZE_OPTIONS = ("name", "tokens", "lr", "num_workers")
 
 
 class GridConfig(_Strict):
     """One family trained at several sizes. A size is the family's config fields (see `armodels.build`), plus
-    optional `name` (default: family and parameter count), `tokens` (overrides the budget rule) and `lr`
-    (overrides training.lr)."""
+    optional `name` (default: family and parameter count), `tokens` (overrides the budget rule), `lr`
+    (overrides training.lr) and `num_workers` (overrides training.num_workers: big runs get more workers)."""
 
     family: str = "transformer"
     sizes: list[dict[str, Any]] = Field(min_length=1)
@@ -72,6 +73,13 @@ class GridConfig(_Strict):
         if "seq_len" not in known:
             raise ValueError(f"{self.family} models images (height × width), not token streams")
         for i, size in enumerate(self.sizes):
+            name = size.get("name")
+            if name is not None and not (isinstance(name, str) and re.fullmatch(SAFE_NAME, name)):
+                raise ValueError(f"sizes.{i}.name: {name!r} names a folder: use letters, digits, '.', '_', '-' "
+                                 "and start with a letter or digit")
+            workers = size.get("num_workers", 1)
+            if type(workers) is not int or workers < 1:
+                raise ValueError(f"sizes.{i}.num_workers: must be a whole number, 1 or more (got {workers!r})")
             model = {k: v for k, v in size.items() if k not in SIZE_OPTIONS}
             for key in model:
                 if key in ("vocab_size", "seq_len"):
@@ -99,6 +107,9 @@ class TrainingConfig(_Strict):
     tokens_per_param: float = Field(20.0, gt=0)
     min_tokens: int = Field(250_000, gt=0)
     max_tokens: int = Field(2_000_000, gt=0)
+    # An isoFLOP grid (Chinchilla's Approach 2): every size trained at each of these budgets (training FLOPs in
+    # fit.convention), its tokens set to spend the budget; the fit step then adds isoflop, envelope and chinchilla
+    flops_budgets: list[float] | None = Field(None, min_length=1)
     num_workers: int = Field(1, gt=0)  # Ray Train workers per run (DeepSpeed data parallel)
     cpus_per_worker: int = Field(1, gt=0)
     # Passed to armodels.train.TrainConfig; None means its default.
@@ -122,6 +133,8 @@ class TrainingConfig(_Strict):
     def _budget_bounds(self):
         if self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens {self.min_tokens} exceeds max_tokens {self.max_tokens}")
+        if self.flops_budgets and (min(self.flops_budgets) <= 0 or self.tokens):
+            raise ValueError("flops_budgets must be positive FLOPs and replace `tokens` (leave `tokens` out)")
         return self
 
 
@@ -141,7 +154,7 @@ class FitConfig(_Strict):
 
 
 class StudyConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=SAFE_NAME)
     seed: int = 0
     corpus: CorpusConfig = CorpusConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()

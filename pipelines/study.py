@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -35,7 +37,8 @@ def token_budget(cfg: StudyConfig, params_nonembedding: int, override: int | Non
 
 
 def train_configs(cfg: StudyConfig) -> list[train.TrainStepConfig]:
-    """One training-step config per model size of every grid."""
+    """One training-step config per model size of every grid; with training.flops_budgets, one per size and
+    budget instead (an isoFLOP grid: each size gets the tokens that spend the budget, in the fit's convention)."""
     t = cfg.training
     shared = {f.name: getattr(t, f.name) for f in fields(TrainConfig)
               if f.name != "tokens" and getattr(t, f.name, None) is not None}
@@ -45,11 +48,16 @@ def train_configs(cfg: StudyConfig) -> list[train.TrainStepConfig]:
             model = {k: v for k, v in size.items() if k not in SIZE_OPTIONS}
             model.update(vocab_size=cfg.tokenizer.vocab_size, seq_len=cfg.models.seq_len)
             options = {**shared, "seed": cfg.seed, **({"lr": size["lr"]} if size.get("lr") else {})}
-            params = model_costs(grid.family, model).params_nonembedding
-            name = size.get("name") or f"{grid.family}-{human(params)}"
-            out.append(train.TrainStepConfig(
-                name, grid.family, model, TrainConfig(tokens=token_budget(cfg, params, size.get("tokens")), **options),
-                num_workers=t.num_workers, cpus_per_worker=t.cpus_per_worker))
+            costs = model_costs(grid.family, model)
+            name = size.get("name") or f"{grid.family}-{human(costs.params_nonembedding)}"
+            budgets = {name: token_budget(cfg, costs.params_nonembedding, size.get("tokens"))}
+            if t.flops_budgets:
+                per_token = costs.flops_per_token if cfg.fit.convention == "per_layer" else 6 * costs.params_nonembedding
+                budgets = {f"{name}-c{c:.0e}".replace("+", ""): max(1, round(c / per_token)) for c in t.flops_budgets}
+            for run_name, tokens in budgets.items():
+                out.append(train.TrainStepConfig(
+                    run_name, grid.family, model, TrainConfig(tokens=tokens, **options),
+                    num_workers=size.get("num_workers") or t.num_workers, cpus_per_worker=t.cpus_per_worker))
     names = [c.name for c in out]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -89,14 +97,15 @@ def build_steps(cfg: StudyConfig) -> list[Step]:
             f"train-{tc.name}", train.train_model, tc, inputs={"shards": shard_step}, version=train.VERSION,
             resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True), priority=flops,
             describe=(f"{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
-                      f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({cfg.fit.convention})"))
+                      f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({cfg.fit.convention})"
+                      + (f", {tc.num_workers} workers" if tc.num_workers > 1 else "")))
         evals[tc.name] = Step(f"eval-{tc.name}", evaluate.evaluate_model, eval_cfg, version=evaluate.VERSION,
                               inputs={"train": trains[tc.name], "shards": shard_step, "tokenizer": tok_step},
                               describe=f"val loss on ≤{human(e.max_tokens)} tokens, {e.samples} samples")
     f = cfg.fit
     fit_step = Step("fit", fit.fit_study,
                     fit.FitStepConfig(f.convention, f.bootstrap, f.holdout_top, tuple(f.predict_multipliers),
-                                      cfg.seed),
+                                      cfg.seed, isoflop=bool(cfg.training.flops_budgets)),
                     inputs=evals, version=fit.VERSION,
                     describe=f"L(C) and L(N) power laws, {f.bootstrap} bootstraps, hold out top {f.holdout_top}")
     report_step = Step("report", report.write_report, report.ReportStepConfig(cfg.name, cfg.model_dump(mode="json")),
@@ -176,7 +185,7 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path, *, dry_run: bool =
 
     Raises RunFailure if a step failed, after every step that does not depend on it has run.
     """
-    from pipelines.tracking import StudyTracking, resolve_tracking_uri
+    from pipelines.tracking import StudyTracking, redact_uri, resolve_tracking_uri
 
     out = Path(out).resolve()
     targets = build_steps(cfg)
@@ -193,6 +202,7 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path, *, dry_run: bool =
         uri = resolve_tracking_uri(tracking_uri, out)
         tracking = StudyTracking(uri, cfg.name, out, previous.get("mlflow", {}).get("parent_run_id"))
         dashboard = connect(address)
+        _stop_on_sigterm()  # after connecting: ray.init installs a SIGTERM handler of its own
         executor = Executor(out, tracking, log=log)
         steps = topological_order(targets)
         write_json_atomic(out / STUDY_FILE, {
@@ -200,11 +210,11 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path, *, dry_run: bool =
             "steps": [{"name": s.name, "dir": s.dirname, "inputs": {k: d.dirname for k, d in s.inputs.items()},
                        "describe": s.describe} for s in steps],
             "report": f"{targets[0].dirname}/report.md",
-            "mlflow": {"tracking_uri": uri, "experiment_id": tracking.experiment_id,
+            "mlflow": {"tracking_uri": redact_uri(uri), "experiment_id": tracking.experiment_id,
                        "parent_run_id": tracking.parent_run_id},
         })
         log(f"study {cfg.name} → {out}")
-        log(f"MLflow: {uri}" + (f"   Ray dashboard: {dashboard}" if dashboard else ""))
+        log(f"MLflow: {redact_uri(uri)}" + (f"   Ray dashboard: {dashboard}" if dashboard else ""))
         try:
             outcomes = executor.run(targets)
         except KeyboardInterrupt:
@@ -224,6 +234,16 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path, *, dry_run: bool =
         _link_latest(out / "report", targets[0].dirname)
         log(f"report: {out / targets[0].dirname / 'report.md'}")
         return outcomes
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, a scheduler's preemption, `ray job stop`) stops the study the way Ctrl-C does: running
+    training runs save a checkpoint first. (Ray's own handler would abort the driver without a word.)"""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _link_latest(link: Path, target: str) -> None:

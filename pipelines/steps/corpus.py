@@ -6,7 +6,6 @@ Output: train.parquet and val.parquet with columns doc_id, path, text.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import random
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from armodels.corpus_readers import find_files  # noqa: F401  (also used as corpus.find_files)
 from pipelines.executor import StepContext
 
 VERSION = "1"
@@ -38,31 +38,6 @@ class CorpusStepConfig:
 def stdlib_config(max_bytes: int, val_fraction: float, seed: int, max_file_bytes: int) -> CorpusStepConfig:
     return CorpusStepConfig((sysconfig.get_paths()["stdlib"],), (".py",), max_bytes, val_fraction, seed,
                             max_file_bytes, source="python-stdlib", python=sys.version.split()[0])
-
-
-def find_files(paths: tuple[str, ...], extensions: tuple[str, ...]) -> list[Path]:
-    """Every document file, sorted: files as given, and files with `extensions` inside directories (recursively).
-
-    Raises FileNotFoundError naming a path that matches nothing.
-    """
-    found: set[Path] = set()
-    for spec in paths:
-        matches = [Path(p) for p in glob.glob(spec, recursive=True)] if glob.has_magic(spec) else [Path(spec)]
-        matches = [m for m in matches if m.exists()]
-        if not matches:
-            raise FileNotFoundError(f"corpus path {spec} does not exist")
-        for m in matches:
-            if m.is_dir():
-                found.update(f for f in m.rglob("*") if f.is_file() and f.suffix in extensions
-                             and not _is_installed_package(f, m))
-            elif m.is_file():
-                found.add(m)
-    return sorted(found)
-
-
-def _is_installed_package(path: Path, root: Path) -> bool:
-    # The stdlib folder also holds site-packages: third-party code is not part of the corpus.
-    return any(part in ("site-packages", "dist-packages") for part in path.relative_to(root).parts)
 
 
 def is_validation(relative_path: str, val_fraction: float) -> bool:

@@ -1,15 +1,17 @@
-"""Step `shards`: tokenize both splits into Parquet token shards with a manifest (armodels.shards format)."""
+"""Step `shards`: tokenize both splits into Parquet token shards with a manifest, with the same code as
+`arscale tokenize` (pipelines.bulk_tokenize), run in the step's own process: the corpus of a study is small, and
+the step's task already holds the CPU it uses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from armodels.bpe import BPETokenizer
-from armodels.shards import tokenize_to_shards
+from armodels.corpus_readers import ReadOptions
+from pipelines.bulk_tokenize import TokenizeSettings, tokenize_corpus
 from pipelines.executor import StepContext
-from pipelines.steps.corpus import SPLITS, read_texts
+from pipelines.steps.corpus import SPLITS
 
-VERSION = "1"
+VERSION = "2"  # 2: bulk tokenization (manifest format 2, documents that contain "<|endoftext|>" encode it as text)
 
 
 @dataclass(frozen=True)
@@ -18,11 +20,12 @@ class ShardStepConfig:
 
 
 def shard_corpus(config: ShardStepConfig, ctx: StepContext) -> dict:
-    tokenizer = BPETokenizer.load(ctx.inputs["tokenizer"])
     summary = {}
     for split in SPLITS:
-        manifest = tokenize_to_shards(tokenizer, read_texts(ctx.inputs["corpus"], split), ctx.output / split,
-                                      split=split, shard_tokens=config.shard_tokens)
+        settings = TokenizeSettings((str(ctx.inputs["corpus"] / f"{split}.parquet"),), config.shard_tokens,
+                                    read=ReadOptions(column="text"), split=split)
+        manifest = tokenize_corpus(ctx.inputs["tokenizer"], ctx.output / split, settings, use_ray=False,
+                                   log=ctx.log)
         summary[f"{split}_tokens"] = manifest.tokens
         summary[f"{split}_bytes_per_token"] = manifest.bytes / manifest.tokens
         ctx.log(f"{split}: {manifest.tokens:,} tokens in {len(manifest.shards)} shards "

@@ -1,0 +1,204 @@
+"""Studies as Ray jobs: `arscale submit` and `arscale jobs list | status | logs | stop`.
+
+A job carries its own code: the packages arscale is made of (as the runtime environment's py_modules, so no
+virtual environment, study folder or data set is uploaded) and the study's config (the job's working_dir holds
+only that file). Its entrypoint is `python -m pipelines.cli study run study.yaml --out STORAGE/<study name>` on the
+head node, which reaches the cluster through the RAY_ADDRESS that Ray sets for it.
+
+The study folder is on the storage path, which every node must see (a local path for a local cluster, a shared
+filesystem for a real one). So submitting the same study again after a failure or a stop resumes it: finished
+steps are skipped, and an interrupted training run goes on from its checkpoint.
+
+Stopping a job sends SIGINT, which the study takes as Ctrl-C: running steps save a checkpoint, and Ray waits
+for that (RAY_JOB_STOP_WAIT_TIME_S) before it kills what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.client import job_client, reaching
+from pipelines.errors import RunFailure, UserError
+
+CONFIG_NAME = "study.yaml"  # the config's name in the job's working_dir
+PACKAGES = ("pipelines", "armodels", "scaling", "cluster")
+EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache"]
+LOG_TAIL_LINES = 20
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    study: str
+    out: str
+    url: str
+
+
+def storage_dir(storage: str | None) -> Path:
+    """The folder that holds the job's study folder; must be the same path on every node."""
+    if storage and "://" in storage:
+        raise UserError(f"--storage {storage}: object-store URIs are not supported yet; give a path that every "
+                        "node of the cluster sees (a shared filesystem such as NFS, or a local path for a local "
+                        "cluster)")
+    return Path(storage or "studies").expanduser().absolute()
+
+
+def entrypoint(out: Path) -> str:
+    return shlex.join(["python", "-m", "pipelines.cli", "study", "run", CONFIG_NAME, "--out", str(out)])
+
+
+def runtime_env(working_dir: Path) -> dict:
+    from pipelines.executor import STOP_GRACE_S
+
+    return {
+        "working_dir": str(working_dir),
+        "py_modules": [str(_package_dir(name)) for name in PACKAGES],
+        "excludes": EXCLUDES,
+        # Read by the job's supervisor: stop = Ctrl-C, and time for the study to save its checkpoints.
+        "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": str(int(STOP_GRACE_S) + 30)},
+    }
+
+
+def prepare(config: str | None, storage: str | None):
+    """The study's config, its file and its folder; a bad config is an error here, before anything is sent."""
+    from pipelines.config import load_config
+
+    cfg, path = load_config(config)
+    return cfg, path, storage_dir(storage) / cfg.name
+
+
+def submit(config: str | None, url: str, storage: str | None) -> Submission:
+    """Submit the study as a job; returns at once."""
+    cfg, path, out = prepare(config, storage)
+    client = job_client(url)
+    job_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    with tempfile.TemporaryDirectory(prefix="arscale-job-") as staging:
+        shutil.copyfile(path, Path(staging) / CONFIG_NAME)
+        with reaching(url):
+            client.submit_job(entrypoint=entrypoint(out), runtime_env=runtime_env(Path(staging)),
+                              submission_id=job_id, metadata={"arscale.study": cfg.name, "arscale.out": str(out),
+                                                              "arscale.config": str(path)})
+    return Submission(job_id, cfg.name, str(out), url)
+
+
+def list_jobs(url: str) -> str:
+    client = job_client(url)
+    with reaching(url):
+        jobs = [j for j in client.list_jobs() if j.submission_id]
+    if not jobs:
+        return f"no jobs on the cluster at {url}"
+    jobs.sort(key=lambda j: j.start_time or 0)
+    width = max(len(j.submission_id) for j in jobs)
+    lines = [f"{'job':<{width}}  {'status':<9}  {'started':<19}  {'ran':>7}  study → folder"]
+    for j in jobs:
+        meta = j.metadata or {}
+        lines.append(f"{j.submission_id:<{width}}  {j.status.value:<9}  {_time(j.start_time):<19}  "
+                     f"{_ran(j.start_time, j.end_time):>7}  {meta.get('arscale.study', '?')} → "
+                     f"{meta.get('arscale.out', j.entrypoint)}")
+    return "\n".join(lines)
+
+
+def job_status(url: str, job_id: str) -> str:
+    """The job's state, study and times; for a failed job, the reason and the tail of its log."""
+    client = job_client(url)
+    info = _info(client, url, job_id)
+    meta = info.metadata or {}
+    lines = [f"job {job_id}: {info.status.value}",
+             f"  study:   {meta.get('arscale.study', '?')} → {meta.get('arscale.out', '?')}",
+             f"  started: {_time(info.start_time)}   ran: {_ran(info.start_time, info.end_time)}"]
+    if info.status.value == "FAILED":
+        # Ray's message goes on with the whole log; its first clause says why.
+        reason = (info.message or "unknown").strip().splitlines()[0].split(", last available logs")[0]
+        if "exit code" not in reason and info.driver_exit_code is not None:
+            reason += f" (exit code {info.driver_exit_code})"
+        lines.append(f"  reason:  {reason}")
+        with reaching(url):
+            log = client.get_job_logs(job_id).rstrip().splitlines()
+        lines.append(f"  last {min(len(log), LOG_TAIL_LINES)} lines of its log:")
+        lines += [f"    {line}" for line in log[-LOG_TAIL_LINES:]]
+    elif info.status.value not in TERMINAL:
+        lines.append(f"  follow it: arscale jobs logs {job_id} --follow")
+    return "\n".join(lines)
+
+
+def print_logs(url: str, job_id: str, follow: bool) -> str:
+    """Print the job's log (with `follow`, until the job ends); returns its final status."""
+    client = job_client(url)
+    _info(client, url, job_id)  # an unknown id is an error before anything is printed
+    with reaching(url):
+        if follow:
+            asyncio.run(_tail(client, job_id))
+        else:
+            sys.stdout.write(client.get_job_logs(job_id))
+        return client.get_job_status(job_id).value
+
+
+def stop(url: str, job_id: str, timeout: float | None = None) -> str:
+    """Ask the job to stop and wait until it has; returns its final status."""
+    from pipelines.executor import STOP_GRACE_S
+
+    client = job_client(url)
+    info = _info(client, url, job_id)
+    if info.status.value in TERMINAL:
+        return info.status.value
+    with reaching(url):
+        client.stop_job(job_id)
+        deadline = time.monotonic() + (timeout or STOP_GRACE_S + 60)
+        while (status := client.get_job_status(job_id).value) not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise RunFailure(f"job {job_id} is still {status} after the stop request; "
+                                 f"`arscale jobs status {job_id}` shows where it is")
+            time.sleep(0.5)
+    return status
+
+
+def wait(url: str, submission: Submission) -> None:
+    """Follow a job's log until it ends; RunFailure unless it succeeded."""
+    status = print_logs(url, submission.job_id, follow=True)
+    if status != "SUCCEEDED":
+        raise RunFailure(f"job {submission.job_id} {status.lower()}: `arscale jobs status {submission.job_id}` "
+                         f"shows why; submit it again to resume")
+
+
+async def _tail(client, job_id: str) -> None:
+    async for chunk in client.tail_job_logs(job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+def _info(client, url: str, job_id: str):
+    with reaching(url):
+        try:
+            return client.get_job_info(job_id)
+        except RuntimeError as e:
+            if "404" in str(e) or "does not exist" in str(e):
+                raise UserError(f"no job {job_id} on the cluster at {url}; `arscale jobs list` shows its "
+                                "jobs") from None
+            raise
+
+
+def _package_dir(name: str) -> Path:
+    import importlib
+
+    return Path(importlib.import_module(name).__file__).parent
+
+
+def _time(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+def _ran(start_ms: int | None, end_ms: int | None) -> str:
+    if not start_ms:
+        return "-"
+    from pipelines.progress import duration
+
+    return duration(((end_ms or time.time() * 1000) - start_ms) / 1000)

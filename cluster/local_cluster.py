@@ -1,0 +1,298 @@
+"""A Ray cluster of several nodes on this machine (`arscale cluster up | down | status`), for development and tests.
+
+Each node is its own `ray start` process tree: the head, then worker nodes joining it at 127.0.0.1:PORT. Each gets
+its own Ray temp dir and its own free ports (two nodes on one machine must not share either), token authentication
+(cluster.auth) and Ray's loopback mode (cluster.loopback). Each `ray start` runs in a new process session; every
+process Ray starts for that node stays in that session, and job drivers are its descendants. The state file
+records the addresses, the token's source and those sessions, so `down` stops exactly what `up` started, where
+`ray stop` would stop every Ray process on the machine, other people's included.
+
+The state file is <home>/cluster.json, home being --home, else $ARSCALE_HOME, else ~/.arscale.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from armodels.files import read_json, write_json_atomic
+from cluster import auth, loopback
+from cluster.loopback import LOOPBACK
+from cluster.local import WORKER_ENV
+from pipelines.errors import RunFailure, UserError
+
+HOME_ENV = "ARSCALE_HOME"
+STATE_FILE = "cluster.json"
+GCS_PORT, DASHBOARD_PORT = 6379, 8265  # Ray's usual ports, taken when free
+START_TIMEOUT_S = 180.0
+START_ATTEMPTS = 3
+STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL: Ray's daemons often ignore SIGTERM while their peers shut down
+# Ports each node listens on besides its workers'; two nodes on one machine must not share them.
+NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                   "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+
+
+@dataclass
+class Node:
+    role: str  # head | worker
+    cpus: int
+    temp_dir: str
+    session: int  # session id of its `ray start`: every process of the node is in it
+    pids: list[int] = field(default_factory=list)  # its processes just after start (Ray starts more later)
+
+
+@dataclass
+class ClusterState:
+    address: str  # the GCS address: RAY_ADDRESS for drivers
+    dashboard_url: str  # the Jobs API and dashboard: --address of `arscale submit` and `arscale jobs`
+    token: str  # where the authentication token is: a file, or $RAY_AUTH_TOKEN
+    temp_root: str  # the nodes' Ray temp dirs are under it
+    started: float
+    nodes: list[Node]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClusterState:
+        return cls(**{**data, "nodes": [Node(**n) for n in data["nodes"]]})
+
+    def describe(self) -> str:
+        workers, cpus = len(self.nodes) - 1, self.nodes[0].cpus
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.started))
+        return "\n".join([
+            f"local Ray cluster: head + {workers} worker node{'s' if workers != 1 else ''} on 127.0.0.1, "
+            f"{cpus} CPU{'s' if cpus != 1 else ''} each, up since {since}",
+            f"  address:   {self.address}   (for drivers: RAY_ADDRESS, or `arscale study run --address`)",
+            f"  dashboard: {self.dashboard_url}   (the Jobs API: `arscale submit` and `arscale jobs`)",
+            f"  token:     {self.token}   (RAY_AUTH_MODE=token)",
+            f"  processes: {', '.join(f'{n.role} {n.session} ({len(n.pids)})' for n in self.nodes)}   "
+            f"(session ids; every process id is in the state file)"])
+
+
+def home_dir(home: Path | str | None = None) -> Path:
+    return Path(home or os.environ.get(HOME_ENV) or Path.home() / ".arscale").expanduser()
+
+
+def state_path(home: Path | str | None = None) -> Path:
+    return home_dir(home) / STATE_FILE
+
+
+def load_state(home: Path | str | None = None) -> ClusterState | None:
+    path = state_path(home)
+    if not path.is_file():
+        return None
+    try:
+        return ClusterState.from_dict(read_json(path, "cluster state"))
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path} is not a cluster state file ({e}); remove it if no local cluster is up") from None
+
+
+def processes(state: ClusterState) -> list:
+    """The live processes of the cluster: those of its nodes' sessions and their descendants (job drivers)."""
+    import psutil
+
+    sessions = {n.session for n in state.nodes}
+    found = {}
+    for p in psutil.process_iter(["create_time"]):
+        try:
+            # A session id outlives its first process; the start time rules out a later namesake.
+            if os.getsid(p.pid) in sessions and p.info["create_time"] >= state.started - 60:
+                found.update({q.pid: q for q in (p, *p.children(recursive=True))})
+        except (psutil.Error, OSError):
+            continue
+    return list(found.values())
+
+
+def up(workers: int, cpus: int, home: Path | str | None = None, log=print) -> tuple[ClusterState, bool]:
+    """Start a head and `workers` worker nodes with `cpus` CPUs each; returns (state, whether it started now).
+
+    When the state file names a cluster whose processes are running, that cluster is returned as it is.
+    """
+    if workers < 0 or cpus < 1:
+        raise UserError("--workers must be 0 or more and --cpus-per-node 1 or more")
+    existing = load_state(home)
+    if existing and processes(existing):
+        return existing, False
+    if existing:
+        log(f"the local cluster recorded in {state_path(home)} is gone; starting a new one")
+        _forget(existing, home)
+    token = auth.ensure_token()
+    auth.enable_client_auth(None if token.startswith("$") else token)  # for the readiness check below
+    # A short temp dir: Ray's socket paths under it must fit in 107 bytes.
+    state = ClusterState("", "", token, tempfile.mkdtemp(prefix="arscale-ray-"), time.time(), [])
+
+    def head(attempt: int) -> list[str]:  # Ray's usual ports if free, else any; the state records them
+        gcs, dashboard = (_port(GCS_PORT), _port(DASHBOARD_PORT)) if attempt == 0 else _free_ports(2)
+        state.address, state.dashboard_url = f"{LOOPBACK}:{gcs}", f"http://{LOOPBACK}:{dashboard}"
+        return ["--head", "--node-ip-address", LOOPBACK, "--port", str(gcs), "--include-dashboard", "true",
+                "--dashboard-host", LOOPBACK, "--dashboard-port", str(dashboard),
+                "--ray-client-server-port", str(*_free_ports(1))]
+
+    try:
+        _start_nodes(state, [head], cpus, home)
+        _start_nodes(state, [lambda attempt: ["--address", state.address]] * workers, cpus, home)
+        _wait_until_ready(state)
+    except BaseException:
+        _forget(state, home)
+        raise
+    write_json_atomic(state_path(home), asdict(state))
+    return state, True
+
+
+def down(home: Path | str | None = None) -> int | None:
+    """Stop the local cluster; returns how many processes were stopped, or None when none was up."""
+    state = load_state(home)
+    if state is None:
+        return None
+    return _forget(state, home)
+
+
+def _forget(state: ClusterState, home) -> int:
+    """Stop every process of the cluster, remove its temp dirs and its state file."""
+    stopped = set()
+    for _ in range(3):  # a raylet may start a worker while the rest stop: look again
+        procs = processes(state)
+        if not procs:
+            break
+        _stop_processes(procs)
+        stopped.update(p.pid for p in procs)
+    shutil.rmtree(state.temp_root, ignore_errors=True)
+    state_path(home).unlink(missing_ok=True)
+    return len(stopped)
+
+
+def _stop_processes(procs: list) -> None:
+    """SIGTERM, then SIGKILL what is left after STOP_GRACE_S."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=STOP_GRACE_S)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _start_nodes(state: ClusterState, nodes: list, cpus: int, home) -> None:
+    """Run `ray start` for each node (a function from the attempt number to its arguments), side by side, each
+    in a new session; record them in `state`. A node that failed to start is started again with new ports: they
+    are picked free, but others start Ray on this machine too, and on a busy machine Ray's own start-up can time
+    out."""
+    logs = home_dir(home) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for attempt in range(START_ATTEMPTS):
+        started = [(args, *_launch(state, args(attempt), cpus, logs)) for args in nodes]
+        nodes = []
+        for args, process, node, log_file in started:
+            try:
+                code = process.wait(timeout=START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise RunFailure(f"`ray start` did not finish in {START_TIMEOUT_S:.0f}s; see {log_file}") from None
+            if code == 0:
+                node.pids = sorted(p.pid for p in processes(state) if _session(p.pid) == node.session)
+                continue
+            if attempt + 1 == START_ATTEMPTS:
+                raise RunFailure(f"`ray start` failed {START_ATTEMPTS} times, last with: {_last_error(log_file)} "
+                                 f"(its output: {log_file})")
+            _stop_processes([p for p in processes(state) if _session(p.pid) == node.session])
+            state.nodes.remove(node)
+            nodes.append(args)
+        if not nodes:
+            return
+
+
+def _launch(state: ClusterState, args: list[str], cpus: int, logs: Path):
+    """Start `ray start ARGS` for one node in a new session; returns (process, node, its output file)."""
+    index = sum(1 for _ in Path(state.temp_root).glob("n*"))
+    temp_dir = Path(state.temp_root) / f"n{index}"
+    temp_dir.mkdir()
+    role = "head" if "--head" in args else "worker"
+    ports = [str(p) for p in _free_ports(len(NODE_PORT_FLAGS))]
+    command = [sys.executable, "-m", "cluster.loopback", "start", *args, "--num-cpus", str(cpus),
+               "--temp-dir", str(temp_dir), "--disable-usage-stats",
+               *(x for pair in zip(NODE_PORT_FLAGS, ports) for x in pair)]
+    log_file = logs / f"n{index}-{role}.log"
+    with open(log_file, "w") as output:
+        process = subprocess.Popen(command, env=_node_env(state.token, state.address), stdout=output,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    node = Node(role, cpus, str(temp_dir), session=process.pid)
+    state.nodes.append(node)
+    return process, node, log_file
+
+
+def _wait_until_ready(state: ClusterState) -> None:
+    """Until the Jobs API answers and every node has joined."""
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            alive = [n for n in list_nodes(address=state.dashboard_url, raise_on_missing_output=False,
+                                           _explain=False) if n.state == "ALIVE"]
+            if len(alive) >= len(state.nodes):
+                return
+        except Exception:  # the dashboard is still starting
+            pass
+        if time.monotonic() > deadline:
+            raise RunFailure(f"the cluster did not come up in {START_TIMEOUT_S:.0f}s; Ray's logs are under "
+                             f"{state.temp_root}")
+        time.sleep(1)
+
+
+def _node_env(token: str, address: str) -> dict:
+    """The environment of every node, and so of every Ray worker and job driver on it.
+
+    RAY_ADDRESS: Ray's own actors (Ray Train's) look their cluster up, and with several Ray clusters on one
+    machine that look-up fails unless it is set.
+    """
+    env = {**os.environ, **loopback.ENV, **WORKER_ENV, auth.MODE_ENV: "token", "RAY_ADDRESS": address}
+    if not token.startswith("$"):
+        env[auth.PATH_ENV] = token
+    # Job entrypoints run `python ...`: the interpreter arscale runs in, whatever PATH the shell had.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _port(preferred: int) -> int:
+    """`preferred` when it is free on 127.0.0.1, else any free port."""
+    with socket.socket() as s:
+        try:
+            s.bind((LOOPBACK, preferred))
+            return preferred
+        except OSError:
+            pass
+    return _free_ports(1)[0]
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (held open together, so the system cannot hand out one twice)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind((LOOPBACK, 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _last_error(log_file: Path) -> str:
+    lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["no output"])[-1][:300]
