@@ -25,9 +25,9 @@ def start_mlflow_server(root, port: int) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root}/server.db", "--default-artifact-root", str(root / "artifacts"),
          "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
+    deadline = time.time() + 240  # a loaded 2-core machine starts it slowly
     while time.time() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -40,12 +40,20 @@ def start_mlflow_server(root, port: int) -> tuple[subprocess.Popen, str]:
 
 
 def stop_mlflow_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """Stop the server and its worker processes (they hold the port a restarted server needs)."""
+    import os
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

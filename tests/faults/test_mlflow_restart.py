@@ -9,7 +9,7 @@ from tests.test_tracking import free_port, start_mlflow_server, stop_mlflow_serv
 
 def test_metrics_logged_while_the_server_is_down_arrive_after_it_restarts(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")  # a down server refuses at once; a slow one must not time out
     port = free_port()
     server, uri = start_mlflow_server(tmp_path, port)
     client = MlflowClient(uri)
