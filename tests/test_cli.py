@@ -10,6 +10,14 @@ ARSCALE = [sys.executable, "-m", "pipelines.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def subprocess_env() -> dict[str, str]:
+    """This environment without the torch.distributed settings an earlier in-process training run left in it."""
+    import os
+
+    return {k: v for k, v in os.environ.items()
+            if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
+
+
 def arscale(*args, cwd=None):
     return subprocess.run([*ARSCALE, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT, timeout=120)
 

@@ -10,7 +10,7 @@ import subprocess
 from armodels.checkpoint import load_checkpoint
 from armodels.train import TrainConfig
 from pipelines.steps.train import TrainStepConfig
-from tests.test_cli import ARSCALE, ROOT
+from tests.test_cli import ARSCALE, ROOT, subprocess_env
 
 
 def limit_file_size(max_bytes: int):
@@ -26,7 +26,8 @@ def test_a_full_disk_while_checkpointing_fails_cleanly(tmp_path, shards):
     (tmp_path / "run.json").write_text(json.dumps(TrainStepConfig("t", "transformer", model, train)
                                                   .run(shards).to_dict()))
     command = [*ARSCALE, "train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "out")]
-    full = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    env = subprocess_env()
+    full = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
                           preexec_fn=limit_file_size(64_000))
     assert full.returncode == 1, full.stderr
     last = full.stderr.strip().splitlines()[-1]
@@ -35,6 +36,6 @@ def test_a_full_disk_while_checkpointing_fails_cleanly(tmp_path, shards):
     assert load_checkpoint(tmp_path / "out") is None  # nothing half-written is taken for a checkpoint
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["status"] == "ok"

@@ -63,14 +63,15 @@ def test_ctrl_c_in_arscale_train_saves_a_checkpoint_and_the_rerun_resumes(tmp_pa
     import signal
     import subprocess
 
-    from tests.test_cli import ARSCALE, ROOT
+    from tests.test_cli import ARSCALE, ROOT, subprocess_env
 
     model = dict(vocab_size=320, seq_len=32, n_layer=2, n_head=2, n_embd=32)
     train = TrainConfig(tokens=400_000, batch_size=16, eval_points=1, eval_windows=8, checkpoints=20)
     (tmp_path / "run.json").write_text(json.dumps(TrainStepConfig("t", "transformer", model, train)
                                                   .run(shards).to_dict()))
     command = [*ARSCALE, "train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = subprocess_env()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300  # generous: a loaded machine imports torch and DeepSpeed slowly
     while not (tmp_path / "out" / "checkpoint" / "state.json").is_file():
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
@@ -79,7 +80,7 @@ def test_ctrl_c_in_arscale_train_saves_a_checkpoint_and_the_rerun_resumes(tmp_pa
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
     assert "run the same command again to resume" in stderr and json.loads(stdout)["status"] == "interrupted"
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == "ok" and result["resumed_at_step"] >= json.loads(stdout)["steps"] - 1
