@@ -8,7 +8,7 @@ CONFIG ?= text-default
 OUT    ?= studies/$(CONFIG)
 PYTEST_ARGS ?=
 
-.PHONY: setup study test clean-venv
+.PHONY: setup study test clean-venv fashion-mnist
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@$(MAKE) --no-print-directory fashion-mnist
 	touch $@
+
+# Image studies use Fashion-MNIST from Debian's dataset-fashion-mnist where it can be installed (root and apt);
+# elsewhere they fall back to scikit-learn's bundled digits and say so.
+fashion-mnist:
+	@[ -d /usr/share/datasets/fashion-mnist ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "note: Fashion-MNIST not installed (needs root: apt-get install dataset-fashion-mnist); image studies use scikit-learn's digits"
 
 study: setup
 	$(BIN)/arscale study run $(CONFIG) --out $(OUT)

@@ -52,7 +52,7 @@ class Manifest:
     split: str
     tokenizer_sha256: str
     vocab_size: int
-    eod_id: int
+    eod_id: int | None  # None: documents of fixed length (images), laid end to end with no separator
     dtype: str
     shards: list[ShardInfo] = field(default_factory=list)
     format: str = FORMAT
@@ -135,7 +135,7 @@ class ShardWriter:
     """Streams tokenized documents into shards of about `shard_tokens` tokens each (held in memory per shard; bulk
     tokenization writes its shards with ShardFileWriter directly)."""
 
-    def __init__(self, directory: Path, *, split: str, tokenizer_sha256: str, vocab_size: int, eod_id: int,
+    def __init__(self, directory: Path, *, split: str, tokenizer_sha256: str, vocab_size: int, eod_id: int | None,
                  shard_tokens: int = 1_000_000):
         if shard_tokens < 1:
             raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
@@ -287,16 +287,17 @@ def iter_documents(directory: Path, *, verify: bool = True) -> Iterator[np.ndarr
 
 
 def load_token_stream(directory: Path, *, verify: bool = True) -> np.ndarray:
-    """All documents of a shard set concatenated into one stream, each followed by the end-of-document token."""
+    """All documents of a shard set concatenated into one stream, each followed by the end-of-document token (or,
+    for shard sets without one, such as images, by nothing: the next document starts where one ends)."""
     manifest = read_manifest(directory)
     if manifest.layout == PACKED:  # the rows laid end to end are the stream
         parts = [tokens for shard in manifest.shards
                  for tokens, _ in _rows(verified_shard(directory, shard, verify), "doc_ids")]
     else:
-        eod = np.array([manifest.eod_id], dtype=manifest.dtype)
+        eod = [] if manifest.eod_id is None else [np.array([manifest.eod_id], dtype=manifest.dtype)]
         parts = []
         for doc in iter_documents(directory, verify=verify):
-            parts += [doc, eod]
+            parts += [doc, *eod]
     if not parts:
         raise ValueError(f"{directory} holds no tokens")
     return np.concatenate(parts)

@@ -115,20 +115,21 @@ def describe_cluster(url: str) -> str:
                      f"{total.get('CPU', 0):g} CPU  {total.get('GPU', 0):g} GPU  "
                      f"{total.get('memory', 0) / 2**30:.1f} GiB memory")
     used = _cpus_in_use(client)
-    if used:
-        lines.append(f"CPUs in use: {used[0]:g} of {used[1]:g}")
+    if used is not None:  # the total from the node list: the dashboard's load report lags new nodes by seconds
+        total = sum((n.resources_total or {}).get("CPU", 0) for n in nodes if n.state == "ALIVE")
+        lines.append(f"CPUs in use: {used:g} of {total:g}")
     lines.append(f"running jobs: {len(running)}")
     lines += [f"  {j.submission_id}  {j.status.value}  {(j.metadata or {}).get('arscale.out', j.entrypoint)}"
               for j in running]
     return "\n".join(lines)
 
 
-def _cpus_in_use(client) -> tuple[float, float] | None:
-    """(used, total) CPUs from the dashboard's cluster status, or None if it does not say."""
+def _cpus_in_use(client) -> float | None:
+    """CPUs in use from the dashboard's cluster status, or None if it does not say."""
     try:
         data = client._do_request("GET", "/api/cluster_status").json()["data"]
-        used, total = data["clusterStatus"]["loadMetricsReport"]["usage"]["CPU"]
-        return float(used), float(total)
+        used, _ = data["clusterStatus"]["loadMetricsReport"]["usage"]["CPU"]
+        return float(used)
     except Exception:  # an older or newer dashboard: leave the line out
         return None
 

@@ -40,6 +40,28 @@ class CorpusConfig(_Strict):
         return self
 
 
+class ImagesConfig(_Strict):
+    """An image study's data: a spec for `armodels.images.load_images` ("default": Fashion-MNIST where the Debian
+    package is installed, else scikit-learn's digits; or a path). Its test split is the study's held-out split."""
+
+    data: str = "default"
+    train_images: int = Field(10_000, gt=0)  # the first this many of the training split
+    test_images: int = Field(2_000, gt=0)
+    binarize: bool = False  # pixels become 0 or 255 (threshold 128): the pixel stream then has 2 levels, not 256
+
+
+class ImageTokenizerConfig(_Strict):
+    """A discrete autoencoder (VQ-VAE or FSQ) whose codes are one of an image study's token streams."""
+
+    steps: int = Field(1000, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    model: dict[str, Any] = {}  # fields of armodels.vqvae.VQVAEConfig or armodels.fsq.FSQConfig
+
+
+TEXT_STREAM, IMAGE_STREAMS = "text", ("pixels", "vqvae", "fsq")
+
+
 class TokenizerConfig(_Strict):
     vocab_size: int = Field(1024, ge=258)  # 256 bytes + end-of-document + at least one merge
     train_bytes: int = Field(8_000_000, gt=0)  # BPE is trained on a sample of the training split this large
@@ -60,7 +82,15 @@ class GridConfig(_Strict):
     (overrides training.lr) and `num_workers` (overrides training.num_workers: big runs get more workers)."""
 
     family: str = "transformer"
+    # The token stream the grid models: "text" (BPE tokens) in text studies; in image studies "pixels" (8-bit
+    # values in raster order), "vqvae" or "fsq" (the code grid of that image tokenizer, in raster order).
+    stream: Literal["text", "pixels", "vqvae", "fsq"] = TEXT_STREAM
     sizes: list[dict[str, Any]] = Field(min_length=1)
+
+    @property
+    def series(self) -> str:
+        """What the fits and the report compare: the family, or in image studies the stream and the family."""
+        return self.family if self.stream == TEXT_STREAM else f"{self.stream}-{self.family}"
 
     @model_validator(mode="after")
     def _sizes_fit_the_family(self):
@@ -70,8 +100,11 @@ class GridConfig(_Strict):
             raise ValueError(f"unknown family {self.family!r}; one of {', '.join(armodels.families())}")
         config_class = armodels.family_classes(self.family)[1]
         known = {f.name for f in fields(config_class)}
-        if "seq_len" not in known:
-            raise ValueError(f"{self.family} models images (height × width), not token streams")
+        image_family = "seq_len" not in known
+        if image_family and self.stream not in IMAGE_STREAMS:
+            raise ValueError(f"{self.family} models images (height × width), not token streams; use it in an "
+                             "image study's pixels, vqvae or fsq stream")
+        set_by_study = ("vocab_size", "height", "width") if image_family else ("vocab_size", "seq_len")
         for i, size in enumerate(self.sizes):
             name = size.get("name")
             if name is not None and not (isinstance(name, str) and re.fullmatch(SAFE_NAME, name)):
@@ -82,11 +115,11 @@ class GridConfig(_Strict):
                 raise ValueError(f"sizes.{i}.num_workers: must be a whole number, 1 or more (got {workers!r})")
             model = {k: v for k, v in size.items() if k not in SIZE_OPTIONS}
             for key in model:
-                if key in ("vocab_size", "seq_len"):
-                    raise ValueError(f"sizes.{i}.{key}: set by the study (tokenizer.vocab_size, models.seq_len)")
+                if key in set_by_study:
+                    raise ValueError(f"sizes.{i}.{key}: set by the study (from the tokenizer and the data)")
                 if key not in known:
                     raise ValueError(f"sizes.{i}.{key}: {self.family} has no such field; its fields: "
-                                     f"{', '.join(sorted(known - {'vocab_size', 'seq_len'}))}")
+                                     f"{', '.join(sorted(known - set(set_by_study)))}")
             try:
                 TypeAdapter(config_class).validate_python(model)
             except ValidationError as e:
@@ -97,7 +130,7 @@ class GridConfig(_Strict):
 
 
 class ModelsConfig(_Strict):
-    seq_len: int = Field(128, gt=0)  # tokens per training window, for every family
+    seq_len: int = Field(128, gt=0)  # tokens per training window, for every family (image studies: one image)
     grids: list[GridConfig] = Field(min_length=1)
 
 
@@ -158,11 +191,30 @@ class StudyConfig(_Strict):
     seed: int = 0
     corpus: CorpusConfig = CorpusConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    # An image study sets `images` (and `image_tokenizers` for the code streams) instead of corpus and tokenizer.
+    images: ImagesConfig | None = None
+    image_tokenizers: dict[Literal["vqvae", "fsq"], ImageTokenizerConfig] = {}
     shards: ShardConfig = ShardConfig()
     models: ModelsConfig
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     fit: FitConfig = FitConfig()
+
+    @property
+    def is_image_study(self) -> bool:
+        return self.images is not None
+
+    @model_validator(mode="after")
+    def _streams_match_the_data(self):
+        for i, grid in enumerate(self.models.grids):
+            if self.is_image_study and grid.stream == TEXT_STREAM:
+                raise ValueError(f"models.grids.{i}.stream: an image study models pixels, vqvae or fsq, not text")
+            if not self.is_image_study and grid.stream != TEXT_STREAM:
+                raise ValueError(f"models.grids.{i}.stream: {grid.stream!r} needs an image study (an `images:` "
+                                 "section)")
+            if grid.stream in ("vqvae", "fsq") and grid.stream not in self.image_tokenizers:
+                raise ValueError(f"models.grids.{i}.stream: {grid.stream!r} needs image_tokenizers.{grid.stream}")
+        return self
 
 
 def resolve_config_path(spec: str | None) -> Path:

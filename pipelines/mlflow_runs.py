@@ -57,6 +57,7 @@ def runs_from_mlflow(uri: str, experiment: str | None = None):
     rows = []
     for name, run in newest.items():
         row = {"run_id": name, "family": run.data.tags.get("arscale.family"),
+               "series": run.data.tags.get("arscale.series", run.data.tags.get("arscale.family")),
                "status": run.data.tags.get("arscale.status", "ok"), "mlflow_run_id": run.info.run_id}
         row.update(run.data.metrics)
         rows.append(row)

@@ -185,7 +185,7 @@ class RunLogger:
         for i in range(0, len(batch), 1000):  # MLflow caps metrics per batch at 1000
             chunk = batch[i:i + 1000]
             self._call(self.client.log_batch, self.run_id, metrics=chunk,
-                       what={"metrics": [[m.key, m.value, m.step] for m in chunk]})
+                       what={"metrics": [[m.key, m.value, m.step, m.timestamp] for m in chunk]})
 
     def _set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -222,8 +222,9 @@ class RunLogger:
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        if "metrics" in r:
-            metrics = [Metric(k, float(v), now, int(step)) for k, v, step in r["metrics"]]
+        if "metrics" in r:  # with the time they were logged (older files lack it), so histories stay in order
+            metrics = [Metric(k, float(v), int(logged[0]) if logged else now, int(step))
+                       for k, v, step, *logged in r["metrics"]]
             self.client.log_batch(r["run_id"], metrics=metrics)
         if "tags" in r:
             self.client.log_batch(r["run_id"], tags=[RunTag(k, str(v)) for k, v in r["tags"].items()])

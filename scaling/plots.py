@@ -223,3 +223,19 @@ def plot_families(fits: dict[str, FitResult], path, *, extrapolate_to: float | N
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_rate_distortion(points: dict[str, tuple[list[float], list[float]]], path, *, title: str | None = None) -> Path:
+    """Each series' models as (rate: bits per image under the model, distortion: reconstruction MSE of its token
+    stream): lossless streams sit on the x axis, lossy codes trade bits for error."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, (bits, mse)) in enumerate(points.items()):
+        ax.scatter(bits, mse, color=f"C{i % 10}", label=label, zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("rate: bits per image (test split, under each model)")
+    ax.set_ylabel("distortion: reconstruction MSE (pixels in [0, 1])")
+    ax.set_title(title or "rate and distortion of each token stream")
+    ax.grid(True, which="both", alpha=0.3)
+    if points:
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -123,3 +123,70 @@ def test_the_fit_can_be_rebuilt_from_mlflow_alone(study):
     assert refit.n_points == 5 and any("unstable" in json.dumps(row) for row in refit.excluded)
     for key in ("E", "A", "alpha"):
         assert refit.params[key] == pytest.approx(saved[key], rel=1e-6)
+
+
+# ---- Every fit form on the MLflow runs of a real study: a small isoFLOP grid in the same study folder, so its
+# corpus, tokenizer and shards steps are the ones above (skipped) and only its six runs train. Runs last in this
+# module: the store then holds two studies, and the tests above read it as holding one.
+
+ISOFLOP_SIZES = [{"n_layer": 1, "n_embd": 8, "n_head": 2}, {"n_layer": 1, "n_embd": 16, "n_head": 2},
+                 {"n_layer": 2, "n_embd": 16, "n_head": 2}]
+
+
+@pytest.fixture(scope="module")
+def isoflop_study(study, tiny_config):
+    out, _, _ = study
+    cfg, path = tiny_config
+    data = cfg.model_dump()
+    data["name"] = "text-isoflop-e2e"
+    data["models"]["grids"] = [{"family": "transformer", "sizes": ISOFLOP_SIZES}]
+    data["training"].update(tokens=None, flops_budgets=[2e8, 6e8])
+    outcomes = run_study(StudyConfig.model_validate(data), path, out)
+    return out, outcomes
+
+
+def test_an_isoflop_study_skips_the_shared_steps_and_fits_all_three_approaches(isoflop_study):
+    out, outcomes = isoflop_study
+    assert {outcomes[n].state for n in ("corpus", "tokenizer", "shards")} == {"skipped"}
+    assert sum(n.startswith("train-") and o.state == "succeeded" for n, o in outcomes.items()) == 6
+    study = json.loads((out / STUDY_FILE).read_text())
+    fit_dir = out / next(s["dir"] for s in study["steps"] if s["name"] == "fit")
+    fits = json.loads((fit_dir / "fit.json").read_text())["transformer"]
+    for form in ("compute", "params", "isoflop", "envelope", "chinchilla"):
+        assert "error" not in fits[form], (form, fits[form])
+    assert fits["isoflop"]["n_points"] == 6 and fits["isoflop"]["predictions"]
+    report = (out / study["report"]).read_text()
+    assert "## Compute-optimal allocation" in report and "![isoFLOP curves](isoflops-transformer.png)" in report
+
+
+@pytest.mark.parametrize("form", ["compute", "params", "tokens", "chinchilla", "envelope", "isoflop"])
+def test_every_form_fits_the_study_runs_from_mlflow(isoflop_study, form):
+    """The CLI reads the runs back from the study's MLflow store, fits, prints JSON and logs the fit there."""
+    import math
+
+    from mlflow import MlflowClient
+
+    from tests.test_cli import arscale
+
+    out, _ = isoflop_study
+    uri = f"sqlite:///{out}/mlflow.db"
+    result = arscale("fit", "--mlflow", uri, "--experiment", "text-isoflop-e2e", "--form", form, "--bootstrap", "20",
+                     "--holdout-top", "0", "--json", *(["--predict-compute", "1e10"] if form != "params" and
+                                                       form != "tokens" else []))
+    assert result.returncode == 0, result.stderr
+    fit = json.loads(result.stdout)
+    assert fit["form"] == form and fit["n_points"] == 6
+    if form in ("envelope", "isoflop"):
+        # allocation exponents from two budgets; the loss law L_opt(C) needs a third, and the fit says so
+        assert math.isfinite(fit["a"]) and math.isfinite(fit["b"]) and fit["predictions"][0]["n_opt"] > 0
+        assert fit["E"] is None and any("too few compute-optimal points" in w for w in fit["warnings"])
+    else:
+        assert all(math.isfinite(fit[k]) for k in ("E", "A", "alpha", "B", "beta") if k in fit)
+        assert set(fit["ci"]) >= {k for k in ("E", "A", "alpha") if k in fit}
+    if form in ("compute", "chinchilla"):
+        p = fit["predictions"][0]
+        assert p["compute"] == 1e10 and p["low"] <= p["loss"] <= p["high"]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("text-isoflop-e2e")
+    logged = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'fit-{form}'")
+    assert logged and "fit.json" in {a.path for a in client.list_artifacts(logged[0].info.run_id)}

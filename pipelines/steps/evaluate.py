@@ -1,6 +1,8 @@
 """Step `eval-<size>`: validation loss (nats/token, bits/byte) and samples of one trained model.
 
 Its eval.json is the run's record for the fit: size, tokens, FLOPs in each convention, losses and status.
+In image studies (`evaluate_image_model`) the loss is also given in bits per dimension (pixel), which compares
+streams, and for code streams beside the tokenizer's distortion (rate–distortion); samples are a PNG grid.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from armodels.bpe import BPETokenizer
@@ -17,6 +20,7 @@ from armodels.files import read_json, write_json_atomic
 from armodels.shards import load_token_stream
 from armodels.train import TrainRun, load_model
 from pipelines.executor import StepContext
+from pipelines.steps.fit import series_of
 
 VERSION = "1"
 
@@ -41,16 +45,23 @@ def run_record(train_dir: Path) -> dict:
             **{k: result[k] for k in keep}, "config": run.model}
 
 
+def _unfinished(ctx: StepContext, record: dict) -> dict | None:
+    """A diverged run has no weights worth scoring: its record says why, and nothing else is done."""
+    if record["status"] == "ok":
+        return None
+    record.update(loss=None, bits_per_byte=None)
+    write_json_atomic(ctx.output / "eval.json", record)
+    log_record(ctx, record)
+    ctx.log(f"not evaluated: the run {record['status']} ({record['reason']})")
+    return {"status": record["status"], "reason": record["reason"]}
+
+
 def evaluate_model(config: EvalStepConfig, ctx: StepContext) -> dict:
     torch.set_num_threads(config.threads)
     train_dir = ctx.inputs["train"]
     record = run_record(train_dir)
-    if record["status"] != "ok":  # a diverged run has no weights worth scoring; the record says why
-        record.update(loss=None, bits_per_byte=None)
-        write_json_atomic(ctx.output / "eval.json", record)
-        log_record(ctx, record)
-        ctx.log(f"not evaluated: the run {record['status']} ({record['reason']})")
-        return {"status": record["status"], "reason": record["reason"]}
+    if (unfinished := _unfinished(ctx, record)) is not None:
+        return unfinished
 
     model = load_model(train_dir)
     tokenizer = BPETokenizer.load(ctx.inputs["tokenizer"])
@@ -75,6 +86,62 @@ def evaluate_model(config: EvalStepConfig, ctx: StepContext) -> dict:
     return {"loss": result.nats_per_token, "bits_per_byte": result.bits_per_byte}
 
 
+@dataclass(frozen=True)
+class ImageEvalStepConfig:
+    stream: str  # "pixels", "vqvae" or "fsq"
+    common: EvalStepConfig
+
+
+def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
+    """Test-split loss in nats/token and bits/dim, bits per image, the stream's distortion, and a grid of samples."""
+    from pipelines.steps.images import save_image_grid
+
+    c = config.common
+    torch.set_num_threads(c.threads)
+    train_dir = ctx.inputs["train"]
+    record = run_record(train_dir)
+    record.update(stream=config.stream, series=f"{config.stream}-{record['family']}")
+    if (unfinished := _unfinished(ctx, record)) is not None:
+        return unfinished
+
+    model = load_model(train_dir)
+    decode, pixels_per_image, distortion = _image_decoder(config.stream, ctx.inputs["tokenizer"], record["vocab_size"])
+    # every token of an image stands for the same number of pixels, so bits per byte (pixel) is bits per dim
+    per_token = pixels_per_image / model.seq_len
+    val = TokenWindows(load_token_stream(Path(ctx.inputs["shards"]) / "val"), model.seq_len)
+    result = evaluate_loss(model, val, max_windows=max(1, c.max_tokens // model.seq_len))
+    bits_per_dim = result.bits_per_token / per_token
+    record.update(loss=result.nats_per_token, bits_per_byte=bits_per_dim, bits_per_dim=bits_per_dim,
+                  bits_per_image=result.bits_per_token * model.seq_len, **distortion, eval=asdict(result))
+    write_json_atomic(ctx.output / "eval.json", record)
+    if c.samples:
+        tokens = model.sample(c.samples, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, seed=c.seed)
+        save_image_grid(decode(tokens.numpy()), ctx.output / "samples.png", columns=min(8, c.samples))
+    ctx.log(f"test {result.nats_per_token:.4f} nats/token, {bits_per_dim:.4f} bits/dim, "
+            f"{record['bits_per_image']:.1f} bits/image on {result.tokens:,} tokens")
+    log_record(ctx, record, {"val_loss": result.nats_per_token, "val_bits_per_dim": bits_per_dim,
+                             "val_bits_per_image": record["bits_per_image"]},
+               artifact=ctx.output / "samples.png" if c.samples else None)
+    return {"loss": result.nats_per_token, "bits_per_dim": bits_per_dim}
+
+
+def _image_decoder(stream: str, source: Path, vocab_size: int):
+    """(tokens [N, T] → uint8 images [N, H, W, C], pixels per image, the stream's distortion on the test split)."""
+    from pipelines.steps.images import load_split
+
+    if stream == "pixels":  # the source is the images step; tokens are levels 0..vocab_size-1
+        shape, scale = load_split(source, "test").shape[1:], 255 // (vocab_size - 1)
+        return (lambda tokens: (tokens * scale).reshape(-1, *shape).astype(np.uint8)), int(np.prod(shape)), {
+            "mse": 0.0}  # lossless
+    from armodels.image_tokenizer import ImageTokenizer
+
+    tokenizer = ImageTokenizer.load(source)
+    metrics = read_json(source / "metrics.json", "image tokenizer metrics")
+    h, w = tokenizer.grid_shape
+    return ((lambda tokens: tokenizer.decode(tokens.reshape(-1, h, w))), int(np.prod(tokenizer.image_shape)),
+            {"mse": metrics["mse"], "psnr": metrics["psnr"], "codebook_usage": metrics["usage"]})
+
+
 def log_record(ctx: StepContext, record: dict, metrics: dict | None = None, artifact: Path | None = None) -> None:
     """The whole run record into the step's MLflow run, so `arscale fit --mlflow` can rebuild the run table."""
     logger = ctx.logger()
@@ -82,8 +149,8 @@ def log_record(ctx: StepContext, record: dict, metrics: dict | None = None, arti
         return
     numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     logger.log_metrics({**numbers, **(metrics or {})}, step=record["tokens"])
-    logger.set_tags({"arscale.family": record["family"], "arscale.run": record["run_id"],
-                     "arscale.status": record["status"]})
+    logger.set_tags({"arscale.family": record["family"], "arscale.series": series_of(record),
+                     "arscale.run": record["run_id"], "arscale.status": record["status"]})
     if artifact:
         logger.log_artifact(artifact)
     logger.flush()

@@ -35,14 +35,15 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
     import scaling.plots
 
     records = [read_json(d / "eval.json", "evaluation record") for _, d in sorted(ctx.inputs.items())]
-    runs = pd.DataFrame(records).drop(columns=["eval", "config"], errors="ignore")
+    runs = pd.DataFrame([{**r, "series": series_of(r)} for r in records]).drop(columns=["eval", "config"],
+                                                                                 errors="ignore")
     runs["flops"] = runs[f"flops_{config.convention}"]  # the default compute column of `arscale fit --runs`
     runs.to_csv(ctx.output / "runs.csv", index=False)
 
     largest = runs.loc[runs["status"] == "ok", "flops"].max()
     targets = [m * largest for m in config.predict_multipliers] if pd.notna(largest) else []
     fits, compute_fits, summary = {}, {}, {}
-    for family, table in runs.groupby("family", sort=False):
+    for family, table in runs.groupby("series", sort=False):  # a family, or an image stream's family
         fits[family] = {}
         for form in FORMS + (ISOFLOP_FORMS if config.isoflop else ()):
             # chinchilla counts C = 6·N·D with non-embedding N; isoflop and envelope read the `flops` column
@@ -77,6 +78,11 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
             logger.log_artifact(ctx.output / name)
         logger.flush()
     return summary
+
+
+def series_of(record: dict) -> str:
+    """What fits and reports group runs by: the family, or in image studies `<stream>-<family>`."""
+    return record.get("series") or record["family"]
 
 
 def _plot(result, runs, family: str, targets: list[float], ctx: StepContext) -> None:

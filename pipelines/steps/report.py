@@ -15,9 +15,12 @@ import numpy as np
 
 from armodels.files import read_json
 from pipelines.executor import STATUS, StepContext
+from pipelines.config import IMAGE_STREAMS, TEXT_STREAM
 from pipelines.progress import human
+from pipelines.steps.fit import series_of
 
 VERSION = "2"
+STREAMS = (TEXT_STREAM, *IMAGE_STREAMS)  # the order in which the report lists runs
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
     samples = _by_run(ctx, "eval-", "samples.json")
     fit_dir = ctx.inputs["fit"]
     fits = read_json(fit_dir / "fit.json")
-    order = sorted(runs, key=lambda r: (runs[r]["family"], runs[r]["params_nonembedding"]))
+    order = sorted(runs, key=lambda r: (STREAMS.index(runs[r].get("stream", "text")), series_of(runs[r]),
+                                        runs[r]["params_nonembedding"]))
 
     plot_learning_curves({r: (np.array([p["tokens"] for p in curves[r]["val"]]),
                               np.array([p["loss"] for p in curves[r]["val"]]))
@@ -42,13 +46,41 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
     for plot in fit_dir.glob("*.png"):
         shutil.copy(plot, ctx.output / plot.name)
     provenance = {name: read_json(d / STATUS) for name, d in sorted(ctx.inputs.items())}
-    text = render(config, runs, order, fits, samples, provenance, {p.name for p in ctx.output.glob("*.png")})
+    images = _image_figures(ctx, runs, order) if "images" in config.config and config.config["images"] else None
+    text = render(config, runs, order, fits, samples, provenance, {p.name for p in ctx.output.glob("*.png")},
+                  images)
     (ctx.output / "report.md").write_text(text)
     ctx.log(f"wrote {ctx.output / 'report.md'}")
     logger = ctx.logger()
     if logger:
         logger.log_artifacts(ctx.output, "report")
     return {"runs": len(runs), "ok_runs": sum(r["status"] == "ok" for r in runs.values())}
+
+
+def _image_figures(ctx: StepContext, runs: dict, order: list[str]) -> dict:
+    """Copies each image tokenizer's reconstructions and each run's samples into the report, draws the
+    rate–distortion plot; returns the tokenizers' test metrics by stream."""
+    from scaling.plots import plot_rate_distortion
+
+    streams = {}
+    for name, d in ctx.inputs.items():
+        if name.startswith("tokenizer-"):
+            stream = name.removeprefix("tokenizer-")
+            streams[stream] = read_json(d / "metrics.json")
+            shutil.copy(d / "reconstructions.png", ctx.output / f"reconstructions-{stream}.png")
+    for r in order:
+        samples = ctx.inputs[f"eval-{r}"] / "samples.png"
+        if samples.is_file():
+            shutil.copy(samples, ctx.output / f"samples-{r}.png")
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    for r in order:
+        x = runs[r]
+        if x["status"] == "ok":
+            bits, mse = points.setdefault(series_of(x), ([], []))
+            bits.append(x["bits_per_image"])
+            mse.append(x["mse"])
+    plot_rate_distortion(points, ctx.output / "rate_distortion.png")
+    return streams
 
 
 def _by_run(ctx: StepContext, prefix: str, filename: str) -> dict[str, dict]:
@@ -58,27 +90,36 @@ def _by_run(ctx: StepContext, prefix: str, filename: str) -> dict[str, dict]:
 
 
 def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, samples: dict, provenance: dict,
-           plots: set[str]) -> str:
+           plots: set[str], images: dict | None = None) -> str:
+    """The report's Markdown. `images`: an image study's tokenizer metrics by stream (None for text studies)."""
     c = config.config
     convention = c.get("fit", {}).get("convention", "6ND")
-    families = list(dict.fromkeys(runs[r]["family"] for r in order))
+    families = list(dict.fromkeys(series_of(runs[r]) for r in order))
     ok = [r for r in order if runs[r]["status"] == "ok"]
     corpus = c.get("corpus", {})
+    if images is None:
+        data = (f"Corpus: {corpus.get('source')} (≤{human(corpus.get('max_bytes', 0))}B); tokenizer: byte-level BPE, "
+                f"vocab {c.get('tokenizer', {}).get('vocab_size')}; context {c.get('models', {}).get('seq_len')} "
+                "tokens")
+    else:
+        data = (f"Images: {c['images']['data']} ({c['images']['train_images']:,} train, {c['images']['test_images']:,} "
+                f"test); token streams: {', '.join(dict.fromkeys(runs[r]['stream'] for r in order))}")
     out = [f"# Scaling study: {config.study}", "",
-           f"Generated {time.strftime('%Y-%m-%d %H:%M')} by arscale. Corpus: {corpus.get('source')} "
-           f"(≤{human(corpus.get('max_bytes', 0))}B); tokenizer: byte-level BPE, vocab "
-           f"{c.get('tokenizer', {}).get('vocab_size')}; {len(order)} runs ({len(ok)} finished) of "
-           f"{', '.join(families)}; context {c.get('models', {}).get('seq_len')} tokens; FLOPs counted as "
-           f"`{convention}` (6·N·D, N = non-embedding parameters).", ""]
+           f"Generated {time.strftime('%Y-%m-%d %H:%M')} by arscale. {data}; {len(order)} runs ({len(ok)} "
+           f"finished) of {', '.join(families)}; FLOPs counted as `{convention}` (6·N·D, N = non-embedding "
+           "parameters).", ""]
     out += [_headline(family, fits.get(family, {}).get("compute", {})) for family in families] + [""]
+    if images is not None:
+        out += _streams_section(runs, ok, images, plots)
 
+    unit = "val bits/byte" if images is None else "test bits/dim"
     out += ["## Runs", "", "| run | family | shape | params (non-emb.) | params (total) | tokens | FLOPs (6ND) | "
-            "FLOPs (per-layer) | val nats/token | val bits/byte | train s | status |",
+            f"FLOPs (per-layer) | val nats/token | {unit} | train s | status |",
             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in order:
         x = runs[r]
         status = x["status"] if x["status"] == "ok" else f"**{x['status']}**: {x.get('reason')}"
-        out.append(f"| {r} | {x['family']} | {_shape(x.get('config', {}))} | {human(x['params_nonembedding'])} | "
+        out.append(f"| {r} | {series_of(x)} | {_shape(x.get('config', {}))} | {human(x['params_nonembedding'])} | "
                    f"{human(x['params'])} | {human(x['tokens'])} | {x['flops_6ND']:.2e} | "
                    f"{x['flops_per_layer']:.2e} | {_num(x.get('loss'))} | {_num(x.get('bits_per_byte'))} | "
                    f"{x['train_seconds']:.0f} | {status} |")
@@ -111,13 +152,49 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
         out += ["## Runs left out of the fits", ""]
         out += [f"- **{r}**: {runs[r]['status']} — {runs[r].get('reason')}" for r in excluded]
         out.append("")
-    out += _samples_section(runs, order, samples)
+    out += _samples_section(runs, order, samples) if images is None else _image_samples_section(runs, order, plots)
     out += ["## Provenance", "", "Each step's versioned output directory (`<step>-<hash>`; the hash covers the "
             "step's config, code version and inputs) and its MLflow run.", "",
             "| input | directory | MLflow run |", "|---|---|---|"]
     out += [f"| {name} | `{status.get('dir')}` | `{status.get('mlflow_run_id')}` |"
             for name, status in provenance.items()]
     return "\n".join(out) + "\n"
+
+
+def _streams_section(runs: dict, ok: list[str], tokenizers: dict, plots: set[str]) -> list[str]:
+    """An image study's streams side by side: what each costs in bits and loses in fidelity."""
+    out = ["## Token streams", "", "Raw pixels are lossless; VQ-VAE and FSQ codes are shorter sequences that lose "
+           "detail. Rate: bits per image under the stream's best model; distortion: the tokenizer's reconstruction "
+           "error on the test split.", "",
+           "| stream | tokens/image | vocabulary | best run | test bits/dim | bits/image | MSE | PSNR (dB) | "
+           "codebook usage | code perplexity |", "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|"]
+    for stream in dict.fromkeys(runs[r]["stream"] for r in runs):
+        mine = [r for r in ok if runs[r]["stream"] == stream]
+        best = min(mine, key=lambda r: runs[r]["bits_per_dim"], default=None)
+        x = runs[best] if best else {}
+        t = tokenizers.get(stream, {})
+        out.append(f"| {stream} | {x.get('seq_len', '—')} | {x.get('vocab_size', '—')} | {best or '—'} | "
+                   f"{_num(x.get('bits_per_dim'))} | {_num(x.get('bits_per_image'), 1)} | "
+                   f"{_num(t.get('mse', 0.0 if stream == 'pixels' else None), 5)} | "
+                   f"{'∞ (lossless)' if stream == 'pixels' else _num(t.get('psnr'), 2)} | "
+                   f"{_percent(t.get('usage'))} | {_num(t.get('perplexity'), 1)} |")
+    out.append("")
+    if "rate_distortion.png" in plots:
+        out += ["![rate and distortion](rate_distortion.png)", ""]
+    for stream in tokenizers:
+        if f"reconstructions-{stream}.png" in plots:
+            out += [f"**{stream} reconstructions** (top: test images; bottom: decoded from their codes)", "",
+                    f"![{stream} reconstructions](reconstructions-{stream}.png)", ""]
+    return out
+
+
+def _image_samples_section(runs: dict, order: list[str], plots: set[str]) -> list[str]:
+    lines = []
+    for r in order:
+        if f"samples-{r}.png" in plots:
+            lines += [f"### {r} ({_num(runs[r].get('bits_per_dim'))} bits/dim)", "", f"![samples of {r}](samples-{r}.png)",
+                      ""]
+    return ["## Samples", "", *lines] if lines else []
 
 
 def _headline(family: str, compute: dict) -> str:
@@ -222,8 +299,12 @@ def _shape(config: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.items() if k not in ("vocab_size", "seq_len"))
 
 
-def _num(x) -> str:
-    return "—" if x is None else f"{x:.4f}"
+def _num(x, digits: int = 4) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _percent(x) -> str:
+    return "—" if x is None else f"{x:.1%}"
 
 
 def _count(x) -> str:

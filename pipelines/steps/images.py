@@ -1,0 +1,139 @@
+"""The data steps of an image study: the images, the image tokenizers (VQ-VAE, FSQ), and one shard set per stream.
+
+    images ─► shards-pixels                      8-bit pixel values in raster order, 256 tokens
+       └────► tokenizer-vqvae ─► shards-vqvae    the code grid of each image in raster order
+       └────► tokenizer-fsq   ─► shards-fsq
+
+Every stream's shards hold one document per image with no separator between documents, so a training window of
+one image's length (`seq_len`) is exactly one image. Each document's `n_bytes` is the image's size in pixels, so
+the evaluation's bits per byte is bits per dimension, comparable across streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from armodels.files import write_json_atomic
+from armodels.shards import ShardWriter
+from pipelines.executor import StepContext
+
+VERSION = "1"
+SPLITS = {"train": "train", "val": "test"}  # shard split → data split: the test split is the held-out one
+PIXELS_SHA256 = "raw-pixels"  # stands in for a tokenizer hash in the pixel stream's manifests
+
+
+def pixel_levels(binarize: bool) -> int:
+    return 2 if binarize else 256
+
+
+@dataclass(frozen=True)
+class ImagesStepConfig:
+    data: str  # a spec for armodels.images.load_images
+    train_images: int
+    test_images: int
+    binarize: bool = False
+
+
+def gather_images(config: ImagesStepConfig, ctx: StepContext) -> dict:
+    """train.npy and test.npy (uint8 [N, H, W, C]) and data.json saying which data they are."""
+    from armodels.images import load_images
+
+    summary, sources = {}, {}
+    for split, limit in (("train", config.train_images), ("test", config.test_images)):
+        data = load_images(config.data, split=split, limit=limit)
+        if config.binarize:
+            data.images = np.where(data.images >= 128, 255, 0).astype(np.uint8)
+        np.save(ctx.output / f"{split}.npy", data.images)
+        summary[f"{split}_images"] = len(data.images)
+        sources[split] = data.source
+        ctx.log(f"{split}: {len(data.images):,} images of {data.images.shape[1:]} from {data.source}")
+    write_json_atomic(ctx.output / "data.json", {"sources": sources, "shape": list(data.images.shape[1:]), **summary})
+    return summary
+
+
+def load_split(images_dir, split: str) -> np.ndarray:
+    return np.load(images_dir / f"{split}.npy", allow_pickle=False)
+
+
+@dataclass(frozen=True)
+class ShardStepConfig:
+    shard_tokens: int
+    levels: int = 256  # the pixel stream's: 256 (8-bit values) or 2 (binarized images)
+
+
+def shard_pixels(config: ShardStepConfig, ctx: StepContext) -> dict:
+    """The pixel stream: each image's values in raster order (row by row, channels innermost), 8-bit or binary."""
+    summary = {}
+    for shard_split, split in SPLITS.items():
+        images = load_split(ctx.inputs["images"], split)
+        if config.levels == 2:
+            images = images >= 128
+        writer = ShardWriter(ctx.output / shard_split, split=shard_split, tokenizer_sha256=PIXELS_SHA256,
+                             vocab_size=config.levels, eod_id=None, shard_tokens=config.shard_tokens)
+        for i, image in enumerate(images):
+            writer.add(i, image.reshape(-1).tolist(), image.size)
+        summary[f"{shard_split}_tokens"] = writer.close().tokens
+    ctx.log(f"pixels: {summary['train_tokens']:,} train and {summary['val_tokens']:,} val tokens")
+    return summary
+
+
+@dataclass(frozen=True)
+class ImageTokenizerStepConfig:
+    kind: str  # "vqvae" or "fsq"
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    model: dict = field(default_factory=dict)
+
+
+def train_image_tokenizer(config: ImageTokenizerStepConfig, ctx: StepContext) -> dict:
+    """Train the autoencoder on the training images; its test-split metrics and reconstructions.png."""
+    from armodels.image_tokenizer import train_image_tokenizer as train
+    from armodels.images import ImageSet
+
+    train_set = ImageSet(load_split(ctx.inputs["images"], "train"), None, "study images (train)")
+    test = load_split(ctx.inputs["images"], "test")
+    tokenizer = train(config.kind, train_set, config=dict(config.model), steps=config.steps,
+                      batch_size=config.batch_size, lr=config.lr, seed=config.seed, log=ctx.log,
+                      test=ImageSet(test, None, "study images (test)"))
+    tokenizer.save(ctx.output)
+    metrics = tokenizer.meta["metrics"]  # on `test`
+    write_json_atomic(ctx.output / "metrics.json", metrics)
+    originals = test[:16]
+    save_image_grid(np.concatenate([originals, tokenizer.decode(tokenizer.encode(originals))]),
+                    ctx.output / "reconstructions.png", columns=16)
+    ctx.log(f"{config.kind}: {tokenizer.codebook_size} codes on a {tokenizer.grid_shape} grid; test "
+            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    logger = ctx.logger()
+    if logger:
+        logger.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=config.steps)
+        logger.log_artifact(ctx.output / "reconstructions.png")
+        logger.flush()
+    return metrics
+
+
+def shard_codes(config: ShardStepConfig, ctx: StepContext) -> dict:
+    """A code stream: each image's code grid in raster order."""
+    from armodels.image_tokenizer import ImageTokenizer, write_code_shards
+    from armodels.images import ImageSet
+
+    tokenizer = ImageTokenizer.load(ctx.inputs["tokenizer"])
+    summary = {}
+    for shard_split, split in SPLITS.items():
+        images = ImageSet(load_split(ctx.inputs["images"], split), None, f"study images ({split})")
+        manifest = write_code_shards(tokenizer, images, ctx.output / shard_split, split=shard_split,
+                                     shard_tokens=config.shard_tokens)
+        summary[f"{shard_split}_tokens"] = manifest.tokens
+    ctx.log(f"{tokenizer.kind}: {summary['train_tokens']:,} train and {summary['val_tokens']:,} val tokens")
+    return summary
+
+
+def save_image_grid(images: np.ndarray, path, columns: int = 8, scale: int = 2) -> None:
+    """uint8 images [N, H, W, C] tiled in rows of `columns` and enlarged `scale` times (small images stay legible
+    in a report), as a PNG."""
+    from armodels.images import image_grid, save_png
+
+    save_png(path, image_grid(images, columns).repeat(scale, axis=0).repeat(scale, axis=1))
