@@ -10,14 +10,13 @@ PYTEST_ARGS ?=
 
 .PHONY: setup study test clean-venv fashion-mnist
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed fashion-mnist
 
 # torch first, pinned: a bare `torch` requirement on an empty environment pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
-	@$(MAKE) --no-print-directory fashion-mnist
 	touch $@
 
 # Image studies use Fashion-MNIST from Debian's dataset-fashion-mnist where it can be installed (root and apt);

@@ -199,7 +199,8 @@ def build_steps(cfg: StudyConfig) -> list[Step]:
                                       cfg.seed, isoflop=bool(cfg.training.flops_budgets)),
                     inputs=evals, version=fit.VERSION,
                     describe=f"L(C) and L(N) power laws, {f.bootstrap} bootstraps, hold out top {f.holdout_top}")
-    decoders = {f"tokenizer-{k}": s for k, (_, s) in streams.items() if k in cfg.image_tokenizers}
+    # an image study's report also shows the data it used and each tokenizer's reconstructions
+    decoders = {"images" if s.name == "images" else s.name: s for _, s in streams.values() if s.name != "tokenizer"}
     report_step = Step("report", report.write_report, report.ReportStepConfig(cfg.name, cfg.model_dump(mode="json")),
                        inputs={"fit": fit_step, **{f"train-{k}": v for k, v in trains.items()},
                                **{f"eval-{k}": v for k, v in evals.items()}, **decoders},

@@ -232,6 +232,7 @@ def plot_rate_distortion(points: dict[str, tuple[list[float], list[float]]], pat
     for i, (label, (bits, mse)) in enumerate(points.items()):
         ax.scatter(bits, mse, color=f"C{i % 10}", label=label, zorder=3)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short decade
     ax.set_xlabel("rate: bits per image (test split, under each model)")
     ax.set_ylabel("distortion: reconstruction MSE (pixels in [0, 1])")
     ax.set_title(title or "rate and distortion of each token stream")

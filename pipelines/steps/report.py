@@ -19,7 +19,7 @@ from pipelines.config import IMAGE_STREAMS, TEXT_STREAM
 from pipelines.progress import human
 from pipelines.steps.fit import series_of
 
-VERSION = "2"
+VERSION = "3"  # 3: image studies; runs grouped by series
 STREAMS = (TEXT_STREAM, *IMAGE_STREAMS)  # the order in which the report lists runs
 
 
@@ -59,10 +59,14 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
 
 def _image_figures(ctx: StepContext, runs: dict, order: list[str]) -> dict:
     """Copies each image tokenizer's reconstructions and each run's samples into the report, draws the
-    rate–distortion plot; returns the tokenizers' test metrics by stream."""
+    rate–distortion plot; returns {"source": the data used, "tokenizers": their test metrics by stream}."""
     from scaling.plots import plot_rate_distortion
 
     streams = {}
+    source = None
+    if "images" in ctx.inputs:  # "<data> test split (<where>), first N" → "<data> (<where>)"
+        test = read_json(ctx.inputs["images"] / "data.json")["sources"]["test"]
+        source = re.sub(r", first \d+$", "", test.replace(" test split", ""))
     for name, d in ctx.inputs.items():
         if name.startswith("tokenizer-"):
             stream = name.removeprefix("tokenizer-")
@@ -80,7 +84,7 @@ def _image_figures(ctx: StepContext, runs: dict, order: list[str]) -> dict:
             bits.append(x["bits_per_image"])
             mse.append(x["mse"])
     plot_rate_distortion(points, ctx.output / "rate_distortion.png")
-    return streams
+    return {"source": source, "tokenizers": streams}
 
 
 def _by_run(ctx: StepContext, prefix: str, filename: str) -> dict[str, dict]:
@@ -91,7 +95,7 @@ def _by_run(ctx: StepContext, prefix: str, filename: str) -> dict[str, dict]:
 
 def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, samples: dict, provenance: dict,
            plots: set[str], images: dict | None = None) -> str:
-    """The report's Markdown. `images`: an image study's tokenizer metrics by stream (None for text studies)."""
+    """The report's Markdown. `images`: an image study's data source and tokenizer metrics (None for text)."""
     c = config.config
     convention = c.get("fit", {}).get("convention", "6ND")
     families = list(dict.fromkeys(series_of(runs[r]) for r in order))
@@ -102,15 +106,16 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
                 f"vocab {c.get('tokenizer', {}).get('vocab_size')}; context {c.get('models', {}).get('seq_len')} "
                 "tokens")
     else:
-        data = (f"Images: {c['images']['data']} ({c['images']['train_images']:,} train, {c['images']['test_images']:,} "
-                f"test); token streams: {', '.join(dict.fromkeys(runs[r]['stream'] for r in order))}")
+        data = (f"Images: {images['source'] or c['images']['data']} ({c['images']['train_images']:,} train, "
+                f"{c['images']['test_images']:,} test); token streams: "
+                f"{', '.join(dict.fromkeys(runs[r]['stream'] for r in order))}")
     out = [f"# Scaling study: {config.study}", "",
            f"Generated {time.strftime('%Y-%m-%d %H:%M')} by arscale. {data}; {len(order)} runs ({len(ok)} "
            f"finished) of {', '.join(families)}; FLOPs counted as `{convention}` (6·N·D, N = non-embedding "
            "parameters).", ""]
     out += [_headline(family, fits.get(family, {}).get("compute", {})) for family in families] + [""]
     if images is not None:
-        out += _streams_section(runs, ok, images, plots)
+        out += _streams_section(runs, ok, images["tokenizers"], plots)
 
     unit = "val bits/byte" if images is None else "test bits/dim"
     out += ["## Runs", "", "| run | family | shape | params (non-emb.) | params (total) | tokens | FLOPs (6ND) | "
