@@ -109,7 +109,9 @@ def test_unreachable_server_never_stops_the_work(tmp_path, monkeypatch, capsys):
     logger.log_metrics({"train_loss": 1.5}, step=10)
     logger.log_metrics({"train_loss": 1.4}, step=20)
     lines = [json.loads(x) for x in (tmp_path / "unsent.jsonl").read_text().splitlines()]
-    assert [m for line in lines for m in line["metrics"]] == [["train_loss", 1.5, 10], ["train_loss", 1.4, 20]]
+    kept = [m for line in lines for m in line["metrics"]]  # key, value, step, time logged (ms)
+    assert [m[:3] for m in kept] == [["train_loss", 1.5, 10], ["train_loss", 1.4, 20]]
+    assert kept[0][3] <= kept[1][3] and abs(kept[1][3] / 1000 - time.time()) < 60
     assert capsys.readouterr().err.count("MLflow is unreachable") == 1
 
 

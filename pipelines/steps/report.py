@@ -133,7 +133,11 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
     if "learning_curves.png" in plots:
         out += ["![loss vs tokens](learning_curves.png)", ""]
     if "families.png" in plots:
-        out += ["## Families at matched compute", "", "![families](families.png)", ""]
+        out += ["## Families at matched compute", ""]
+        if images is not None:
+            out += ["Each stream's loss is per token of that stream (a pixel, or a code standing for a patch): "
+                    "compare streams with each other in bits/dim and bits/image (Token streams, above).", ""]
+        out += ["![families](families.png)", ""]
 
     for family in families:
         family_fits = fits.get(family, {})
