@@ -203,11 +203,12 @@ def plot_families(fits: dict[str, FitResult], path, *, extrapolate_to: float | N
     they compare at matched compute."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = np.concatenate([fit.law.axis for fit in fits.values()])
-    grid = np.geomspace(xs.min(), max(xs.max(), extrapolate_to or 0), 200)
     shown = []
     for i, (family, fit) in enumerate(fits.items()):
         color = f"C{i % 10}"
         ax.scatter(fit.law.axis, fit.law.loss, color=color, zorder=3)
+        # each law from its own smallest run on: a steep law extrapolated backwards would dwarf the others
+        grid = np.geomspace(fit.law.axis.min(), max(xs.max(), extrapolate_to or 0), 200)
         curve = fit.predict(grid)
         ax.plot(grid, curve, color=color, label=f"{family}: α = {fit.params['alpha']:.3f}")
         shown += [*fit.law.loss, *curve[np.isfinite(curve)]]
