@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 CONFIG ?= text-default
 OUT    ?= studies/$(CONFIG)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: setup study test clean-venv fashion-mnist
+.PHONY: setup study test bench clean-venv fashion-mnist
 
 setup: $(VENV)/.installed fashion-mnist
 
@@ -32,6 +33,10 @@ study: setup
 # pytest exits 5 when it collects no tests: a broken suite, so it fails here too.
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); s=$$?; [ $$s -eq 5 ] && echo "no tests collected" >&2; exit $$s
+
+# Every benchmark, one table (bench/results.md, also logged to MLflow); see bench/README.md. Over an hour on 2 cores.
+bench: setup
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -52,6 +52,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     zero_stage: int = 0
     precision: str = "fp32"  # or "bf16" (fast only on CPUs/GPUs with native bf16)
+    compile: bool = False  # torch.compile the loss, compiled in the first step: for GPUs; no faster on a small CPU run
     seed: int = 0
     eval_points: int = 8  # validation evaluations during training, for the loss-vs-tokens curve
     eval_windows: int = 64  # validation windows per evaluation
@@ -209,7 +210,7 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
     windows = TokenWindows(load_token_stream(run.train_shards), model.seq_len, seed=run.train.seed)
     val = TokenWindows(load_token_stream(run.val_shards), model.seq_len)
     loop = _optimise if model.trainable else _count
-    start = time.perf_counter()
+    start, started_at, cpu_start = time.perf_counter(), time.time(), time.process_time()
     outcome = loop(run, model, windows, val, rank, world, on_metrics or (lambda m: None),
                    Path(out_dir), should_stop or (lambda: False))
     elapsed = time.perf_counter() - start + outcome.earlier_seconds
@@ -224,6 +225,9 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
         "final_val_loss": outcome.curve.val[-1]["loss"] if outcome.curve.val and outcome.status == "ok" else None,
         "train_seconds": elapsed, "tokens_per_s": tokens / elapsed, "workers": world,
         "resumed_at_step": outcome.resumed_at,
+        # this attempt's steps on the wall clock (after DeepSpeed's set-up): what a study's timeline calls training
+        "train_started_at": outcome.steps_started_at or started_at, "train_finished_at": time.time(),
+        "train_cpu_seconds": time.process_time() - cpu_start,  # all threads; unlike wall time, not stretched by load
     }
     if rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -246,6 +250,7 @@ class _Outcome:
     reason: str | None = None
     resumed_at: int | None = None  # the step a checkpoint let this attempt start from
     earlier_seconds: float = 0.0  # training time spent by earlier attempts
+    steps_started_at: float | None = None  # wall clock when this attempt's first step began
 
 
 def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
@@ -283,6 +288,8 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         optimizer, lambda s: lr_multiplier(s, total, cfg.warmup_fraction, cfg.min_lr_ratio))
     engine, _, _, _ = deepspeed.initialize(model=Objective(model), optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg, micro, accum, world))
+    if cfg.compile:
+        engine.compile()  # DeepSpeed's way: torch.compile of the wrapped Objective, compiled on its first call
     device = engine.device
     curve = Curve()
     out = _Outcome(curve, 0, float("nan"), float("nan"))
@@ -308,7 +315,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     def evaluate() -> float:
         engine.eval()
         with torch.no_grad():
-            loss = mean_loss(lambda x: engine(x.to(device)), val, micro, cfg.eval_windows, rank, world)
+            loss = mean_loss(lambda x: engine(x.to(device)), val, micro, cfg.eval_windows, rank, world, device)
         engine.train()
         return loss
 
@@ -316,16 +323,18 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     checkpoint_steps = {round(total * (i + 1) / (cfg.checkpoints + 1))
                         for i in range(cfg.checkpoints if can_checkpoint else 0)}
     tokens_per_step = cfg.batch_size * model.seq_len
-    start = time.perf_counter()
+    start, out.steps_started_at = time.perf_counter(), time.time()
     for step in range(first_step, total):
         model.before_train_step(step)  # MADE moves to this step's mask here
-        step_loss = torch.zeros(2, dtype=torch.float64)  # [summed mean loss, ranks asked to stop]
+        # [summed mean loss, ranks asked to stop], on the engine's device: NCCL reduces only GPU tensors, and
+        # adding losses there keeps the GPU from waiting on the host at every micro-step
+        step_loss = torch.zeros(2, dtype=torch.float64, device=device)
         for m in range(accum):
             x = windows.train_batch(step, cfg.batch_size, offset=(m * world + rank) * micro, size=micro)
             loss = engine(x.to(device))
             engine.backward(loss)
             engine.step()
-            step_loss[0] += loss.item() / accum
+            step_loss[0] += loss.detach().double() / accum
         step_loss[1] = float(should_stop())
         dist.all_reduce(step_loss)  # every rank sees the same loss and stop votes, so all stop together
         out.last_loss, out.steps = step_loss[0].item() / world, step + 1
@@ -403,13 +412,13 @@ def _count(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank:
 
 
 def mean_loss(loss_fn: Callable[[torch.Tensor], torch.Tensor], windows: TokenWindows, batch_size: int,
-              max_windows: int, rank: int, world: int) -> float:
+              max_windows: int, rank: int, world: int, device: torch.device | str = "cpu") -> float:
     """Mean nats/token of `loss_fn` over the first `max_windows` windows, split across ranks and all-reduced."""
     import torch.distributed as dist
 
-    total = torch.zeros(2, dtype=torch.float64)  # summed nats, tokens
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # summed nats, tokens
     for x in windows.eval_batches(batch_size, max_windows=max_windows, rank=rank, world_size=world):
-        total += torch.tensor([loss_fn(x).item() * x.numel(), x.numel()], dtype=torch.float64)
+        total += torch.tensor([loss_fn(x).item() * x.numel(), x.numel()], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return (total[0] / total[1]).item()
 
@@ -448,7 +457,8 @@ def load_model(directory: Path):
 
 def train_single_process(run: TrainRun, out_dir: Path, on_metrics: Callable[[dict], None] | None = None,
                          should_stop: Callable[[], bool] | None = None) -> dict:
-    """Run the same loop without Ray: a one-process gloo group on this machine (NCCL if a GPU is visible).
+    """Run the same loop without Ray: a one-process gloo group on this machine (with NCCL for CUDA tensors if a GPU
+    is visible: the loop all-reduces its step losses and stop votes as CPU tensors, which NCCL alone cannot).
 
     The group stays up for later runs in this process: DeepSpeed keeps references to it.
     """
@@ -460,7 +470,7 @@ def train_single_process(run: TrainRun, out_dir: Path, on_metrics: Callable[[dic
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
     return train(run, out_dir, on_metrics=on_metrics, should_stop=should_stop)
 
 

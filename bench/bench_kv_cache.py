@@ -12,21 +12,43 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import INFO, MISSED, Row, check, timed
+from armodels.models.transformer import Transformer, TransformerConfig
+from armodels.sampling import generate, sample
 
-from armodels.models.transformer import Transformer, TransformerConfig  # noqa: E402
-from armodels.sampling import generate, sample  # noqa: E402
+GOAL = 10.0
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+def compare(tokens: int, n_layer: int, n_embd: int, threads: int) -> dict:
+    """Seconds to generate `tokens` tokens greedily with and without the cache, and whether both agree."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=256, seq_len=tokens + 1, n_layer=n_layer, n_head=4, n_embd=n_embd)
+    model = Transformer(cfg).eval()
+    prompt = torch.randint(0, cfg.vocab_size, (1, 1))
+    print(f"transformer: {cfg.n_layer} layers, width {cfg.n_embd}, {model.num_params():,} non-embedding parameters; "
+          f"greedy generation of {tokens} tokens, {torch.get_num_threads()} CPU threads")
+    generate(model, prompt, 8, temperature=0)  # warm-up
+    cached, t_cached = timed(lambda: generate(model, prompt, tokens, temperature=0, use_cache=True))
+    uncached, t_uncached = timed(lambda: generate(model, prompt, tokens, temperature=0, use_cache=False))
+    # the family interface: armodels.sampling.sample decodes through model.decoder(), the same cache
+    _, t_sampler = timed(lambda: sample(model, 1, temperature=0, prompt=prompt))
+    return {"tokens": tokens, "cached": t_cached, "uncached": t_uncached, "sampler": t_sampler,
+            "same": torch.equal(cached, uncached)}
+
+
+def measure(smoke: bool = False, threads: int = 1) -> list[Row]:
+    r = compare(64, 2, 64, threads) if smoke else compare(1024, 4, 128, threads)
+    speedup = r["uncached"] / r["cached"]
+    status = INFO if smoke else check(speedup, at_least=GOAL)
+    if not r["same"]:
+        status = MISSED
+    return [Row(f"KV cache: generate {r['tokens']:,} tokens", f"{speedup:.1f}× ({r['tokens'] / r['cached']:,.0f} vs "
+                f"{r['tokens'] / r['uncached']:,.0f} tokens/s)", f"≥ {GOAL:g}×", status, speedup,
+                "same tokens with and without the cache" if r["same"] else "cached and uncached tokens DIFFER")]
 
 
 def main() -> None:
@@ -41,26 +63,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.tokens, args.n_layer, args.n_embd = 64, 2, 64
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = TransformerConfig(vocab_size=256, seq_len=args.tokens + 1, n_layer=args.n_layer, n_head=4, n_embd=args.n_embd)
-    model = Transformer(cfg).eval()
-    prompt = torch.randint(0, cfg.vocab_size, (1, 1))
-    print(f"transformer: {cfg.n_layer} layers, width {cfg.n_embd}, {model.num_params():,} non-embedding parameters; "
-          f"greedy generation of {args.tokens} tokens, {torch.get_num_threads()} CPU threads")
-
-    generate(model, prompt, 8, temperature=0)  # warm-up
-    cached, t_cached = timed(lambda: generate(model, prompt, args.tokens, temperature=0, use_cache=True))
-    uncached, t_uncached = timed(lambda: generate(model, prompt, args.tokens, temperature=0, use_cache=False))
-    # the family interface: armodels.sampling.sample decodes through model.decoder(), the same cache
-    _, t_sampler = timed(lambda: sample(model, 1, temperature=0, prompt=prompt))
-
-    print(f"  recompute the prefix     {t_uncached:8.2f} s   {args.tokens / t_uncached:8.1f} tokens/s")
-    print(f"  KV cache (generate)      {t_cached:8.2f} s   {args.tokens / t_cached:8.1f} tokens/s")
-    print(f"  KV cache (sample)        {t_sampler:8.2f} s   {args.tokens / t_sampler:8.1f} tokens/s")
-    print(f"  speed-up of the cache    {t_uncached / t_cached:8.1f} ×   (goal ≥ 10×)")
-    print(f"  same tokens: {torch.equal(cached, uncached)}")
+    r = compare(args.tokens, args.n_layer, args.n_embd, args.threads)
+    print(f"  recompute the prefix     {r['uncached']:8.2f} s   {args.tokens / r['uncached']:8.1f} tokens/s")
+    print(f"  KV cache (generate)      {r['cached']:8.2f} s   {args.tokens / r['cached']:8.1f} tokens/s")
+    print(f"  KV cache (sample)        {r['sampler']:8.2f} s   {args.tokens / r['sampler']:8.1f} tokens/s")
+    print(f"  speed-up of the cache    {r['uncached'] / r['cached']:8.1f} ×   (goal ≥ {GOAL:g}×)")
+    print(f"  same tokens: {r['same']}")
 
 
 if __name__ == "__main__":

@@ -293,8 +293,18 @@ class Executor:
             run_id = self._track(self.tracking.start_step_run, step.name, step.dirname, step.config,
                                  {k: s.dirname for k, s in step.inputs.items()})
         cpus = 0 if step.resources.held_by_workers else step.resources.cpus
+        placement = {}
+        if step.resources.held_by_workers:
+            # The task only coordinates (Ray Train's controller runs where it runs): keep it on this driver's
+            # node, so a worker node that dies takes only training workers with it, which Ray Train restarts on
+            # the nodes left. Unpinned, Ray puts it on a worker node whenever this node's CPUs are busy.
+            import ray
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            placement["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False)
         self.log(f"▶ {step.dirname}  ({step.resources.cpus:g} CPU{'s' if step.resources.cpus != 1 else ''})")
-        ref = remote.options(num_cpus=cpus, name=f"step:{step.name}", max_retries=0).remote(
+        ref = remote.options(num_cpus=cpus, name=f"step:{step.name}", max_retries=0, **placement).remote(
             step.fn, step.config, step.name, step.dirname, str(self.root), inputs,
             self.tracking.uri if self.tracking else None, run_id)
         return ref, run_id

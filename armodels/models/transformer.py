@@ -173,11 +173,14 @@ class Transformer(ARModel):
 
     def conditionals(self, x: torch.Tensor) -> torch.Tensor:
         steps = torch.arange(self.seq_len, device=x.device)
-        previous = F.pad(x[:, self.ordering[:-1]], (1, 0))  # step s sees the token of step s - 1
+        # raster order (the only one without any_order): steps are positions, so both gathers would be copies
+        raster = not self.any_order
+        previous = F.pad(x[:, :-1] if raster else x[:, self.ordering[:-1]], (1, 0))  # step s sees step s-1's token
         h = self._step_inputs(previous, steps)
         first, _ = self._run(h[:, :1])  # the start, seen by no later step
         rest, _ = self._run(h[:, 1:])
-        return torch.cat([first, rest], dim=1)[:, self.ordering.argsort()]  # step order back to positions
+        logits = torch.cat([first, rest], dim=1)
+        return logits if raster else logits[:, self.ordering.argsort()]  # step order back to positions
 
     def decoder(self, batch_size: int) -> "CachedDecoder":
         return CachedDecoder(self, batch_size)

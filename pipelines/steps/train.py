@@ -4,25 +4,31 @@ The loop itself is armodels.train.train (no Ray inside); this step only places i
 metrics to the step's MLflow run (step = tokens seen) and prints progress. The run's full description is saved as
 run.json, so `arscale train --config <step dir>/run.json --out DIR` repeats it in one process without Ray.
 
-Faults: the loop checkpoints into the step's .tmp dir, which outlives a failed attempt. If a worker dies, Ray
-Train restarts the worker group (up to WORKER_RESTARTS times) and the loop resumes from the last checkpoint; if
-the whole study dies, the next `arscale study run` does the same. A stop request (the study's STOP file) makes
-the loop checkpoint and end early, and this step then fails with a message saying so.
+Faults: the loop checkpoints into the step's .tmp dir, which outlives a failed attempt. If a worker dies, or the
+node it ran on, Ray Train restarts the worker group (up to WORKER_RESTARTS times) on the nodes left and the loop
+resumes from the last checkpoint; if the whole study dies, the next `arscale study run` does the same. When the
+nodes left cannot hold the workers, the step fails after RESOURCE_WAIT_S, saying so (Ray Train alone would wait
+forever). A stop request (the study's STOP file) makes the loop checkpoint and end early, and this step then fails
+with a message saying so.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import read_manifest
 from armodels.train import TrainConfig, TrainRun
-from pipelines.errors import StepStopped
+from pipelines.errors import RunFailure, StepStopped
 from pipelines.executor import StepContext
 
 VERSION = "1"
 WORKER_RESTARTS = 2  # Ray Train restarts a failed worker group this many times before the step fails
+RESOURCE_WAIT_S = 600.0  # how long the workers may wait for CPUs (a node died, a cluster still scaling up)
+START_TIMEOUT_ENV, START_TIMEOUT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60.0  # Ray Train's, per attempt
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,14 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
         scaling_config=ScalingConfig(num_workers=config.num_workers,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=RunConfig(name=config.name, storage_path=str(ctx.output / "ray-train"),
-                             failure_config=FailureConfig(max_failures=WORKER_RESTARTS),
+                             failure_config=FailureConfig(max_failures=WORKER_RESTARTS,
+                                                          controller_failure_limit=_start_retries()),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     try:
         trainer.fit()
     except Exception as e:
-        raise _worker_error(e) from None
+        raise _worker_error(e, config, ctx.output) from None
     result = read_json(ctx.output / "result.json", "training result")
     if result["status"] == "interrupted":
         raise StepStopped(f"{result['reason']}; the checkpoint is kept and the next run of the study resumes it")
@@ -110,8 +117,25 @@ def _train_worker(loop_config: dict) -> None:
             logger.flush()
 
 
-def _worker_error(e: Exception) -> Exception:
-    """Ray Train wraps worker exceptions; surface the first worker's own error."""
+def _start_retries() -> int:
+    """Ray Train tries to start a worker group for START_TIMEOUT_S at a time and, by default, forever: as many
+    tries as fit in RESOURCE_WAIT_S."""
+    try:
+        timeout = float(os.environ.get(START_TIMEOUT_ENV) or START_TIMEOUT_S)
+    except ValueError:
+        timeout = START_TIMEOUT_S
+    return max(0, math.ceil(RESOURCE_WAIT_S / max(timeout, 1.0)) - 1)
+
+
+def _worker_error(e: Exception, config: TrainStepConfig, out: Path) -> Exception:
+    """Ray Train wraps worker exceptions; surface the first worker's own error, or say why no worker could start."""
+    if type(getattr(e, "controller_failure", None)).__name__ == "WorkerGroupStartupTimeoutError":
+        checkpoint = (out / "checkpoint").is_dir() or (out / "checkpoint.old").is_dir()
+        return RunFailure(
+            f"its {config.num_workers} training worker(s) of {config.cpus_per_worker} CPU(s) each found no room in the "
+            f"Ray cluster for {RESOURCE_WAIT_S:.0f}s (a node died or left, or other work holds the CPUs); "
+            + ("its checkpoint is kept: " if checkpoint else "")
+            + "add nodes or lower num_workers, then run the study again" + (" to resume" if checkpoint else ""))
     failures = getattr(e, "worker_failures", None)
     if failures:
         rank, error = sorted(failures.items())[0]

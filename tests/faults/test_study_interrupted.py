@@ -46,6 +46,8 @@ def steps(out: Path) -> dict[str, str]:
 def test_a_study_stopped_or_killed_resumes_where_it_was(tmp_path):
     config = yaml.safe_load((ROOT / "configs" / "text-tiny.yaml").read_text())
     config["training"].update(tokens=200_000, checkpoints=20)  # runs long enough to interrupt
+    # three sizes: two train side by side (one to stop mid-run, one to finish) and one waits its turn
+    config["models"]["grids"][0]["sizes"] = config["models"]["grids"][0]["sizes"][:3]
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "study"
