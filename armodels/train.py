@@ -227,7 +227,7 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
         "resumed_at_step": outcome.resumed_at,
         # this attempt's steps on the wall clock (after DeepSpeed's set-up): what a study's timeline calls training
         "train_started_at": outcome.steps_started_at or started_at, "train_finished_at": time.time(),
-        "train_cpu_seconds": time.process_time() - cpu_start,  # all threads; unlike wall time, not stretched by load
+        "train_cpu_seconds": time.process_time() - cpu_start,  # all threads; load stretches it less than wall time
     }
     if rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -465,12 +465,12 @@ def train_single_process(run: TrainRun, out_dir: Path, on_metrics: Callable[[dic
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
-        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
+        # a fresh port every time: a MASTER_PORT inherited from a parent process may be held by the parent's group
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
+                                init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     return train(run, out_dir, on_metrics=on_metrics, should_stop=should_stop)
 
 
