@@ -194,13 +194,14 @@ class Objective(torch.nn.Module):
 
 
 def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, on_checkpoint: Callable[[], None] | None = None) -> dict:
     """Train `run` on the current torch.distributed group; returns the result dict (also saved as result.json).
 
     `on_metrics` is called on rank 0 every `log_every` steps and at each evaluation with a flat metrics dict.
     A non-finite loss stops the run with status "diverged" (the result says where); that is a result, not a crash.
     If `out_dir` holds a checkpoint of this run, training continues from it. `should_stop` is asked after every
     step (by every rank); when it says yes on any rank, all ranks save a checkpoint and return status "interrupted".
+    `on_checkpoint` is called on rank 0 after each checkpoint is saved (a study in an object store pushes it there).
     """
     import torch.distributed as dist
 
@@ -212,7 +213,7 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
     loop = _optimise if model.trainable else _count
     start, started_at, cpu_start = time.perf_counter(), time.time(), time.process_time()
     outcome = loop(run, model, windows, val, rank, world, on_metrics or (lambda m: None),
-                   Path(out_dir), should_stop or (lambda: False))
+                   Path(out_dir), should_stop or (lambda: False), on_checkpoint or (lambda: None))
     elapsed = time.perf_counter() - start + outcome.earlier_seconds
 
     tokens = outcome.steps * run.train.batch_size * model.seq_len
@@ -254,7 +255,8 @@ class _Outcome:
 
 
 def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
-              on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool]) -> _Outcome:
+              on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool],
+              on_checkpoint: Callable[[], None]) -> _Outcome:
     """Gradient descent with DeepSpeed on the global batches of every step, resuming from a checkpoint in
     `out_dir` if there is one and saving checkpoints along the way."""
     if not torch.cuda.is_available():
@@ -310,6 +312,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
             save_checkpoint(out_dir, steps_done, model, optimizer_state, {
                 "run": _fingerprint(run), "curve": asdict(curve), "initial_loss": out.initial_loss,
                 "last_loss": out.last_loss, "train_seconds": out.earlier_seconds + time.perf_counter() - start})
+            on_checkpoint()
         dist.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
 
     def evaluate() -> float:
@@ -383,7 +386,8 @@ def _matching_checkpoint(out_dir: Path, run: TrainRun, rank: int):
 
 
 def _count(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
-           on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool]) -> _Outcome:
+           on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool],
+           on_checkpoint: Callable[[], None]) -> _Outcome:
     """Count-based families see the same token budget as the others, counted once, then summed over workers.
     Counting takes seconds, so it neither checkpoints nor stops early."""
     import torch.distributed as dist

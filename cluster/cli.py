@@ -35,7 +35,8 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
                        description="Submit a study as a Ray job. Its folder is STORAGE/<study name>; submitting "
                                    "the same study again resumes it.")
     p.add_argument("config", nargs="?", help="study YAML file or preset name (default: text-default)")
-    p.add_argument("--storage", help="folder for study folders, the same path on every node (default: ./studies)")
+    p.add_argument("--storage", help="where study folders go: a path every node sees, or an object-store URI "
+                                     "such as s3://bucket/studies (default: ./studies)")
     p.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
     p.add_argument("--dry-run", action="store_true", help="print the job and the study's plan; submit nothing")
     p.set_defaults(handler=cmd_submit)

@@ -5,8 +5,8 @@ virtual environment, study folder or data set is uploaded) and the study's confi
 only that file). Its entrypoint is `python -m pipelines.cli study run study.yaml --out STORAGE/<study name>` on the
 head node, which reaches the cluster through the RAY_ADDRESS that Ray sets for it.
 
-The study folder is on the storage path, which every node must see (a local path for a local cluster, a shared
-filesystem for a real one). So submitting the same study again after a failure or a stop resumes it: finished
+The study folder is on the storage path: a path every node sees (a local path for a local cluster, a shared
+filesystem for a real one), or an object-store URI (s3://bucket/prefix, ...: see pipelines.storage). So submitting the same study again after a failure or a stop resumes it: finished
 steps are skipped, and an interrupted training run goes on from its checkpoint.
 
 Stopping a job sends SIGINT, which the study takes as Ctrl-C: running steps save a checkpoint, and Ray waits
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cluster.client import job_client, reaching
 from pipelines.errors import RunFailure, UserError
+from pipelines.storage import StudyStore, is_uri, join_uri
 
 CONFIG_NAME = "study.yaml"  # the config's name in the job's working_dir
 PACKAGES = ("pipelines", "armodels", "scaling", "cluster")
@@ -43,16 +44,15 @@ class Submission:
     url: str
 
 
-def storage_dir(storage: str | None) -> Path:
-    """The folder that holds the job's study folder; must be the same path on every node."""
-    if storage and "://" in storage:
-        raise UserError(f"--storage {storage}: object-store URIs are not supported yet; give a path that every "
-                        "node of the cluster sees (a shared filesystem such as NFS, or a local path for a local "
-                        "cluster)")
-    return Path(storage or "studies").expanduser().absolute()
+def study_location(storage: str | None, study: str) -> str:
+    """Where the job keeps the study: STORAGE/<study>, a path every node sees or an object-store URI."""
+    if storage and is_uri(storage):
+        StudyStore(storage)  # an unknown scheme is an error here, before anything is sent
+        return join_uri(storage, study)
+    return str(Path(storage or "studies").expanduser().absolute() / study)
 
 
-def entrypoint(out: Path) -> str:
+def entrypoint(out: str) -> str:
     return shlex.join(["python", "-m", "pipelines.cli", "study", "run", CONFIG_NAME, "--out", str(out)])
 
 
@@ -73,7 +73,7 @@ def prepare(config: str | None, storage: str | None):
     from pipelines.config import load_config
 
     cfg, path = load_config(config)
-    return cfg, path, storage_dir(storage) / cfg.name
+    return cfg, path, study_location(storage, cfg.name)
 
 
 def submit(config: str | None, url: str, storage: str | None) -> Submission:

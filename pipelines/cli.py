@@ -72,14 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = study.add_parser("run", parents=[common], help="run a study (skips finished steps)",
                          description="Run a study: tokenizer, shards, a grid of models, evaluation, fits, report.")
     p.add_argument("config", nargs="?", help="study YAML file or preset name (default: text-default)")
-    p.add_argument("--out", type=Path, help="study folder (default: studies/<study name>)")
+    p.add_argument("--out", help="study folder, or an object-store URI such as s3://bucket/studies/NAME "
+                                 "(default: studies/<study name>)")
     p.add_argument("--dry-run", action="store_true", help="print the steps, what would run, sizes and FLOPs")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                                           "else sqlite:///<study>/mlflow.db)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     p.set_defaults(handler=cmd_study_run)
     p = study.add_parser("status", parents=[common], help="show the state of every step of a study")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", help="study folder or object-store URI")
     p.set_defaults(handler=cmd_study_status)
 
     p = sub.add_parser("report", parents=[common], help="show where a study's report is and its main numbers")

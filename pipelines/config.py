@@ -161,6 +161,7 @@ class TrainingConfig(_Strict):
     eval_windows: int | None = Field(None, gt=0)
     log_every: int | None = Field(None, gt=0)
     checkpoints: int | None = Field(None, ge=0)  # mid-run checkpoints per run (default 10)
+    compile: bool | None = None  # torch.compile the training loss (for GPUs; no faster on a small CPU run)
 
     @model_validator(mode="after")
     def _budget_bounds(self):

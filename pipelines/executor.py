@@ -16,6 +16,10 @@ Independent steps run concurrently; the executor admits a step when the CPUs it 
 Stopping (Ctrl-C, SIGTERM): the executor writes the file `STOP` in the study folder; long steps (training) look
 for it, save a checkpoint in their .tmp dir and end as failed-with-checkpoint; the executor waits for them
 (up to STOP_GRACE_S) before it cancels what is left. A second Ctrl-C cancels at once.
+
+A study kept in an object store (pipelines.storage) runs the same way in a local scratch folder: each step pulls
+the inputs its node lacks before it runs and pushes its folder after (STATUS.json last), and the executor counts a
+step the store holds as finished as done.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from armodels.files import read_json, write_json_atomic
-from pipelines.errors import StepStopped
+from pipelines.errors import StepStopped, UserError
+from pipelines.storage import StudyStore
 
 STATUS = "STATUS.json"
 STOP_FILE = "STOP"  # its presence asks running steps to checkpoint and stop
@@ -46,6 +51,12 @@ class Resources:
     cpus: float = 1.0
     # True for steps that start their own Ray workers (Ray Train): the workers hold the CPUs, the task holds none.
     held_by_workers: bool = False
+    cpus_per_worker: float | None = None  # with held_by_workers: what each worker holds, on one node
+
+    @property
+    def on_one_node(self) -> float:
+        """The CPUs that must be free on a single node: a worker's share, or the whole task's."""
+        return (self.cpus_per_worker or 0.0) if self.held_by_workers else self.cpus
 
 
 @dataclass
@@ -57,6 +68,7 @@ class StepContext:
     inputs: dict[str, Path]
     tracking_uri: str | None = None
     run_id: str | None = None
+    store_uri: str | None = None  # the object store that keeps the study, when it is kept in one
 
     def log(self, message: str) -> None:
         print(message, flush=True)  # Ray prefixes it with the task name, step:<name>
@@ -159,26 +171,39 @@ def _process_alive(state: dict) -> bool:
 
 
 def execute_step(fn: StepFn, config: Any, name: str, dirname: str, root: str, inputs: dict[str, str],
-                 tracking_uri: str | None, run_id: str | None) -> dict:
+                 tracking_uri: str | None, run_id: str | None, store_uri: str | None = None) -> dict:
     """Run one step in this process (a Ray worker): .tmp dir, status records, atomic rename on success."""
     root_path = Path(root)
     tmp, final = root_path / f"{dirname}.tmp", root_path / dirname
+    store = StudyStore(store_uri) if store_uri else None
+    if store:  # this node may lack the inputs, or what an earlier attempt left (a checkpoint)
+        for path in map(Path, inputs.values()):
+            store.pull(path.name, path)
+        store.pull(tmp.name, tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     record = {"step": name, "dir": dirname, "state": RUNNING, "host": socket.gethostname(), "pid": os.getpid(),
               "started": time.time(), "mlflow_run_id": run_id, "inputs": inputs}
     write_json_atomic(tmp / STATUS, record)
-    ctx = StepContext(name, tmp, {k: Path(v) for k, v in inputs.items()}, tracking_uri, run_id)
+    ctx = StepContext(name, tmp, {k: Path(v) for k, v in inputs.items()}, tracking_uri, run_id, store_uri)
     try:
         summary = fn(config, ctx) or {}
     except BaseException as e:  # KeyboardInterrupt included: the record must say the step did not finish
         (tmp / "error.log").write_text(traceback.format_exc())
         write_json_atomic(tmp / STATUS, {**record, "state": STOPPED if isinstance(e, StepStopped) else FAILED,
                                          "finished": time.time(), "error": one_line_error(e)})
+        if store:
+            try:
+                store.push(tmp, tmp.name)  # its checkpoint, for the next attempt wherever it runs
+            except Exception as push_error:
+                print(f"warning: could not save {tmp.name} to {store.shown}: {one_line_error(push_error)}", flush=True)
         raise
     write_json_atomic(tmp / STATUS, {**record, "state": SUCCEEDED, "finished": time.time(), "summary": summary})
     if final.exists():  # left by hand without a success record (step_state ignores it): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
+    if store:
+        store.push(final, dirname)
+        store.delete(tmp.name)
     return summary
 
 
@@ -198,14 +223,23 @@ class Outcome:
 class Executor:
     """Runs a DAG of steps on the connected Ray cluster, writing under `root`."""
 
-    def __init__(self, root: Path, tracking=None, log: Callable[[str], None] | None = None):
+    def __init__(self, root: Path, tracking=None, log: Callable[[str], None] | None = None,
+                 store: StudyStore | None = None):
         self.root = Path(root)
         self.tracking = tracking  # a pipelines.tracking.StudyTracking, or None
         self.log = log or (lambda msg: print(msg, flush=True))
+        self.store = store  # the object store that keeps the study (root is then its local scratch folder)
 
     def plan(self, targets: list[Step]) -> list[tuple[Step, dict]]:
         """Each step in order with its current status record (state: succeeded, failed, pending, ...)."""
-        return [(s, step_state(self.root, s.dirname)) for s in topological_order(targets)]
+        plan = []
+        for step in topological_order(targets):
+            state = step_state(self.root, step.dirname)
+            if self.store and state["state"] != SUCCEEDED:
+                stored = self.store.read_json(f"{step.dirname}/{STATUS}")
+                state = stored if stored and stored.get("state") == SUCCEEDED else state
+            plan.append((step, state))
+        return plan
 
     def run(self, targets: list[Step]) -> dict[str, Outcome]:
         import ray
@@ -216,19 +250,25 @@ class Executor:
         for step, state in plan:
             if state["state"] == SUCCEEDED:
                 outcomes[step.name] = Outcome("skipped", summary=state.get("summary", {}))
+                self._ensure_stored(step)
             else:
                 pending.append(step)
         total_cpus = ray.cluster_resources().get("CPU", 0)
-        for step in pending:
+        largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+        for step in pending:  # Ray would wait for such room forever
             if step.resources.cpus > total_cpus:
-                raise ValueError(f"step {step.name} needs {step.resources.cpus:g} CPUs but the Ray cluster has "
+                raise UserError(f"step {step.name} needs {step.resources.cpus:g} CPUs but the Ray cluster has "
                                  f"{total_cpus:g}; lower its workers or CPUs per worker, or add nodes")
+            if step.resources.on_one_node > largest:
+                raise UserError(f"step {step.name} needs {step.resources.on_one_node:g} CPUs on one node but the "
+                                 f"largest node of the Ray cluster has {largest:g}; lower its CPUs per worker (and "
+                                 "use more workers), or add bigger nodes")
         if pending:
             self.log(f"{len(plan) - len(pending)} of {len(plan)} steps already done; running {len(pending)}")
         remote = ray.remote(execute_step)
         running: dict[Any, tuple[Step, float, str | None]] = {}
         free = total_cpus
-        (self.root / STOP_FILE).unlink(missing_ok=True)  # left by an earlier stop
+        self._clear_stop()  # left by an earlier stop
         try:
             while pending or running:
                 for step in [s for s in pending if self._inputs_failed(s, outcomes)]:
@@ -259,6 +299,8 @@ class Executor:
 
         if running:
             (self.root / STOP_FILE).touch()
+            if self.store:
+                self._track(self.store.write_text, STOP_FILE, "")  # for steps on nodes without this folder
             self.log(f"stopping: {len(running)} running step(s) save a checkpoint first "
                      f"(up to {STOP_GRACE_S:.0f}s; Ctrl-C again to stop at once)")
             deadline = time.monotonic() + STOP_GRACE_S
@@ -273,7 +315,18 @@ class Executor:
         for ref, (step, _, run_id) in running.items():
             ray.cancel(ref, force=True)
             self._record_failure(step, run_id, "interrupted by the user")
+        self._clear_stop()
+
+    def _clear_stop(self) -> None:
         (self.root / STOP_FILE).unlink(missing_ok=True)
+        if self.store:
+            self._track(self.store.delete, STOP_FILE)
+
+    def _ensure_stored(self, step: Step) -> None:
+        """A step finished here whose push to the store failed (the store was down) is pushed now."""
+        local = self.root / step.dirname
+        if self.store and local.is_dir() and not self.store.exists(f"{step.dirname}/{STATUS}"):
+            self.store.push(local, step.dirname)
 
     @staticmethod
     def _inputs_done(step: Step, outcomes: dict[str, Outcome]) -> bool:
@@ -306,7 +359,7 @@ class Executor:
         self.log(f"▶ {step.dirname}  ({step.resources.cpus:g} CPU{'s' if step.resources.cpus != 1 else ''})")
         ref = remote.options(num_cpus=cpus, name=f"step:{step.name}", max_retries=0, **placement).remote(
             step.fn, step.config, step.name, step.dirname, str(self.root), inputs,
-            self.tracking.uri if self.tracking else None, run_id)
+            self.tracking.uri if self.tracking else None, run_id, self.store.uri if self.store else None)
         return ref, run_id
 
     def _collect(self, ref, step: Step, seconds: float, run_id: str | None) -> Outcome:
@@ -345,11 +398,11 @@ class Executor:
             self._track(self.tracking.finish_run, run_id, ok=False, error=error)
 
     def _track(self, fn, *args, **kwargs):
-        """Call the tracker; if MLflow is down, warn and go on (the step runs untracked): work beats records."""
+        """Call the tracker (or the store, for a stop request); if it is down, warn and go on: work beats records."""
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            self.log(f"warning: MLflow call {fn.__name__} failed ({type(e).__name__}: {str(e).strip()[:200]}); "
+            self.log(f"warning: {fn.__qualname__} failed ({type(e).__name__}: {str(e).strip()[:200]}); "
                      "the study goes on")
             return None
 

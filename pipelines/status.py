@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 from armodels.files import read_json
 from pipelines.errors import UserError
-from pipelines.executor import step_state
+from pipelines.executor import STATUS, step_state
+from pipelines.storage import StudyStore, is_uri
 from pipelines.progress import duration
 from pipelines.study import STUDY_FILE
 
@@ -23,8 +25,10 @@ def load_study(directory: Path) -> dict:
         raise UserError(str(e)) from None
 
 
-def study_status(directory: Path) -> str:
-    """One line per step (state, time taken, error), then totals."""
+def study_status(directory: Path | str) -> str:
+    """One line per step (state, time taken, error), then totals. `directory` may be an object-store URI."""
+    if is_uri(directory):
+        return _stored_study_status(StudyStore(str(directory)))
     directory = Path(directory)
     study = load_study(directory)
     rows, counts = [], {}
@@ -47,6 +51,24 @@ def study_status(directory: Path) -> str:
     report = directory / study["report"]
     lines.append(f"  report: {report}" if report.is_file() else "  report: not written yet")
     return "\n".join(lines)
+
+
+def _stored_study_status(store: StudyStore) -> str:
+    """The status of a study in an object store, read from a local copy of its records (no step's data)."""
+    with tempfile.TemporaryDirectory(prefix="arscale-status-") as view:
+        view = Path(view)
+        if not store.exists(STUDY_FILE):
+            raise UserError(f"{store.shown} is not a study folder (no {STUDY_FILE}); start one with `arscale study "
+                            f"run CONFIG --out {store.shown}`")
+        store.pull_into("", view, [STUDY_FILE])
+        study = load_study(view)
+        for step in study["steps"]:
+            for folder in (step["dir"], f"{step['dir']}.tmp"):
+                if store.exists(f"{folder}/{STATUS}"):
+                    store.pull_into(folder, view / folder, [STATUS])
+        if store.exists(study["report"]):
+            store.pull_into("", view, [study["report"]])
+        return study_status(view).replace(str(view), store.shown)
 
 
 def _note(summary: dict) -> str:

@@ -27,6 +27,7 @@ from pipelines.config import SIZE_OPTIONS, TEXT_STREAM, StudyConfig
 from pipelines.errors import RunFailure, UserError
 from pipelines.executor import Executor, Outcome, Resources, Step, topological_order
 from pipelines.progress import duration, human
+from pipelines.storage import StudyStore, is_uri
 from pipelines.steps import corpus, evaluate, fit, images, report, shards, tokenizer, train
 from pipelines.steps.images import pixel_levels
 
@@ -182,7 +183,8 @@ def build_steps(cfg: StudyConfig) -> list[Step]:
         flops = run.flops(cfg.fit.convention)
         trains[tc.name] = Step(
             f"train-{tc.name}", train.train_model, tc, inputs={"shards": shard_step}, version=train.VERSION,
-            resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True), priority=flops,
+            resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True,
+                                cpus_per_worker=tc.cpus_per_worker), priority=flops,
             describe=(f"{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
                       f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({cfg.fit.convention})"
                       + (f", {tc.num_workers} workers" if tc.num_workers > 1 else "")))
@@ -274,61 +276,81 @@ def _pid_alive(pid) -> bool:
         return False
 
 
-def run_study(cfg: StudyConfig, config_path: Path, out: Path, *, dry_run: bool = False,
+def run_study(cfg: StudyConfig, config_path: Path, out: Path | str, *, dry_run: bool = False,
               tracking_uri: str | None = None, address: str | None = None, log=print) -> dict[str, Outcome]:
-    """Run (or with dry_run, only show) the study; returns each step's outcome.
+    """Run (or with dry_run, only show) the study in the folder `out` (a path, or an object-store URI: see
+    pipelines.storage); returns each step's outcome.
 
     Raises RunFailure if a step failed, after every step that does not depend on it has run.
     """
-    from pipelines.tracking import StudyTracking, redact_uri, resolve_tracking_uri
-
-    out = Path(out).resolve()
+    store = StudyStore(str(out)) if is_uri(out) else None
+    where = store.shown if store else Path(out).resolve()  # what the user named
+    out = store.scratch if store else Path(out).resolve()
     targets = build_steps(cfg)
     if dry_run:
-        log(describe_plan(Executor(out), targets))
+        log(describe_plan(Executor(out, store=store), targets))
         return {}
     check_output_dir(out)
     check_corpus(cfg)
-    started = time.time()
+    if store:
+        store.check()
     with StudyLock(out):
-        from cluster.local import connect
-
-        previous = read_json(out / STUDY_FILE) if (out / STUDY_FILE).is_file() else {}
-        uri = resolve_tracking_uri(tracking_uri, out)
-        tracking = StudyTracking(uri, cfg.name, out, previous.get("mlflow", {}).get("parent_run_id"))
-        dashboard = connect(address)
-        _stop_on_sigterm()  # after connecting: ray.init installs a SIGTERM handler of its own
-        executor = Executor(out, tracking, log=log)
-        steps = topological_order(targets)
-        write_json_atomic(out / STUDY_FILE, {
-            "name": cfg.name, "config_path": str(config_path), "config": cfg.model_dump(mode="json"),
-            "steps": [{"name": s.name, "dir": s.dirname, "inputs": {k: d.dirname for k, d in s.inputs.items()},
-                       "describe": s.describe} for s in steps],
-            "report": f"{targets[0].dirname}/report.md",
-            "mlflow": {"tracking_uri": redact_uri(uri), "experiment_id": tracking.experiment_id,
-                       "parent_run_id": tracking.parent_run_id},
-        })
-        log(f"study {cfg.name} → {out}")
-        log(f"MLflow: {redact_uri(uri)}" + (f"   Ray dashboard: {dashboard}" if dashboard else ""))
+        if store:
+            store.pull_study_files(out)
         try:
-            outcomes = executor.run(targets)
-        except KeyboardInterrupt:
-            tracking.finish_study(ok=False)
-            raise RunFailure(f"interrupted; finished steps and checkpoints are kept — to resume, run: arscale study "
-                             f"run {config_path} --out {out}") from None
-        failed = {n: o for n, o in outcomes.items() if o.state == "failed"}
-        tracking.finish_study(ok=not failed)
-        ran = sum(o.state == "succeeded" for o in outcomes.values())
-        log(f"{ran} steps ran, {sum(o.state == 'skipped' for o in outcomes.values())} skipped "
-            f"in {duration(time.time() - started)}")
-        if failed:
-            blocked = sum(o.state == "blocked" for o in outcomes.values())
-            names = ", ".join(f"{n} ({o.error})" for n, o in failed.items())
-            raise RunFailure(f"{len(failed)} step(s) failed: {names}; {blocked} step(s) waiting on them. "
-                             f"Finished steps are kept: fix the cause and run the same command again")
+            return _run(cfg, config_path, out, where, targets, store, tracking_uri, address, log)
+        finally:
+            if store:
+                try:
+                    store.push_study_files(out)
+                except Exception as e:
+                    log(f"warning: could not save study.json and the MLflow store to {store.shown} ({e})")
+
+
+def _run(cfg: StudyConfig, config_path: Path, out: Path, where: Path | str, targets: list[Step],
+         store: StudyStore | None, tracking_uri: str | None, address: str | None, log) -> dict[str, Outcome]:
+    from cluster.local import connect
+    from pipelines.tracking import StudyTracking, redact_uri, resolve_tracking_uri
+
+    started = time.time()
+    previous = read_json(out / STUDY_FILE) if (out / STUDY_FILE).is_file() else {}
+    uri = resolve_tracking_uri(tracking_uri, out)
+    tracking = StudyTracking(uri, cfg.name, out, previous.get("mlflow", {}).get("parent_run_id"))
+    dashboard = connect(address)
+    _stop_on_sigterm()  # after connecting: ray.init installs a SIGTERM handler of its own
+    executor = Executor(out, tracking, log=log, store=store)
+    steps = topological_order(targets)
+    write_json_atomic(out / STUDY_FILE, {
+        "name": cfg.name, "config_path": str(config_path), "config": cfg.model_dump(mode="json"),
+        "steps": [{"name": s.name, "dir": s.dirname, "inputs": {k: d.dirname for k, d in s.inputs.items()},
+                   "describe": s.describe} for s in steps],
+        "report": f"{targets[0].dirname}/report.md",
+        "mlflow": {"tracking_uri": redact_uri(uri), "experiment_id": tracking.experiment_id,
+                   "parent_run_id": tracking.parent_run_id},
+        **({"storage": store.shown} if store else {}),
+    })
+    log(f"study {cfg.name} → {where}" + (f" (working in {out})" if store else ""))
+    log(f"MLflow: {redact_uri(uri)}" + (f"   Ray dashboard: {dashboard}" if dashboard else ""))
+    try:
+        outcomes = executor.run(targets)
+    except KeyboardInterrupt:
+        tracking.finish_study(ok=False)
+        raise RunFailure(f"interrupted; finished steps and checkpoints are kept — to resume, run: arscale study "
+                         f"run {config_path} --out {where}") from None
+    failed = {n: o for n, o in outcomes.items() if o.state == "failed"}
+    tracking.finish_study(ok=not failed)
+    ran = sum(o.state == "succeeded" for o in outcomes.values())
+    log(f"{ran} steps ran, {sum(o.state == 'skipped' for o in outcomes.values())} skipped "
+        f"in {duration(time.time() - started)}")
+    if failed:
+        blocked = sum(o.state == "blocked" for o in outcomes.values())
+        names = ", ".join(f"{n} ({o.error})" for n, o in failed.items())
+        raise RunFailure(f"{len(failed)} step(s) failed: {names}; {blocked} step(s) waiting on them. "
+                         f"Finished steps are kept: fix the cause and run the same command again")
+    if (out / targets[0].dirname).is_dir():  # in an object store, a skipped report may not be in scratch
         _link_latest(out / "report", targets[0].dirname)
-        log(f"report: {out / targets[0].dirname / 'report.md'}")
-        return outcomes
+    log(f"report: {where}/{targets[0].dirname}/report.md")
+    return outcomes
 
 
 def _stop_on_sigterm() -> None:

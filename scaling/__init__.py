@@ -9,16 +9,26 @@ Modules: `runs` (loading, hygiene), `flops` (compute conventions), `laws` and `f
 `advise` (next run to train), `plots`, `optimize` (the batched L-BFGS under the fits).
 """
 
-from scaling import plots
-from scaling.advise import Advice, advise
-from scaling.fit import (FORMS, fit_chinchilla, fit_compute, fit_envelope, fit_isoflop, fit_law, fit_params,
-                         fit_runs, fit_tokens)
-from scaling.optimal import compute_optimal
-from scaling.results import Backtest, FitResult, Prediction
-from scaling.runs import FitInputError, load_runs_csv
+import importlib
 
-__all__ = [
-    "Advice", "Backtest", "FORMS", "FitInputError", "FitResult", "Prediction", "advise", "compute_optimal",
-    "fit_chinchilla", "fit_compute", "fit_envelope", "fit_isoflop", "fit_law", "fit_params", "fit_runs",
-    "fit_tokens", "load_runs_csv", "plots",
-]
+# name -> the module that holds it; imported on first use, so `import scaling.flops` (which training needs)
+# does not pull in pandas, scipy or matplotlib
+_EXPORTS = {
+    "Advice": "advise", "advise": "advise", "compute_optimal": "optimal",
+    "Backtest": "results", "FitResult": "results", "Prediction": "results",
+    "FitInputError": "runs", "load_runs_csv": "runs",
+    **{name: "fit" for name in ("FORMS", "fit_chinchilla", "fit_compute", "fit_envelope", "fit_isoflop", "fit_law",
+                                "fit_params", "fit_runs", "fit_tokens")},
+}
+__all__ = sorted([*_EXPORTS, "plots"])
+
+
+def __getattr__(name: str):
+    if name == "plots":
+        return importlib.import_module("scaling.plots")
+    if name in _EXPORTS:
+        module = importlib.import_module(f"scaling.{_EXPORTS[name]}")
+        # bind every name of that module here now: importing scaling.advise just bound `advise` to the module
+        globals().update({n: getattr(module, n) for n, where in _EXPORTS.items() if where == _EXPORTS[name]})
+        return globals()[name]
+    raise AttributeError(f"module 'scaling' has no attribute {name!r}")

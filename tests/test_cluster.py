@@ -1,6 +1,7 @@
 """Cluster jobs on a real multi-node Ray cluster on 127.0.0.1: `arscale cluster up` (a head and a worker node,
 1 CPU each), DeepSpeed data parallelism across the two nodes, studies submitted as jobs (followed, stopped,
-resumed, failed), the error messages, and `arscale cluster down` leaving no process behind.
+resumed, failed) with their folder in an object store (a real S3-compatible server, moto, on 127.0.0.1), the error
+messages, and `arscale cluster down` leaving no process behind.
 
 Every command runs as a user runs it (a subprocess), so this process never joins a Ray cluster itself. The
 cluster's state folder and token are in a temporary folder ($ARSCALE_HOME, $RAY_AUTH_TOKEN_PATH).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pipelines.storage import StudyStore
+from tests.s3 import S3Server
 from tests.test_cli import one_line_error
 
 pytestmark = pytest.mark.slow
@@ -35,7 +39,7 @@ models:
   grids:
     - family: transformer
       sizes: [{n_layer: 1, n_embd: 16, n_head: 2, num_workers: 2}]
-training: {tokens: 16000, batch_size: 16, lr: 0.005, eval_points: 1, eval_windows: 4, log_every: 1}
+training: {tokens: 64000, batch_size: 16, lr: 0.005, eval_points: 1, eval_windows: 4, log_every: 1, checkpoints: 20}
 evaluation: {max_tokens: 1000, samples: 1}
 fit: {bootstrap: 10, holdout_top: 0}
 """
@@ -45,11 +49,11 @@ STUDY_STEPS = 7  # corpus, tokenizer, shards, train, eval, fit, report
 class Cluster:
     """The local cluster of this module, and the environment its commands run in."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, env: dict | None = None):
         self.home = home
         self.token = home / "auth_token"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        self.env.update(ARSCALE_HOME=str(home), RAY_AUTH_TOKEN_PATH=str(self.token))
+        self.env.update(ARSCALE_HOME=str(home), RAY_AUTH_TOKEN_PATH=str(self.token), **(env or {}))
 
     def arscale(self, *args, timeout: float = 300, **env) -> subprocess.CompletedProcess:
         """Run `arscale ARGS` with this cluster's environment, changed by `env` (None removes a variable)."""
@@ -74,15 +78,24 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("arscale-home"))
+def s3(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3):
+    """The nodes find the S3 server through the environment they start in, as on a cloud."""
+    home = tmp_path_factory.mktemp("arscale-home")
+    c = Cluster(home, {**s3.env, "ARSCALE_SCRATCH": str(home / "scratch")})
     up = c.arscale("cluster", "up", "--workers", 1, "--cpus-per-node", 1)
     assert up.returncode == 0, up.stdout + up.stderr
     yield c
     c.arscale("cluster", "down")  # already done by the last test, unless it failed earlier
 
 
-def submit(cluster: Cluster, config: Path, storage: Path, *args) -> tuple[str, subprocess.CompletedProcess]:
+def submit(cluster: Cluster, config: Path, storage: Path | str, *args) -> tuple[str, subprocess.CompletedProcess]:
     result = cluster.arscale("submit", config, "--storage", storage, *args)
     match = re.search(r"^job (\S+) submitted", result.stdout, re.M)
     assert match, result.stdout + result.stderr
@@ -110,48 +123,60 @@ def test_up_again_says_so_and_shows_the_cluster(cluster):
 
 
 @pytest.fixture(scope="module")
-def resumed_study(cluster, tmp_path_factory):
-    """The micro study submitted, stopped once its first step is done, and submitted again with --wait.
+def resumed_study(cluster, s3, tmp_path_factory):
+    """The micro study submitted with its folder in S3, stopped once its training run has saved a checkpoint there,
+    its nodes' scratch folders wiped, and submitted again with --wait.
 
-    Returns the study folder, the steps done at the stop ({dir: STATUS.json}), both job ids and the output of
-    the second `arscale submit`.
+    Returns the study's store, the steps done at the stop ({dir: STATUS.json}), both job ids and the output of the
+    second `arscale submit`.
     """
     root = tmp_path_factory.mktemp("jobs")
-    config, storage = root / "micro.yaml", root / "studies"
+    config, storage = root / "micro.yaml", s3.uri("studies", options=False)
     config.write_text(MICRO_STUDY)
-    study = storage / "micro"
+    store = StudyStore(s3.uri("studies/micro"))
     first, _ = submit(cluster, config, storage)
-    deadline = time.monotonic() + 240
-    while not list(study.glob("corpus-*/STATUS.json")):  # the final folder: the step succeeded
+    deadline = time.monotonic() + 300
+    while not [d for d in store.fs.get_file_info(_everything(store)) if d.path.endswith(".tmp/checkpoint/state.json")]:
         assert time.monotonic() < deadline, cluster.arscale("jobs", "logs", first).stdout
         time.sleep(0.5)
     stopped = cluster.arscale("jobs", "stop", first)
     assert stopped.returncode == 0 and f"job {first}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
-    done = {d.name: json.loads((d / "STATUS.json").read_text()) for d in study.iterdir()
-            if (d / "STATUS.json").is_file() and not d.name.endswith(".tmp")}
+    names = {i.path.split("/")[-2] for i in store.fs.get_file_info(_everything(store)) if i.path.endswith("/STATUS.json")}
+    done = {n: store.read_json(f"{n}/STATUS.json") for n in names if not n.endswith(".tmp")}
+    shutil.rmtree(cluster.env["ARSCALE_SCRATCH"])  # as if the job ran on a new cluster: only the store is left
     second, result = submit(cluster, config, storage, "--wait")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    return study, done, first, second, result.stdout
+    return store, done, first, second, result.stdout
+
+
+def _everything(store: StudyStore):
+    from pyarrow import fs
+
+    return fs.FileSelector(store.base, recursive=True, allow_not_found=True)
 
 
 def test_a_stopped_study_resumes_without_redoing_finished_steps(cluster, resumed_study):
-    study, done, first, second, output = resumed_study
-    assert "corpus" in {name.split("-")[0] for name in done}
+    store, done, first, second, output = resumed_study
+    assert {name.split("-")[0] for name in done} == {"corpus", "tokenizer", "shards"}
     assert f"{len(done)} of {STUDY_STEPS} steps already done; running {STUDY_STEPS - len(done)}" in output
     for name, status in done.items():  # not run again: the same records
         assert f"▶ {name}" not in output
-        assert json.loads((study / name / "STATUS.json").read_text())["started"] == status["started"]
-    assert f"job {second} succeeded" in output and (study / "report" / "report.md").is_file()
+        assert store.read_json(f"{name}/STATUS.json")["started"] == status["started"]
+    assert re.search(r"resuming from the checkpoint after step \d+ of 125", output), output[-3000:]
+    assert f"job {second} succeeded" in output
+    assert store.exists(store.read_json("study.json")["report"])
+    status = cluster.arscale("study", "status", store.uri)
+    assert status.returncode == 0 and f"{STUDY_STEPS} succeeded" in status.stdout, status.stdout + status.stderr
     listing = cluster.arscale("jobs", "list").stdout
     assert re.search(rf"{first}\s+STOPPED", listing) and re.search(rf"{second}\s+SUCCEEDED", listing)
     assert "STOPPED" in cluster.arscale("jobs", "status", first).stdout
 
 
-def test_the_study_of_a_job_is_in_mlflow(resumed_study):
+def test_the_study_of_a_job_is_in_mlflow(resumed_study, tmp_path):
     from mlflow import MlflowClient
 
-    study = resumed_study[0]
-    client = MlflowClient(f"sqlite:///{study}/mlflow.db")
+    resumed_study[0].pull_into("", tmp_path, ["mlflow.db"])  # the SQLite store went to S3 with the study
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("micro").experiment_id])
     trained = [r for r in runs if r.info.run_name.startswith("train-") and r.info.status == "FINISHED"]
     assert len(trained) == 1 and len(client.get_metric_history(trained[0].info.run_id, "train_loss")) > 10
@@ -169,7 +194,10 @@ def test_a_run_on_two_nodes_follows_the_one_worker_loss_curve(cluster, resumed_s
     """DeepSpeed data parallel across nodes: the same seed and global batch give the same curve as one worker."""
     from armodels.train import TrainRun, train_single_process
 
-    train_dir = next(d for d in resumed_study[0].glob("train-*") if not d.name.endswith(".tmp"))
+    store = resumed_study[0]
+    name = next(s["dir"] for s in store.read_json("study.json")["steps"] if s["name"].startswith("train-"))
+    train_dir = tmp_path / name
+    assert store.pull(name, train_dir)
     assert json.loads((train_dir / "result.json").read_text())["workers"] == 2
     nodes = subprocess.run([sys.executable, "-c", WORKER_NODES, cluster.state["dashboard_url"]], cwd=ROOT,
                            env={**cluster.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=120)
@@ -210,8 +238,14 @@ def test_errors_name_the_problem_and_the_fix(cluster, tmp_path):
     one_line_error(cluster.arscale("jobs", "list", "--address", url, RAY_AUTH_TOKEN="0" * 64), 2,
                    "rejected the authentication token from $RAY_AUTH_TOKEN")
     one_line_error(cluster.arscale("jobs", "status", "no-such-job"), 2, "no job no-such-job on the cluster")
-    one_line_error(cluster.arscale("submit", "text-tiny", "--storage", "s3://bucket/studies"), 2,
-                   "object-store URIs are not supported yet")
+    one_line_error(cluster.arscale("submit", "text-tiny", "--storage", "nosuch://bucket/studies"), 2,
+                   "nosuch://bucket/studies: not a storage URI pyarrow can open")
+    wide = tmp_path / "wide.yaml"  # 2 CPUs in all, but a worker cannot have 2 on one of these 1-CPU nodes
+    wide.write_text(MICRO_STUDY.replace("num_workers: 2}", "num_workers: 1}").replace("log_every: 1", "log_every: 1, "
+                                                                                     "cpus_per_worker: 2"))
+    one_line_error(cluster.arscale("study", "run", wide, "--out", tmp_path / "wide", "--address",
+                                   cluster.state["address"]), 2,
+                   "needs 2 CPUs on one node but the largest node of the Ray cluster has 1")
     one_line_error(cluster.arscale("cluster", "status", **elsewhere), 1, "no local Ray cluster is up")
     nothing = cluster.arscale("cluster", "down", **elsewhere)
     assert nothing.returncode == 0 and "nothing to stop" in nothing.stdout

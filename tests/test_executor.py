@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.errors import UserError
 from pipelines.executor import Executor, Resources, Step, step_state
 
 
@@ -96,7 +97,7 @@ def test_steps_wait_for_free_cpus(tmp_path, ray_local):
     Executor(tmp_path, log=lambda m: None).run(big)
     x, y = (json.loads((tmp_path / s.dirname / "out.json").read_text()) for s in big)
     assert x["end"] <= y["start"] or y["end"] <= x["start"], "two 2-CPU steps must not overlap on 2 CPUs"
-    with pytest.raises(ValueError, match="needs 3 CPUs but the Ray cluster has 2"):
+    with pytest.raises(UserError, match="needs 3 CPUs but the Ray cluster has 2"):
         Executor(tmp_path).run([Step("huge", produce, Value(0), resources=Resources(cpus=3))])
 
 

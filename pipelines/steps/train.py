@@ -24,6 +24,7 @@ from armodels.shards import read_manifest
 from armodels.train import TrainConfig, TrainRun
 from pipelines.errors import RunFailure, StepStopped
 from pipelines.executor import StepContext
+from pipelines.storage import StopSignal, StudyStore
 
 VERSION = "1"
 WORKER_RESTARTS = 2  # Ray Train restarts a failed worker group this many times before the step fails
@@ -59,7 +60,8 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"run": run.to_dict(), "out": str(ctx.output), "threads": config.cpus_per_worker,
-                           "tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id, "stop_file": str(ctx.stop_file)},
+                           "tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id, "stop_file": str(ctx.stop_file),
+                           "store_uri": ctx.store_uri},
         scaling_config=ScalingConfig(num_workers=config.num_workers,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=RunConfig(name=config.name, storage_path=str(ctx.output / "ray-train"),
@@ -71,6 +73,8 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
         trainer.fit()
     except Exception as e:
         raise _worker_error(e, config, ctx.output) from None
+    if ctx.store_uri and not (ctx.output / "result.json").is_file():  # rank 0 ran on another node
+        StudyStore(ctx.store_uri).pull_into(ctx.output.name, ctx.output)
     result = read_json(ctx.output / "result.json", "training result")
     if result["status"] == "interrupted":
         raise StepStopped(f"{result['reason']}; the checkpoint is kept and the next run of the study resumes it")
@@ -98,6 +102,12 @@ def _train_worker(loop_config: dict) -> None:
     run = TrainRun.from_dict(loop_config["run"])
     out = Path(loop_config["out"])
     rank = ray.train.get_context().get_world_rank()
+    store = StudyStore(loop_config["store_uri"]) if loop_config["store_uri"] else None
+    if store:  # a study in an object store: this node may lack the shards and the checkpoint to resume from
+        shards = Path(run.train_shards).parent
+        store.pull(shards.name, shards)
+        out.mkdir(parents=True, exist_ok=True)
+        store.pull(f"{out.name}/checkpoint", out / "checkpoint")
     logger = None
     if rank == 0 and loop_config["run_id"]:
         logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], out / "mlflow-unsent.jsonl")
@@ -109,9 +119,12 @@ def _train_worker(loop_config: dict) -> None:
             names = {"loss": "train_loss", "val_loss": "val_loss", "lr": "lr", "tokens_per_s": "tokens_per_s"}
             logger.log_metrics({names[k]: v for k, v in metrics.items() if k in names}, step=metrics["tokens"])
 
+    push = (lambda: store.push(out, out.name)) if store and rank == 0 else None  # checkpoints outlive this node
     try:
-        stop_file = Path(loop_config["stop_file"])
-        train(run, out, on_metrics=on_metrics, should_stop=stop_file.exists)
+        train(run, out, on_metrics=on_metrics, should_stop=StopSignal(Path(loop_config["stop_file"]), store),
+              on_checkpoint=push)
+        if push:
+            push()  # the result and the model, for the step's own node
     finally:
         if logger:
             logger.flush()
