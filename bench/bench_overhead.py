@@ -7,14 +7,13 @@ of the training itself, measured side by side in one run (issue 10). Two rows:
    (a), both timed from their first step to their last (result.json's train_started_at/finished_at for (b):
    evaluations, checkpoints, all-reduces and MLflow logging included). What each run pays once before its first
    step is reported beside it: (b)'s rate with DeepSpeed's import and set-up, and end to end (Ray Train's worker
-   start-up too); row 2 counts those costs in a whole study. Both sides run the same validation evaluations: they are the study's work,
-   not orchestration. (c), arscale's loop in this process without Ray, tells DeepSpeed's share from Ray's. (a) runs
-   first and last (with --repeats, (b) and (a) alternate), and each side's rate pools its runs, so a drifting load
-   weighs on both sides alike; (a) and (c) run at the niceness Ray gives its workers, so that other processes
-   pre-empt them alike; tokens per CPU-second, which load stretches less, are reported as a cross-check. The loss
-   curves of (a) and (b) are compared as a sanity check. The default budget is 100 steps, a minute a side: a run's
-   fixed costs (imports, DeepSpeed's set-up, checkpoints) weigh five times what they do in the top size's real run
-   of 489 steps (--tokens 2002944, about 25 minutes).
+   start-up too); row 2 counts those costs in a whole study. Both sides run the same validation evaluations: they
+   are the study's work, not orchestration. (c), arscale's loop in this process without Ray, tells DeepSpeed's share
+   from Ray's. (a) runs first and last (with --repeats, (b) and (a) alternate), and each side's rate pools its runs,
+   so a drifting load weighs on both sides alike; (a) and (c) run at the niceness Ray gives its workers, so that
+   other processes pre-empt them alike; tokens per CPU-second, which load stretches less, are reported as a
+   cross-check. The loss curves of (a) and (b) are compared as a sanity check. The default budget is 100 steps, a
+   minute a side (the top size's real run has 489 steps: --tokens 2002944, about 25 minutes).
 2. A whole default study (`arscale study run text-default` in a subprocess, or a finished study folder with
    --study): the fraction of its wall time outside training steps, i.e. outside the union of its runs'
    [train_started_at, train_finished_at] (two runs train side by side). Goal ≤ 20%. Prints where the rest goes.

@@ -6,8 +6,9 @@ only that file). Its entrypoint is `python -m pipelines.cli study run study.yaml
 head node, which reaches the cluster through the RAY_ADDRESS that Ray sets for it.
 
 The study folder is on the storage path: a path every node sees (a local path for a local cluster, a shared
-filesystem for a real one), or an object-store URI (s3://bucket/prefix, ...: see pipelines.storage). So submitting the same study again after a failure or a stop resumes it: finished
-steps are skipped, and an interrupted training run goes on from its checkpoint.
+filesystem for a real one), or an object-store URI (s3://bucket/prefix, ...: see pipelines.storage). So submitting
+the same study again after a failure or a stop resumes it: finished steps are skipped, and an interrupted training
+run goes on from its checkpoint.
 
 Stopping a job sends SIGINT, which the study takes as Ctrl-C: running steps save a checkpoint, and Ray waits
 for that (RAY_JOB_STOP_WAIT_TIME_S) before it kills what is left.

@@ -193,7 +193,9 @@ def execute_step(fn: StepFn, config: Any, name: str, dirname: str, root: str, in
                                          "finished": time.time(), "error": one_line_error(e)})
         if store:
             try:
-                store.push(tmp, tmp.name)  # its checkpoint, for the next attempt wherever it runs
+                # what it leaves, for the next attempt wherever it runs; kept: a checkpoint that a training worker on
+                # another node pushed there
+                store.push(tmp, tmp.name, mirror=False)
             except Exception as push_error:
                 print(f"warning: could not save {tmp.name} to {store.shown}: {one_line_error(push_error)}", flush=True)
         raise
@@ -258,11 +260,11 @@ class Executor:
         for step in pending:  # Ray would wait for such room forever
             if step.resources.cpus > total_cpus:
                 raise UserError(f"step {step.name} needs {step.resources.cpus:g} CPUs but the Ray cluster has "
-                                 f"{total_cpus:g}; lower its workers or CPUs per worker, or add nodes")
+                                f"{total_cpus:g}; lower its workers or CPUs per worker, or add nodes")
             if step.resources.on_one_node > largest:
                 raise UserError(f"step {step.name} needs {step.resources.on_one_node:g} CPUs on one node but the "
-                                 f"largest node of the Ray cluster has {largest:g}; lower its CPUs per worker (and "
-                                 "use more workers), or add bigger nodes")
+                                f"largest node of the Ray cluster has {largest:g}; lower its CPUs per worker (and "
+                                "use more workers), or add bigger nodes")
         if pending:
             self.log(f"{len(plan) - len(pending)} of {len(plan)} steps already done; running {len(pending)}")
         remote = ray.remote(execute_step)

@@ -141,7 +141,8 @@ def resumed_study(cluster, s3, tmp_path_factory):
         time.sleep(0.5)
     stopped = cluster.arscale("jobs", "stop", first)
     assert stopped.returncode == 0 and f"job {first}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
-    names = {i.path.split("/")[-2] for i in store.fs.get_file_info(_everything(store)) if i.path.endswith("/STATUS.json")}
+    names = {i.path.split("/")[-2] for i in store.fs.get_file_info(_everything(store))
+             if i.path.endswith("/STATUS.json")}
     done = {n: store.read_json(f"{n}/STATUS.json") for n in names if not n.endswith(".tmp")}
     shutil.rmtree(cluster.env["ARSCALE_SCRATCH"])  # as if the job ran on a new cluster: only the store is left
     second, result = submit(cluster, config, storage, "--wait")

@@ -44,7 +44,7 @@ def test_push_then_pull_gives_the_same_folder_commit_markers_last(store, tmp_pat
     upload = store._upload
     store._upload = lambda path, rel: (order.append(rel.split("/", 1)[-1]), upload(path, rel))
     store.push(local, "step-1")
-    assert order[-2:] == ["STATUS.json", "checkpoint/state.json"] and "ray-train/log" not in order
+    assert order[-2:] == ["checkpoint/state.json", "STATUS.json"] and "ray-train/log" not in order
 
     assert store.pull("step-1", tmp_path / "copy") and not store.pull("missing", tmp_path / "none")
     copied = {p.relative_to(tmp_path / "copy").as_posix(): p.read_text()
@@ -59,6 +59,9 @@ def test_push_then_pull_gives_the_same_folder_commit_markers_last(store, tmp_pat
     (local / "a.bin").unlink()  # a push mirrors the folder: files it no longer has leave the store
     store.push(local, "step-1")
     assert not store.exists("step-1/a.bin") and store.exists("step-1/checkpoint/w.bin")
+    (local / "checkpoint" / "w.bin").unlink()  # not mirrored: what another node pushed stays
+    store.push(local, "step-1", mirror=False)
+    assert store.exists("step-1/checkpoint/w.bin")
 
 
 def test_the_store_not_the_scratch_folder_is_what_a_rerun_resumes(store, ray_local):
