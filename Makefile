@@ -9,9 +9,9 @@ OUT    ?= studies/$(CONFIG)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup study test bench clean-venv fashion-mnist
+.PHONY: setup study test bench clean-venv fashion-mnist debian-text
 
-setup: $(VENV)/.installed fashion-mnist
+setup: $(VENV)/.installed fashion-mnist debian-text
 
 # torch first, pinned: a bare `torch` requirement on an empty environment pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -26,6 +26,16 @@ fashion-mnist:
 	@[ -d /usr/share/datasets/fashion-mnist ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
 	  echo "note: Fashion-MNIST not installed (needs root: apt-get install dataset-fashion-mnist); image studies use scikit-learn's digits"
+
+# Tests and the tokenization benchmark also use real English text, GCIDE (40 MB), from Debian's dict-gcide where apt
+# can fetch it. The package is unpacked into data/debian rather than installed: installing it would start a dict server.
+GCIDE := data/debian/usr/share/dictd/gcide.dict.dz
+debian-text:
+	@[ -f $(GCIDE) ] || { command -v apt-get >/dev/null && d=$$(mktemp -d) && \
+	  (cd $$d && apt-get download -q dict-gcide >/dev/null 2>&1) && mkdir -p data/debian && \
+	  dpkg -x $$d/dict-gcide_*.deb data/debian 2>/dev/null; \
+	  rm -rf "$$d"; [ -f $(GCIDE) ]; } || \
+	  echo "note: Debian's dict-gcide could not be fetched; tests and benchmarks use the Python sources alone"
 
 study: setup
 	$(BIN)/arscale study run $(CONFIG) --out $(OUT)

@@ -3,11 +3,13 @@
 
 A piece's shard depends only on the piece, the tokenizer and the options, so shards come out the same whatever worker
 encodes them and in whatever order. Documents are read, encoded and written a batch at a time, so memory stays
-bounded whatever the size of the piece.
+bounded whatever the size of the piece. A piece that holds a compressed file (which planning cannot cut: it cannot
+seek in it) is written as several shards of about `shard_tokens` tokens each, so shards stay small whatever the file.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from armodels.bpe import BPETokenizer
-from armodels.corpus_readers import BadInput, Doc, Piece, ReadOptions, iter_docs
+from armodels.corpus_readers import BLOCK_BYTES, BadInput, Doc, Piece, ReadOptions, file_format, iter_docs
 from armodels.shards import DOCUMENTS, PACKED, ShardFileWriter, ShardInfo, shard_name, token_dtype
 
 
@@ -27,6 +29,7 @@ class EncodeOptions:
     verify: bool = False  # check that every document decodes back to its exact bytes
     skip_bad: bool = False  # leave out a file that turns out unreadable, instead of failing
     batch_bytes: int = 1 << 20  # text per encode_batch call: enough to amortise the call, little memory
+    shard_tokens: int | None = None  # a piece holding a compressed file goes on into a new shard past this
 
 
 class RoundTripError(ValueError):
@@ -35,8 +38,8 @@ class RoundTripError(ValueError):
 
 @dataclass
 class PieceResult:
-    shard: ShardInfo
-    skipped: list[dict]  # {"file", "bytes" or "rows", "reason"} of segments left out with skip_bad
+    shards: list[ShardInfo]  # one, or several for a piece that holds a compressed file
+    skipped: list[dict]  # {"file", "bytes" or "rows", "reason", "shard"} of segments left out with skip_bad
 
 
 class _SegmentFailed(Exception):
@@ -46,53 +49,112 @@ class _SegmentFailed(Exception):
 
 
 def encode_piece(tokenizer: BPETokenizer, piece: Piece, directory: Path, options: EncodeOptions) -> PieceResult:
-    """Encode `piece` into `directory`/shard-<index>.parquet. A file that cannot be read raises BadInput, or with
-    `skip_bad` the piece is encoded again without it (so the shard is what it would be had the file not been there)."""
+    """Encode `piece` into `directory`/shard-<index>.parquet (and shard-<index>-001.parquet, ... for a piece that
+    holds a compressed file). A file that cannot be read raises BadInput, or with `skip_bad` the piece is encoded
+    again without it (so the shards are what they would be had the file not been there)."""
     skipped: dict[int, str] = {}
     while True:
-        writer = ShardFileWriter(Path(directory) / shard_name(piece.index), token_dtype(tokenizer.vocab_size),
-                                 options.layout)
+        shards = _ShardSequence(Path(directory), piece, token_dtype(tokenizer.vocab_size), options, skipped)
         try:
-            documents, n_bytes = _encode_into(writer, tokenizer, piece, options, skipped)
+            _encode_into(shards, tokenizer, piece, options, skipped)
         except _SegmentFailed as e:
-            writer.abort()
+            shards.abort()
             if not options.skip_bad:
                 raise e.error from None
             skipped[e.index] = e.error.reason
             continue
         except BaseException:
-            writer.abort()
+            shards.abort()
             raise
-        sha256 = writer.close()
-        used = [s.describe() for i, s in enumerate(piece.segments) if i not in skipped]
-        shard = ShardInfo(writer.path.name, writer.rows, writer.tokens, n_bytes, sha256, documents, used)
-        return PieceResult(shard, [{**piece.segments[i].describe(), "reason": why, "shard": shard.file}
+        infos = shards.close()
+        return PieceResult(infos, [{**piece.segments[i].describe(), "reason": why, "shard": infos[0].file}
                                    for i, why in skipped.items()])
 
 
-def _encode_into(writer: ShardFileWriter, tokenizer: BPETokenizer, piece: Piece, options: EncodeOptions,
-                 skipped: dict[int, str]) -> tuple[int, int]:
-    """Write the piece's documents; returns (documents that end in it, bytes of text)."""
-    sink = _PackedSink(writer, options.seq_len, tokenizer.eod_id) if options.layout == PACKED else _DocumentSink(writer)
-    documents = n_bytes = 0
-    for batch in _batches(_piece_docs(piece, options.read, skipped), options.batch_bytes):
+def _encode_into(shards: _ShardSequence, tokenizer: BPETokenizer, piece: Piece, options: EncodeOptions,
+                 skipped: dict[int, str]) -> None:
+    sink = _PackedSink(shards, options.seq_len, tokenizer.eod_id) if options.layout == PACKED else _DocumentSink(shards)
+    batch_bytes, block_bytes = options.batch_bytes, BLOCK_BYTES
+    if shards.limit:  # a new file starts only between batches: small ones keep each file near the limit
+        # (a batch holds at most twice this, and a byte is at most one token)
+        batch_bytes = block_bytes = min(batch_bytes, max(1024, shards.limit // 8))
+    for batch in _batches(_piece_docs(piece, options.read, skipped, block_bytes), batch_bytes):
         raw = [d.data if isinstance(d.data, bytes) else d.data.encode("utf-8") for d in batch]
         ids = tokenizer.encode_bytes_batch([d.data for d in batch])
         if options.verify:
             check_round_trip(tokenizer, batch, raw, ids)
+        shards.next_batch()
         sink.add(batch, ids, [len(r) for r in raw])
-        documents += sum(d.end for d in batch)
-        n_bytes += sum(map(len, raw))
+        shards.count(batch, raw)
     sink.close()
-    return documents, n_bytes
 
 
-def _piece_docs(piece: Piece, options: ReadOptions, skipped: dict[int, str]) -> Iterator[Doc]:
+class _ShardSequence:
+    """The shard files of one piece, written one after the other: a piece that holds a compressed file goes on
+    into a new file once the current one has `shard_tokens` tokens; any other piece is one file (planning sized it).
+    Writes go to the current file; each file's documents, bytes and sources are counted a batch at a time."""
+
+    def __init__(self, directory: Path, piece: Piece, dtype: np.dtype, options: EncodeOptions,
+                 skipped: dict[int, str]):
+        self.directory, self.piece, self.dtype, self.layout = directory, piece, np.dtype(dtype), options.layout
+        self.skipped = skipped
+        cut_by_planning = not any(file_format(Path(s.path))[1] for s in piece.segments)
+        self.limit = None if cut_by_planning else options.shard_tokens
+        self.first_docs = [s.first_doc for s in piece.segments]
+        self.done: list[ShardInfo] = []
+        self._open()
+
+    def _open(self) -> None:
+        self.writer = ShardFileWriter(self.directory / shard_name(self.piece.index, len(self.done)), self.dtype,
+                                      self.layout)
+        self.documents = self.bytes = 0
+        self.doc_ranges: dict[int, list[int]] = {}  # segment index -> [first, last] document id in this file
+
+    def next_batch(self) -> None:
+        """Called before each batch: go on into a new file if this one is full."""
+        if self.limit and self.writer.tokens >= self.limit:
+            self._finish()
+            self._open()
+
+    def write_documents(self, *args) -> None:
+        self.writer.write_documents(*args)
+
+    def write_packed(self, *args) -> None:
+        self.writer.write_packed(*args)
+
+    def count(self, batch: list[Doc], raw: list[bytes]) -> None:
+        self.documents += sum(d.end for d in batch)
+        self.bytes += sum(map(len, raw))
+        for doc in batch:
+            segment = bisect.bisect_right(self.first_docs, doc.id) - 1
+            ids = self.doc_ranges.setdefault(segment, [doc.id, doc.id])
+            ids[1] = doc.id
+
+    def close(self) -> list[ShardInfo]:
+        self._finish()
+        return self.done
+
+    def abort(self) -> None:
+        self.writer.abort()
+        for shard in self.done:
+            (self.directory / shard.file).unlink(missing_ok=True)
+
+    def _finish(self) -> None:
+        sha256 = self.writer.close()
+        # a piece written as one file lists all its segments (an empty one too), one written as several what each holds
+        segments = range(len(self.piece.segments)) if self.limit is None else sorted(self.doc_ranges)
+        sources = [{**self.piece.segments[i].describe(), **({"docs": self.doc_ranges[i]} if i in self.doc_ranges
+                                                            else {})} for i in segments if i not in self.skipped]
+        self.done.append(ShardInfo(self.writer.path.name, self.writer.rows, self.writer.tokens, self.bytes, sha256,
+                                   self.documents, sources))
+
+
+def _piece_docs(piece: Piece, options: ReadOptions, skipped: dict[int, str], block_bytes: int) -> Iterator[Doc]:
     for i, segment in enumerate(piece.segments):
         if i in skipped:
             continue
         try:
-            yield from iter_docs(segment, options)
+            yield from iter_docs(segment, options, block_bytes=block_bytes)
         except BadInput as e:
             raise _SegmentFailed(i, e) from None
 
@@ -124,7 +186,7 @@ def check_round_trip(tokenizer: BPETokenizer, docs: list[Doc], raw: list[bytes],
 class _DocumentSink:
     """Layout "documents": a row per document (or per block of a large text document), a row group per batch."""
 
-    def __init__(self, writer: ShardFileWriter):
+    def __init__(self, writer: _ShardSequence):
         self.writer = writer
 
     def add(self, docs: list[Doc], ids: list[list[int]], n_bytes: list[int]) -> None:
@@ -138,7 +200,7 @@ class _PackedSink:
     """Layout "packed": documents each followed by end-of-document, laid end to end and cut into rows of seq_len
     tokens; what is left at the end of the piece is its last, shorter row (nothing is dropped)."""
 
-    def __init__(self, writer: ShardFileWriter, seq_len: int | None, eod_id: int):
+    def __init__(self, writer: _ShardSequence, seq_len: int | None, eod_id: int):
         if not seq_len or seq_len < 1:
             raise ValueError(f"the packed layout needs a positive seq_len, got {seq_len}")
         self.writer, self.seq_len = writer, seq_len

@@ -1,6 +1,6 @@
 """Reading a corpus in bulk: find its files, cut them into pieces of about equal size, stream each piece's documents.
 
-Formats, each optionally compressed (`.gz`, `.zst`; read with pyarrow's codecs):
+Formats, each optionally compressed (`.gz`, `.zst`, and dictzip's `.dz`, which is gzip; read with pyarrow's codecs):
 
 - plain text (any other name): one document per file, read as raw bytes (not necessarily UTF-8);
 - JSON Lines (`.jsonl`): one document per line, its text in a field (`text_field`); a blank line is no document;
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TEXT, JSONL, PARQUET = "text", "jsonl", "parquet"
-COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".dz": "gzip"}  # .dz: dictzip (dictd's dictionaries), a gzip file
 BLOCK_BYTES = 4 << 20  # how much of a file is read at once: memory stays bounded whatever the file's size
 SNIFF_BYTES = 8192  # a text file with a NUL byte in its first 8 KiB is binary (git's rule)
 
@@ -113,7 +113,7 @@ def file_format(path: Path) -> tuple[str, str | None]:
 
 def find_files(paths: tuple[str, ...], extensions: tuple[str, ...], *, compressed: bool = False) -> list[Path]:
     """Every document file, sorted: files as given, and files with `extensions` inside directories (recursively);
-    with `compressed`, also those names followed by `.gz` or `.zst`.
+    with `compressed`, also those names followed by `.gz`, `.zst` or `.dz`.
 
     Raises FileNotFoundError naming a path that matches nothing.
     """

@@ -171,8 +171,14 @@ class ShardWriter:
         self._rows, self._pending_tokens = [], 0
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.parquet"
+def shard_name(index: int, part: int = 0) -> str:
+    """shard-00012.parquet; a piece of bulk tokenization written as several files goes on with shard-00012-001..."""
+    return f"shard-{index:05d}.parquet" if part == 0 else f"shard-{index:05d}-{part:03d}.parquet"
+
+
+def shard_index(name: str) -> int:
+    """The index in a shard's file name (the piece it came from)."""
+    return int(name.removeprefix("shard-").removesuffix(".parquet").split("-")[0])
 
 
 def tokenize_to_shards(tokenizer, texts: Iterable[str], directory: Path, *, split: str,

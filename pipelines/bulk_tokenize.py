@@ -6,8 +6,8 @@ single-threaded, so N actors use N cores. The plan does not depend on the number
 shards. Only small descriptions travel through Ray (pieces out, shard summaries back): the actors read the inputs and
 write the shards themselves.
 
-Resuming: each finished shard is renamed into place first and then appended to `.progress.jsonl` in the output
-folder, and `manifest.json` is written only when every shard is done. A run that is killed and started again with
+Resuming: each finished piece's shards are renamed into place first and then appended to `.progress.jsonl` in the
+output folder, and `manifest.json` is written only when every shard is done. A run that is killed and started again with
 the same inputs and settings keeps the shards in the journal whose checksums still match and encodes only the rest.
 """
 
@@ -26,7 +26,7 @@ from armodels.bpe import BPETokenizer
 from armodels.bulk import EncodeOptions, PieceResult, RoundTripError, bytes_per_token, encode_piece
 from armodels.corpus_readers import BadInput, CorpusPlan, Piece, ReadOptions, find_files, plan_corpus, sample_docs
 from armodels.files import file_sha256, write_json_atomic
-from armodels.shards import FORMAT, MANIFEST, Manifest, ShardInfo, read_manifest, token_dtype
+from armodels.shards import FORMAT, MANIFEST, Manifest, ShardInfo, read_manifest, shard_index, token_dtype
 from pipelines.errors import RunFailure, UserError
 from pipelines.progress import ThroughputProgress
 
@@ -61,7 +61,7 @@ def tokenize_corpus(tokenizer_dir: Path, out: Path, settings: TokenizeSettings, 
     tokenizer = load_tokenizer(tokenizer_dir)
     plan = plan_inputs(tokenizer, settings, exclude=Path(out))
     options = EncodeOptions(settings.read, "packed" if settings.seq_len else "documents", settings.seq_len,
-                            verify, settings.skip_bad)
+                            verify, settings.skip_bad, shard_tokens=settings.shard_tokens)
     journal = Journal(Path(out), plan_fingerprint(tokenizer, plan, options))
     done = journal.resume(len(plan.pieces))
     pending = [p for p in plan.pieces if p.index not in done]
@@ -77,7 +77,7 @@ def tokenize_corpus(tokenizer_dir: Path, out: Path, settings: TokenizeSettings, 
     def finished(piece: Piece, result: PieceResult) -> None:
         journal.record(piece.index, result)
         done[piece.index] = result
-        progress.update(piece.bytes, result.shard.documents or 0, result.shard.tokens)
+        progress.update(piece.bytes, *_counts([result]))
 
     if use_ray:
         _run_on_ray(tokenizer_dir, pending, journal.directory, options, workers, address, progress, finished)
@@ -89,8 +89,9 @@ def tokenize_corpus(tokenizer_dir: Path, out: Path, settings: TokenizeSettings, 
         progress.close()
     tokenizer.save(journal.directory / TOKENIZER_COPY)
     results = [done[p.index] for p in plan.pieces]
+    shards = [s for r in results for s in r.shards]
     manifest = Manifest(settings.split, tokenizer.meta.sha256, tokenizer.vocab_size, tokenizer.eod_id,
-                        token_dtype(tokenizer.vocab_size).name, [r.shard for r in results], FORMAT, options.layout,
+                        token_dtype(tokenizer.vocab_size).name, shards, FORMAT, options.layout,
                         settings.seq_len, plan.skipped + [s for r in results for s in r.skipped], journal.fingerprint)
     journal.finish(manifest)
     return manifest
@@ -122,7 +123,7 @@ def find_inputs(settings: TokenizeSettings, exclude: Path | None = None) -> list
         files = [f for f in files if not f.resolve().is_relative_to(exclude.resolve())]
     if not files:
         raise UserError(f"no input files in {' '.join(settings.inputs)} (looked for {' '.join(settings.extensions)}, "
-                        "optionally .gz or .zst); pass files, or --extensions for other file types")
+                        "optionally .gz, .zst or .dz); pass files, or --extensions for other file types")
     return files
 
 
@@ -153,13 +154,13 @@ def plan_fingerprint(tokenizer: BPETokenizer, plan: CorpusPlan, options: EncodeO
     payload = {"format": FORMAT, "tokenizer": tokenizer.meta.sha256, "files": files, "skipped": plan.skipped,
                "pieces": [[asdict(s) for s in p.segments] for p in plan.pieces],
                "read": asdict(options.read), "layout": options.layout, "seq_len": options.seq_len,
-               "skip_bad": options.skip_bad}
+               "skip_bad": options.skip_bad, "shard_tokens": options.shard_tokens}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _counts(results: Iterable[PieceResult]) -> tuple[int, int]:
-    results = list(results)
-    return sum(r.shard.documents or 0 for r in results), sum(r.shard.tokens for r in results)
+    shards = [s for r in results for s in r.shards]
+    return sum(s.documents or 0 for s in shards), sum(s.tokens for s in shards)
 
 
 def _encode_here(tokenizer: BPETokenizer, piece: Piece, out: Path, options: EncodeOptions) -> PieceResult:
@@ -187,7 +188,7 @@ class Journal:
         if not os.access(self.directory, os.W_OK):
             raise UserError(f"the output folder {self.directory} is not writable")
         earlier = self._from_manifest() if (self.directory / MANIFEST).exists() else self._from_journal()
-        kept = {i: r for i, r in earlier.items() if i < n_pieces and self._intact(r.shard)}
+        kept = {i: r for i, r in earlier.items() if i < n_pieces and all(map(self._intact, r.shards))}
         for stray in self.directory.glob(".shard-*.tmp"):  # half-written by a killed worker
             stray.unlink()
         (self.directory / MANIFEST).unlink(missing_ok=True)  # listed again only when every shard is done
@@ -208,8 +209,12 @@ class Journal:
         except ValueError as e:
             raise UserError(f"{e}; use another --out or delete the folder") from None
         self._check_fingerprint(manifest.plan_sha256)
-        return {i: PieceResult(shard, [s for s in manifest.skipped if s.get("shard") == shard.file])
-                for i, shard in enumerate(manifest.shards)}
+        results: dict[int, PieceResult] = {}
+        for shard in manifest.shards:
+            result = results.setdefault(shard_index(shard.file), PieceResult([], []))
+            result.shards.append(shard)
+            result.skipped += [s for s in manifest.skipped if s.get("shard") == shard.file]
+        return results
 
     def _from_journal(self) -> dict[int, PieceResult]:
         if not self.path.exists():
@@ -225,7 +230,8 @@ class Journal:
             if n == 0:
                 self._check_fingerprint(entry.get("fingerprint"))
             elif "piece" in entry:
-                results[entry["piece"]] = PieceResult(ShardInfo(**entry["shard"]), entry["skipped"])
+                shards = entry["shards"] if "shards" in entry else [entry["shard"]]  # "shard": before 2026-11
+                results[entry["piece"]] = PieceResult([ShardInfo(**s) for s in shards], entry["skipped"])
         return results
 
     def _check_fingerprint(self, fingerprint: str | None) -> None:
@@ -239,7 +245,7 @@ class Journal:
 
     @staticmethod
     def _entry(index: int, result: PieceResult) -> dict:
-        return {"piece": index, "shard": asdict(result.shard), "skipped": result.skipped}
+        return {"piece": index, "shards": [asdict(s) for s in result.shards], "skipped": result.skipped}
 
     def _write(self, entries: list[dict]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -64,7 +64,7 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="files, directories (read recursively) or globs: text, .jsonl, .parquet, each optionally "
-                        ".gz or .zst")
+                        ".gz, .zst or .dz")
     p.add_argument("--text-field", default="text", help="JSON Lines: the field that holds the text (default: text)")
     p.add_argument("--column", help="Parquet: the column that holds the text (default: text; for an image tokenizer "
                                     "the encoded images, default: image)")

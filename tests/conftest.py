@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sysconfig
 from pathlib import Path
 
 import pytest
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
+from armodels.packaged_text import STDLIB
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,16 +18,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from armodels.bulk import EncodeOptions, encode_piece
-from armodels.corpus_readers import ReadOptions, Segment, iter_docs, plan_corpus, safe_cut
-from armodels.shards import iter_documents_with_ids, load_token_stream, read_manifest
+from armodels.corpus_readers import ReadOptions, Segment, file_format, iter_docs, plan_corpus, safe_cut
+from armodels.shards import iter_documents_with_ids, load_token_stream, read_manifest, shard_index
 from pipelines import cli
 from pipelines.bulk_tokenize import JOURNAL, TokenizeSettings, tokenize_corpus
 from pipelines.errors import RunFailure, UserError
 from pipelines.progress import ThroughputProgress
 from pipelines.tokenize import detokenize, train_tokenizer
-from tests.conftest import STDLIB
+from armodels.packaged_text import STDLIB, gcide
 from tests.test_cli import ARSCALE, ROOT, arscale, one_line_error
 
+GCIDE = gcide()
 SETTINGS = dict(shard_tokens=4_000)  # small shards: every run makes several, and large files are cut
 
 
@@ -70,7 +70,21 @@ def corpus(tmp_path_factory) -> tuple[Path, list[bytes]]:
                                                                           b"middle"])
     big = b"\n".join(email[7:20])  # large enough to be cut between shards
     add("j_big.txt", big, [big])
+    if GCIDE:  # English from a Debian package, with its first bytes that are not UTF-8; dictzip is gzip
+        excerpt = gcide_excerpt()
+        add("k_gcide.txt.dz", gzip.compress(excerpt), [excerpt])
     return root, docs
+
+
+def gcide_excerpt() -> bytes:
+    """200 kB of GCIDE's start, and 40 kB around its first byte that is not UTF-8."""
+    text = gzip.decompress(GCIDE.read_bytes())
+    try:
+        text.decode("utf-8")
+        raise AssertionError("GCIDE was expected to hold bytes that are not UTF-8")
+    except UnicodeDecodeError as e:
+        bad = e.start
+    return text[:200_000] + text[bad - 20_000:bad + 20_000]
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +120,37 @@ def test_every_format_round_trips_byte_for_byte(two_workers, corpus, tmp_path):
     assert 0.2 < totals["tokens_per_byte"] < 1  # a 320-token vocabulary on Python source and long lists of numbers
     big = [s for shard in manifest.shards for s in shard.sources if s["file"].endswith("j_big.txt")]
     assert len(big) > 1, "a text file larger than a shard is cut between shards"
+    by_piece: dict[int, list] = {}
+    for shard in manifest.shards:
+        by_piece.setdefault(shard_index(shard.file), []).append(shard)
+    rolled = {src["file"].rsplit("/", 1)[-1] for shards in by_piece.values() if len(shards) > 1
+              for s in shards for src in s.sources}
+    assert {"c_docs.jsonl.gz", "e_text.txt.zst"} <= rolled, "a compressed file goes on into more shards"
+    limit = SETTINGS["shard_tokens"]
+    for shards in (s for s in by_piece.values() if len(s) > 1):  # ... once a shard holds --shard-tokens
+        assert all(s.tokens >= limit for s in shards[:-1])
+        text = [s for s in shards if all(file_format(Path(src["file"]))[0] == "text" for src in s.sources)]
+        assert all(s.tokens < 1.5 * limit for s in text)  # (a JSON Lines or Parquet document is never cut)
     assert not (two_workers / JOURNAL).exists()
+
+
+@pytest.mark.skipif(GCIDE is None, reason="Debian's dict-gcide is not unpacked here (make setup fetches it where "
+                    "apt can)")
+def test_a_dictzip_dictionary_from_debian_reads_as_gzip():
+    whole = gzip.decompress(GCIDE.read_bytes())
+    plan = plan_corpus([GCIDE], piece_bytes=1 << 20, options=ReadOptions(), skip_bad=False)
+    (piece,) = plan.pieces  # a compressed file cannot be cut
+    assert plan.bytes == len(whole) > 30_000_000
+    assert b"".join(d.data for d in iter_docs(piece.segments[0], ReadOptions())) == whole
 
 
 def test_documents_cut_between_shards_have_the_tokens_of_the_whole(two_workers, corpus, tokenizer):
     docs = dict(iter_documents_with_ids(two_workers))
-    whole = corpus[1][-1]
-    assert docs[max(docs)].tolist() == tokenizer.encode_bytes_batch([whole])[0]
+    big = corpus[1][-2:] if GCIDE else corpus[1][-1:]  # j_big.txt, cut by planning; GCIDE's, by a worker
+    for whole in big:
+        found = [t.tolist() for t in docs.values() if tokenizer.decode_bytes(t.tolist()) == whole]
+        assert found == tokenizer.encode_bytes_batch([whole])
+    whole = big[0]
     segment = Segment(str(corpus[0] / "j_big.txt"), 0, len(whole), 0, len(whole))
     blocks = [d.data for d in iter_docs(segment, ReadOptions(), block_bytes=2_000)]
     assert len(blocks) > 50 and b"".join(blocks) == whole
@@ -159,8 +197,10 @@ def test_packed_rows_hold_the_same_stream(ray_local, two_workers, corpus, tok_di
 def test_killed_run_resumes_to_the_same_shards(ray_local, tok_dir, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for i in range(6):  # ~3 MB of real text in many small shards, so that the kill lands mid-run
-        (corpus / f"part{i}.txt").write_bytes(b"\n".join(stdlib_bytes("email")))
+    text = b"\n".join(stdlib_bytes("email"))
+    (corpus / "part0.txt.gz").write_bytes(gzip.compress(text))  # one piece, written as several shards
+    for i in range(1, 6):  # ~3 MB of real text in many small shards, so that the kill lands mid-run
+        (corpus / f"part{i}.txt").write_bytes(text)
     settings = TokenizeSettings((str(corpus),), shard_tokens=3_000)
     out = tmp_path / "killed"
     run = subprocess.Popen([*ARSCALE, "tokenize", "--tokenizer", tok_dir, "--input", corpus, "--out", out,
@@ -178,8 +218,8 @@ def test_killed_run_resumes_to_the_same_shards(ray_local, tok_dir, tmp_path):
         run.wait()
     assert not (out / "manifest.json").exists()
     done = len((out / JOURNAL).read_text().splitlines()) - 1
-    first = sorted(out.glob("shard-*.parquet"))[0]
-    first.write_bytes(first.read_bytes()[:-10])  # a shard listed as done but damaged since: encoded again
+    first = out / "shard-00000-001.parquet"  # the second shard of the compressed file's piece
+    first.write_bytes(first.read_bytes()[:-10])  # a shard listed as done but damaged since: its piece encoded again
     messages = []
     tokenize_corpus(tok_dir, out, settings, workers=2, log=messages.append)
     assert messages[0].startswith(f"resuming: {done - 1} of ")
@@ -206,9 +246,9 @@ def test_verify_names_the_first_document_that_does_not_round_trip(tmp_path, corp
 
 def test_encoding_a_piece_twice_gives_the_same_file(tmp_path, corpus, tokenizer):
     plan = plan_corpus(sorted(corpus[0].iterdir()), piece_bytes=20_000, options=ReadOptions(), skip_bad=False)
-    a = encode_piece(tokenizer, plan.pieces[2], tmp_path, EncodeOptions()).shard
-    b = encode_piece(tokenizer, plan.pieces[2], tmp_path, EncodeOptions()).shard
-    assert a == b and a.sources
+    a = encode_piece(tokenizer, plan.pieces[2], tmp_path, EncodeOptions()).shards
+    b = encode_piece(tokenizer, plan.pieces[2], tmp_path, EncodeOptions()).shards
+    assert a == b and len(a) == 1 and a[0].sources
 
 
 def test_progress_bar_on_a_terminal_and_lines_in_a_log(capsys):
