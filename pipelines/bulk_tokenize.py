@@ -33,7 +33,6 @@ from pipelines.progress import ThroughputProgress
 JOURNAL = ".progress.jsonl"
 TOKENIZER_COPY = "tokenizer"  # the shard set keeps a copy of its tokenizer, so it can be decoded on its own
 DEFAULT_EXTENSIONS = (".txt", ".jsonl", ".parquet", ".py", ".md")
-IN_FLIGHT_PER_WORKER = 2  # one piece running and one queued keeps a worker busy without holding many results
 
 
 @dataclass(frozen=True)
@@ -280,9 +279,10 @@ def _run_on_ray(tokenizer_dir: Path, pieces: list[Piece], out: Path, options: En
     try:
         ray.get([worker.__ray_ready__.remote() for worker in pool])
         progress.begin()  # rates count encoding, not starting Ray
+        # One piece at a time per worker: the next goes to whichever worker is free first, so at the end no worker
+        # waits while another still has a piece queued (a round trip costs milliseconds, a piece seconds).
         for worker in pool:
-            for _ in range(IN_FLIGHT_PER_WORKER):
-                submit(worker)
+            submit(worker)
         while running:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in ready:
