@@ -177,7 +177,7 @@ def paired_rounds(tokenizer: BPETokenizer, tok_dir: Path, sample: Path, rounds: 
     return results, shards["1"] == shards["2"]
 
 
-def run(corpus_size: int, vocab_size: int = 4096, shard_tokens: int = 4_000_000, rounds: int = 3,
+def run(corpus_size: int, vocab_size: int = 4096, shard_tokens: int = TokenizeSettings.shard_tokens, rounds: int = 3,
         sample_size: int = 2 * FILE_BYTES, workdir: Path | None = None) -> dict:
     """Build the corpus; time the plain loop and 2 workers on all of it (throughput, peak memory), then the plain
     loop, 1 and 2 workers in `rounds` paired rounds on a `sample_size` part of it (the ratios); print the tables.
@@ -293,7 +293,8 @@ def main() -> None:
                         help="size of the part of the corpus the paired rounds run on (default 134M)")
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds (default 3)")
     parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--shard-tokens", type=int, default=4_000_000)
+    parser.add_argument("--shard-tokens", type=int, default=TokenizeSettings.shard_tokens,
+                        help="as `arscale tokenize --shard-tokens` (default: its default, %(default)s)")
     parser.add_argument("--workdir", type=Path, help="where to build the corpus (default: a temporary folder)")
     parser.add_argument("--smoke", action="store_true", help="a 2 MB corpus, 1 MB rounds, in seconds")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
