@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.errors import UserError
+from pipelines.progress import plural
 
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
@@ -90,7 +91,7 @@ def cmd_train_bpe(args) -> int:
                                 sample_bytes=args.sample_bytes)
     sample = tokenizer.meta.training["sample"]
     print(f"byte-level BPE with {tokenizer.vocab_size} tokens, trained on {sample['bytes'] / 1e6:.1f} MB "
-          f"({sample['documents']} documents) → {args.out}  sha256 {tokenizer.meta.sha256[:12]}")
+          f"({plural(sample['documents'], 'document')}) → {args.out}  sha256 {tokenizer.meta.sha256[:12]}")
     return 0
 
 
@@ -105,7 +106,7 @@ def cmd_tokenize(args) -> int:
                                address=args.address)
     d = manifest.to_dict()["totals"]
     skipped = f", {len(manifest.skipped)} skipped (see the manifest)" if manifest.skipped else ""
-    print(f"{d['documents']:,} documents, {d['bytes'] / 1e6:.1f} MB, {d['tokens']:,} tokens "
+    print(f"{plural(d['documents'], 'document')}, {d['bytes'] / 1e6:.1f} MB, {d['tokens']:,} tokens "
           f"({d['tokens_per_byte']:.3f} tokens/byte) in {len(manifest.shards)} shards{skipped} → {args.out}")
     return 0
 

@@ -15,6 +15,11 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
+def plural(n: int, word: str) -> str:
+    """(1, 'document') -> '1 document'; (1902, 'document') -> '1,902 documents'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -63,6 +68,7 @@ class ThroughputProgress:
         self.start = self._last = time.monotonic()
         self.bytes = self.documents = self.tokens = 0
         self._resumed = (0, 0)  # (bytes, tokens) done before this run
+        self._shown: tuple[int, int, int] | None = None  # the counts of the last line written
 
     def resume(self, n_bytes: int, documents: int, tokens: int) -> None:
         self.bytes, self.documents, self.tokens = n_bytes, documents, tokens
@@ -82,7 +88,8 @@ class ThroughputProgress:
             self._show()
 
     def close(self) -> None:
-        self._show(final=True)
+        if self.tty or self._shown != (self.bytes, self.documents, self.tokens):  # no repeat of the last line
+            self._show(final=True)
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
@@ -96,6 +103,7 @@ class ThroughputProgress:
                 f"{human(token_rate)} tok/s {eta}")
 
     def _show(self, final: bool = False) -> None:
+        self._shown = (self.bytes, self.documents, self.tokens)
         if self.tty:
             sys.stderr.write("\r\033[K" + self.line() + ("\n" if final else ""))
             sys.stderr.flush()

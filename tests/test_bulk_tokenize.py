@@ -256,6 +256,12 @@ def test_progress_bar_on_a_terminal_and_lines_in_a_log(capsys):
     log = ThroughputProgress("tokenize", 2_000_000, write=lines.append, every=0)
     log.update(1_000_000, 10, 300_000)
     assert lines and all(k in lines[0] for k in ("50%", "10 docs", "B/s", "tok/s", "ETA"))
+    log.close()  # nothing new since the last line: no repeat
+    assert len(lines) == 1
+    log.every = 1e9  # the next update writes nothing, so close writes the final line
+    log.update(1_000_000, 1, 300_000)
+    log.close()
+    assert len(lines) == 2 and "100%" in lines[1] and "11 docs" in lines[1]
     bar = ThroughputProgress("tokenize", 2_000_000, tty=True)
     bar._last = -1e9
     bar.update(1_000_000, 10, 300_000)
