@@ -47,10 +47,11 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
         shutil.copy(plot, ctx.output / plot.name)
     provenance = {name: read_json(d / STATUS) for name, d in sorted(ctx.inputs.items())}
     images = _image_figures(ctx, runs, order) if "images" in config.config and config.config["images"] else None
-    text = render(config, runs, order, fits, samples, provenance, {p.name for p in ctx.output.glob("*.png")},
-                  images)
+    plots = {p.name for p in ctx.output.glob("*.png")}
+    text = render(config, runs, order, fits, samples, provenance, plots, images)
     (ctx.output / "report.md").write_text(text)
-    ctx.log(f"wrote {ctx.output / 'report.md'}")
+    # The output folder is still the step's .tmp folder here; the study prints the final path when it ends.
+    ctx.log(f"wrote report.md: {len(order)} runs, {len(plots)} plots")
     logger = ctx.logger()
     if logger:
         logger.log_artifacts(ctx.output, "report")
