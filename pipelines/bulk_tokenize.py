@@ -139,7 +139,9 @@ def plan_inputs(tokenizer: BPETokenizer | None, settings: TokenizeSettings, piec
     except BadInput as e:
         raise UserError(str(e)) from None
     if plan.bytes == 0:
-        what = f"all {len(plan.files)} input files are empty" if plan.files else "every input file was skipped"
+        n = len(plan.files)
+        what = {0: "every input file was skipped", 1: "the input file is empty"}.get(
+            n, f"all {n} input files are empty")
         raise UserError(f"the inputs hold no text ({what}): {' '.join(settings.inputs)}")
     return plan
 
