@@ -1,11 +1,16 @@
 """Autoregressive model families behind one interface.
 
-    armodels.families()                  the family names
-    armodels.build("made", height=28)   a model from its config dataclass; every field has a small default
+    armodels.families()                       the family names
+    armodels.build("made", height=28)         a model from its config dataclass; every field has a small default
+    armodels.make_config("made", height=28)   only the config: its size and cost, no weights
 
 Every model has `conditionals(x)`, `log_prob(x)`, `sample(n, ...)`, `ordering`, `num_params()` and
-`flops_per_token()`; see armodels/models/base.py. Families are imported on first use, so importing armodels
-(say, for armodels.files) does not import torch.
+`flops_per_token()`; see armodels/models/base.py. Every config has `num_params()` and `flops_per_token()` too,
+counted in closed form, so sizes and costs are known without building a model. Families are imported on first
+use, so importing armodels (say, for armodels.files) does not import torch.
+
+What a study needs to know of a family, in one place: `is_image_family`, `fields_set_by_study` and
+`any_order_config`.
 """
 
 from __future__ import annotations
@@ -41,11 +46,37 @@ def family_classes(family: str) -> tuple[type, type]:
     return getattr(module, model_name), getattr(module, config_name)
 
 
-def build(family: str, **config):
-    """A `family` model built from its config dataclass, with `config` overriding the defaults."""
-    model_class, config_class = family_classes(family)
+def make_config(family: str, **config):
+    """The config dataclass of `family` with `config` overriding the defaults (ValueError names unknown fields):
+    enough to know the model's size and cost (`num_params()`, `flops_per_token()`) without building it."""
+    config_class = family_classes(family)[1]
     known = {f.name for f in fields(config_class)}
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"{family} has no config field {', '.join(unknown)}; its fields: {', '.join(sorted(known))}")
-    return model_class(config_class(**config))
+    return config_class(**config)
+
+
+def build(family: str, **config):
+    """A `family` model built from its config dataclass, with `config` overriding the defaults."""
+    return family_classes(family)[0](make_config(family, **config))
+
+
+def is_image_family(family: str) -> bool:
+    """Whether `family` models single-channel images (height × width) rather than token sequences (seq_len)."""
+    return getattr(family_classes(family)[1], "models_images", False)
+
+
+def fields_set_by_study(family: str) -> tuple[str, ...]:
+    """The config fields a study sets from its data, not from the sizes: the vocabulary, and the image's height and
+    width or the training window's length."""
+    return ("vocab_size", "height", "width") if is_image_family(family) else ("vocab_size", "seq_len")
+
+
+def any_order_config(family: str) -> dict | None:
+    """The config fields with which `family` decodes in any ordering ({} when it always does), or None when it
+    decodes in raster order only (convolutions, recurrences)."""
+    config_class = family_classes(family)[1]
+    if "any_order" in {f.name for f in fields(config_class)}:
+        return {"any_order": True}
+    return {} if getattr(config_class, "any_order", False) else None

@@ -29,6 +29,11 @@ class ConvConfig:
             raise ValueError(f"in_channels must be ≥ 1, hidden ≥ 2, downsample and res_blocks ≥ 0 (got "
                              f"{self.in_channels}, {self.hidden}, {self.downsample}, {self.res_blocks})")
 
+    def grid_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The code grid (h, w) of a height × width image: each side halved `downsample` times, rounded up."""
+        scale = 2 ** self.downsample
+        return math.ceil(height / scale), math.ceil(width / scale)
+
 
 class ResBlock(nn.Module):
     """x + conv1×1(relu(conv3×3(relu(x)))), the residual block of the VQ-VAE paper."""
@@ -97,7 +102,7 @@ class QuantizedAutoencoder(nn.Module):
         raise NotImplementedError
 
     def grid_shape(self, height: int, width: int) -> tuple[int, int]:
-        return math.ceil(height / self.scale), math.ceil(width / self.scale)
+        return self.config.grid_shape(height, width)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images [B, C, H, W] in [0, 1] → (training loss, reconstruction MSE, codes [B, h, w])."""

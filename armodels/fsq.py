@@ -29,11 +29,15 @@ class FSQConfig(ConvConfig):
         if not self.levels or min(self.levels) < 2:
             raise ValueError(f"levels must be integers ≥ 2, got {self.levels}")
 
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)
+
 
 class FSQ(QuantizedAutoencoder):
     def __init__(self, cfg: FSQConfig):
         super().__init__(cfg, len(cfg.levels))
-        self.codebook_size = math.prod(cfg.levels)
+        self.codebook_size = cfg.codebook_size
         levels = torch.tensor(cfg.levels)
         self.register_buffer("levels", levels, persistent=False)  # derived from the config: not saved
         self.register_buffer("basis", torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0),

@@ -30,12 +30,11 @@ from armodels.autoencoder import QuantizedAutoencoder
 from armodels.files import file_sha256, read_json, write_json_atomic
 from armodels.fsq import FSQ, FSQConfig
 from armodels.images import ImageSet
-from armodels.shards import Manifest, ShardWriter, iter_documents
+from armodels.shards import TOKENIZER_COPY, Manifest, ShardWriter, iter_documents
 from armodels.vqvae import VQVAE, VQVAEConfig
 
 FORMAT = "arscale-image-tokenizer/1"
 WEIGHTS, DESCRIPTION = "model.safetensors", "tokenizer.json"
-TOKENIZER_COPY = "tokenizer"  # the copy a code shard set keeps (as text shard sets do)
 KINDS = {"vqvae": (VQVAEConfig, VQVAE), "fsq": (FSQConfig, FSQ)}
 BATCH = 256  # images per forward pass when encoding, decoding and evaluating
 
@@ -241,7 +240,6 @@ def read_code_grids(directory: Path, grid_shape: tuple[int, int] | None = None) 
 def code_stream_shape(kind: str, settings: dict | None,
                       image_shape: tuple[int, int, int]) -> tuple[int, tuple[int, int]]:
     """(codebook size, code grid (h, w)) of a `kind` tokenizer with `settings` on images of `image_shape`, known
-    before training (a study plans its models from it). ValueError names a bad setting."""
+    before training, from the config alone (a study plans its models from it). ValueError names a bad setting."""
     config = make_config(kind, settings)
-    model = KINDS[kind][1](config)
-    return model.codebook_size, model.grid_shape(*image_shape[:2])
+    return config.codebook_size, config.grid_shape(*image_shape[:2])

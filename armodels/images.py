@@ -23,6 +23,7 @@ FASHION_MNIST_FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 NAMED = ("fashion-mnist", "digits", "default")
 DIGITS_TEST_EVERY = 5  # digits: every 5th image (index 4, 9, ...) is the test split
+DIGITS_SHAPE = (8, 8, 1)
 
 
 class ImageDataError(ValueError):
@@ -69,6 +70,22 @@ def load_images(spec: str, *, split: str = "train", limit: int | None = None, co
         labels = None if data.labels is None else data.labels[:limit]
         data = ImageSet(data.images[:limit], labels, f"{data.source}, first {limit}")
     return data
+
+
+def image_shape(spec: str, *, split: str = "train", column: str = "image") -> tuple[int, int, int]:
+    """(H, W, C) of the images `spec` names, as `load_images(spec, split=split, limit=1).shape` gives it (and with
+    the same ImageDataError on bad data), reading as little as possible: nothing for digits, a header for a
+    uint8 .npy array, one image for the rest (IDX files and Parquet files are read up to their first image)."""
+    if spec == "default":
+        spec = default_image_spec()
+    if spec == "digits" and split in FASHION_MNIST_FILES:
+        return DIGITS_SHAPE
+    path = Path(spec)
+    if spec not in NAMED and path.name.lower().endswith(".npy") and path.is_file():
+        shape = _npy_header_shape(path)
+        if shape is not None:
+            return shape
+    return load_images(spec, split=split, limit=1, column=column).shape
 
 
 def _fashion_mnist(split: str, limit: int | None) -> ImageSet:
@@ -145,14 +162,39 @@ def _npy(path: Path) -> np.ndarray:
         raise ImageDataError(f"{path} is not a readable .npy array ({str(e).splitlines()[0]}); replace it") from None
     if a.ndim == 3:
         a = a[..., None]
-    if a.ndim != 4 or a.shape[-1] not in (1, 3, 4):
-        raise ImageDataError(f"{path} holds an array of shape {a.shape}: images must be [N, H, W] or [N, H, W, C] "
-                             "with C = 1, 3 or 4")
+    _check_npy_shape(path, a.shape)
     if a.dtype.kind == "f" and a.size and 0 <= a.min() and a.max() <= 1:
         a = np.rint(a * 255)  # floats in [0, 1]
     elif a.dtype != np.uint8:
         raise ImageDataError(f"{path} holds {a.dtype} values: give uint8 pixels (0..255) or floats in [0, 1]")
     return a.astype(np.uint8)[..., :3]  # RGBA: alpha dropped
+
+
+def _check_npy_shape(path: Path, shape: tuple) -> None:
+    if len(shape) != 4 or shape[-1] not in (1, 3, 4):
+        raise ImageDataError(f"{path} holds an array of shape {shape}: images must be [N, H, W] or [N, H, W, C] "
+                             "with C = 1, 3 or 4")
+
+
+def _npy_header_shape(path: Path) -> tuple[int, int, int] | None:
+    """(H, W, C) as `_npy` would give it, from the header of a complete, non-empty uint8 .npy file; None for any
+    other file, which `_npy` then reads in full (float values must be checked, bad files named as numpy names them)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                return None
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            data_start = f.tell()
+    except (OSError, ValueError):
+        return None
+    if dtype != np.uint8 or not shape or not shape[0] or path.stat().st_size < data_start + int(np.prod(shape)):
+        return None
+    shape = shape + (1,) if len(shape) == 3 else shape
+    _check_npy_shape(path, shape)
+    return shape[1], shape[2], min(shape[3], 3)  # RGBA: alpha dropped
 
 
 def _parquet(path: Path, limit: int | None, column: str) -> np.ndarray:
@@ -165,7 +207,7 @@ def _parquet(path: Path, limit: int | None, column: str) -> np.ndarray:
             raise ImageDataError(f"{path} has no column {column!r} (it has {', '.join(names)}); pass the column "
                                  "that holds the encoded images")
         images = []
-        for batch in table_file.iter_batches(columns=[column], batch_size=1024):
+        for batch in table_file.iter_batches(columns=[column], batch_size=min(limit or 1024, 1024)):
             for value in batch.column(0).to_pylist():
                 data = value.get("bytes") if isinstance(value, dict) else value  # HF datasets: {bytes, path}
                 if not isinstance(data, bytes):

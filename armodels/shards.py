@@ -33,6 +33,7 @@ from armodels.files import file_sha256, write_json_atomic
 FORMAT = "arscale-token-shards/2"
 FORMATS = ("arscale-token-shards/1", FORMAT)  # what the readers understand
 MANIFEST = "manifest.json"
+TOKENIZER_COPY = "tokenizer"  # a shard set keeps a copy of its tokenizer here, so it can be decoded on its own
 DOCUMENTS, PACKED = "documents", "packed"
 
 

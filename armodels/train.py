@@ -18,11 +18,10 @@ Outputs, written by rank 0 into `out_dir`:
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
-import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -77,14 +76,10 @@ class ModelCosts:
 
 
 def model_costs(family: str, config: dict) -> ModelCosts:
-    """Parameter counts and FLOPs per token of a model (built once per process and config to count them)."""
-    return _model_costs(family, json.dumps(config, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=256)
-def _model_costs(family: str, config_json: str) -> ModelCosts:
-    model = armodels.build(family, **json.loads(config_json))
-    return ModelCosts(model.num_params(non_embedding=False), model.num_params(), model.flops_per_token())
+    """Parameter counts and FLOPs per token of a `family` model with `config`: the config's closed forms, so no
+    model is built (a study plans models far larger than the planning machine's memory)."""
+    c = armodels.make_config(family, **config)
+    return ModelCosts(c.num_params(non_embedding=False), c.num_params(), c.flops_per_token())
 
 
 @dataclass(frozen=True)
@@ -118,7 +113,7 @@ class TrainRun:
 
     @property
     def seq_len(self) -> int:
-        return armodels.family_classes(self.family)[1](**self.model).seq_len
+        return armodels.make_config(self.family, **self.model).seq_len
 
     @property
     def steps(self) -> int:
@@ -472,13 +467,9 @@ def train_single_process(run: TrainRun, out_dir: Path, on_metrics: Callable[[dic
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
-        # a fresh port every time: a MASTER_PORT inherited from a parent process may be held by the parent's group
+        # A group of one meets through a file, not a TCP store: torch's TCP store listens on every interface, and a
+        # port inherited from a parent process (MASTER_PORT) may be held by the parent's group.
+        rendezvous = Path(tempfile.mkdtemp(prefix="arscale-group-")) / "store"
         dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
-                                init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+                                init_method=f"file://{rendezvous}", rank=0, world_size=1)
     return train(run, out_dir, on_metrics=on_metrics, should_stop=should_stop)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

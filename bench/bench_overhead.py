@@ -54,12 +54,14 @@ from armodels.files import read_json
 from armodels.shards import load_token_stream
 from armodels.train import lr_multiplier, model_costs, train_single_process
 from pipelines.config import load_config
-from pipelines.executor import STATUS, StepContext, execute_step
+from pipelines.plan import train_configs
+from pipelines.step import StepContext, config_dict
+from pipelines.step_runner import StepLaunch, execute_step
+from pipelines.step_status import STATUS
 from pipelines.steps.corpus import build_corpus, stdlib_config
-from pipelines.steps.shards import ShardStepConfig, shard_corpus
-from pipelines.steps.tokenizer import TokenizerStepConfig, train_tokenizer
+from pipelines.steps.text_shards import TextShardStepConfig, shard_corpus
+from pipelines.steps.text_tokenizer import TextTokenizerStepConfig, train_text_tokenizer
 from pipelines.steps.train import TrainStepConfig, train_model
-from pipelines.study import train_configs
 
 T = TypeVar("T")
 
@@ -88,8 +90,8 @@ def top_size(smoke: bool, tokens: int | None) -> TrainStepConfig:
 def make_shards(root: Path, vocab_size: int, max_bytes: int) -> Path:
     """corpus → tokenizer → shards by the study's own step functions, on `max_bytes` of the stdlib's sources."""
     steps = [("corpus", build_corpus, stdlib_config(max_bytes, 0.05, 0, 500_000), ()),
-             ("tokenizer", train_tokenizer, TokenizerStepConfig(vocab_size, max_bytes), ("corpus",)),
-             ("shards", shard_corpus, ShardStepConfig(1_000_000), ("corpus", "tokenizer"))]
+             ("tokenizer", train_text_tokenizer, TextTokenizerStepConfig(vocab_size, max_bytes), ("corpus",)),
+             ("shards", shard_corpus, TextShardStepConfig(1_000_000), ("corpus", "tokenizer"))]
     for name, fn, config, inputs in steps:
         (root / name).mkdir(parents=True)
         fn(config, StepContext(name, root / name, {k: root / k for k in inputs}))
@@ -150,9 +152,9 @@ def through_arscale(step: TrainStepConfig, shards: Path, study: Path, tracking, 
     the Ray this process is connected to; result.json plus the step's wall time (Ray Train's worker start-up
     included) and its steps' (from the loop's wall-clock stamps)."""
     name = f"train-{step.name}-{index}"
-    run_id = tracking.start_step_run(name, name, step, {"shards": shards.name})
-    _, seconds = timed(lambda: execute_step(train_model, step, name, name, str(study), {"shards": str(shards)},
-                                            tracking.uri, run_id))
+    run_id = tracking.start_step_run(name, name, config_dict(step), {"shards": shards.name})
+    launch = StepLaunch(train_model, step, name, name, study, {"shards": str(shards)}, tracking.uri, run_id)
+    _, seconds = timed(lambda: execute_step(launch))
     tracking.finish_run(run_id, ok=True)
     r = read_json(study / name / "result.json")
     return {**r, "step_seconds": seconds, "steps_seconds": r["train_finished_at"] - r["train_started_at"],
@@ -170,7 +172,7 @@ def compare_loops(root: Path, smoke: bool, tokens: int | None, repeats: int = 1)
     run weighs on both sides alike. Prints each; returns the runs of each side, and the folder of (b)'s steps."""
     import ray
 
-    from cluster.local import connect
+    from pipelines.ray_connect import connect
     from pipelines.tracking import StudyTracking
 
     step = top_size(smoke, tokens)

@@ -4,7 +4,7 @@ The corpus is the Python standard library's sources and, where Debian's dict-gci
 entries, repeated into JSON Lines files up to `--size` bytes. Runs on the same files and cores:
 
 - plain loop: read the lines, json.loads, the same tokenizer's HF `encode_batch` (all cores), keep the ids;
-- `arscale tokenize` (pipelines.bulk_tokenize.tokenize_corpus) with 2 Ray workers, writing shards;
+- `arscale tokenize` (pipelines.tokenization.corpus_to_shards.tokenize_corpus) with 2 Ray workers, writing shards;
 
 first on the whole corpus (MB/s, tokens/s, peak memory as PSS of the driver and workers, and of every process of the
 run with Ray's own; goal for 1 GB: < 2 GB), then in paired rounds on a `--sample` part of it: the plain loop,
@@ -37,7 +37,7 @@ import psutil
 from common import INFO, MISSED, Row, check
 from armodels.bpe import BPETokenizer, train_bpe
 from armodels.packaged_text import STDLIB, gcide
-from pipelines.bulk_tokenize import TokenizeSettings, tokenize_corpus
+from pipelines.tokenization.corpus_to_shards import TokenizeSettings, tokenize_corpus
 
 FILE_BYTES = 64 << 20  # size of one corpus file
 BATCH_BYTES = 1 << 20  # text per encode_batch call, as bulk tokenization uses
@@ -184,7 +184,7 @@ def run(corpus_size: int, vocab_size: int = 4096, shard_tokens: int = TokenizeSe
     Returns the ratios and peak memory."""
     import ray
 
-    from cluster.local import connect
+    from pipelines.ray_connect import connect
 
     # Ray starts its workers at niceness 15; the plain loop runs at 0. On a machine shared with other work that would
     # give the workers less of the same cores than the baseline gets: run them at the baseline's priority.

@@ -8,8 +8,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from cluster import auth
 from cluster.local_cluster import load_state
+from pipelines import ray_auth
 from pipelines.errors import UserError
 
 NO_CLUSTER = ("start a local cluster with `arscale cluster up`, or give a running cluster's dashboard address with "
@@ -19,7 +19,7 @@ NO_CLUSTER = ("start a local cluster with `arscale cluster up`, or give a runnin
 def dashboard_url(address: str | None, home: Path | str | None = None) -> str:
     """--address, else $RAY_ADDRESS when it is a dashboard URL, else the local cluster's dashboard.
 
-    Also turns on token authentication for this process when a token is at hand (cluster.auth).
+    Also turns on token authentication for this process when a token is at hand (pipelines.ray_auth).
     """
     local = load_state(home)
     env = os.environ.get("RAY_ADDRESS", "")
@@ -32,7 +32,7 @@ def dashboard_url(address: str | None, home: Path | str | None = None) -> str:
     else:
         raise UserError(f"no Ray cluster to talk to: {NO_CLUSTER}")
     same = local if local and local.dashboard_url == url.rstrip("/") else None
-    auth.enable_client_auth(same.token if same and not same.token.startswith("$") else None)
+    ray_auth.enable_client_auth(same.token if same and not same.token.startswith("$") else None)
     return url.rstrip("/")
 
 
@@ -47,9 +47,9 @@ def reaching(url: str):
     except AuthenticationError as e:
         if "invalid" in str(e).lower() or "forbidden" in str(e).lower():
             raise UserError(f"the Ray cluster at {url} rejected the authentication token from "
-                            f"{auth.token_source()}: {auth.HOW_TO_GET}") from None
+                            f"{ray_auth.token_source()}: {ray_auth.HOW_TO_GET}") from None
         raise UserError(f"the Ray cluster at {url} requires an authentication token and none was found: "
-                        f"{auth.HOW_TO_GET}") from None
+                        f"{ray_auth.HOW_TO_GET}") from None
     except (ConnectionError, requests.ConnectionError):
         raise UserError(f"cannot reach a Ray cluster at {url}: {NO_CLUSTER}") from None
 

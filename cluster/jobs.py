@@ -17,6 +17,7 @@ for that (RAY_JOB_STOP_WAIT_TIME_S) before it kills what is left.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import secrets
 import shlex
 import shutil
@@ -27,7 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.client import job_client, reaching
+from pipelines.config import load_config
 from pipelines.errors import RunFailure, UserError
+from pipelines.executor import STEP_STOP_GRACE_S
+from pipelines.progress import duration
 from pipelines.storage import StudyStore, is_uri, join_uri
 
 CONFIG_NAME = "study.yaml"  # the config's name in the job's working_dir
@@ -58,21 +62,18 @@ def entrypoint(out: str) -> str:
 
 
 def runtime_env(working_dir: Path) -> dict:
-    from pipelines.executor import STOP_GRACE_S
-
     return {
         "working_dir": str(working_dir),
         "py_modules": [str(_package_dir(name)) for name in PACKAGES],
         "excludes": EXCLUDES,
         # Read by the job's supervisor: stop = Ctrl-C, and time for the study to save its checkpoints.
-        "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": str(int(STOP_GRACE_S) + 30)},
+        "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT",
+                     "RAY_JOB_STOP_WAIT_TIME_S": str(int(STEP_STOP_GRACE_S) + 30)},
     }
 
 
 def prepare(config: str | None, storage: str | None):
     """The study's config, its file and its folder; a bad config is an error here, before anything is sent."""
-    from pipelines.config import load_config
-
     cfg, path = load_config(config)
     return cfg, path, study_location(storage, cfg.name)
 
@@ -145,15 +146,13 @@ def print_logs(url: str, job_id: str, follow: bool) -> str:
 
 def stop(url: str, job_id: str, timeout: float | None = None) -> str:
     """Ask the job to stop and wait until it has; returns its final status."""
-    from pipelines.executor import STOP_GRACE_S
-
     client = job_client(url)
     info = _info(client, url, job_id)
     if info.status.value in TERMINAL:
         return info.status.value
     with reaching(url):
         client.stop_job(job_id)
-        deadline = time.monotonic() + (timeout or STOP_GRACE_S + 60)
+        deadline = time.monotonic() + (timeout or STEP_STOP_GRACE_S + 60)
         while (status := client.get_job_status(job_id).value) not in TERMINAL:
             if time.monotonic() > deadline:
                 raise RunFailure(f"job {job_id} is still {status} after the stop request; "
@@ -188,8 +187,6 @@ def _info(client, url: str, job_id: str):
 
 
 def _package_dir(name: str) -> Path:
-    import importlib
-
     return Path(importlib.import_module(name).__file__).parent
 
 
@@ -200,6 +197,4 @@ def _time(ms: int | None) -> str:
 def _ran(start_ms: int | None, end_ms: int | None) -> str:
     if not start_ms:
         return "-"
-    from pipelines.progress import duration
-
     return duration(((end_ms or time.time() * 1000) - start_ms) / 1000)

@@ -2,8 +2,8 @@
 
 Each node is its own `ray start` process tree: the head, then worker nodes joining it at 127.0.0.1:PORT. Each gets
 its own Ray temp dir and its own free ports (two nodes on one machine must not share either), token authentication
-(cluster.auth) and Ray's loopback mode (cluster.loopback). Each `ray start` runs in a new process session; every
-process Ray starts for that node stays in that session, and job drivers are its descendants. The state file
+(pipelines.ray_auth) and Ray's loopback mode (pipelines.loopback). Each `ray start` runs in a new process session;
+every process Ray starts for that node stays in that session, and job drivers are its descendants. The state file
 records the addresses, the token's source and those sessions, so `down` stops exactly what `up` started, where
 `ray stop` would stop every Ray process on the machine, other people's included.
 
@@ -24,17 +24,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from armodels.files import read_json, write_json_atomic
-from cluster import auth, loopback
-from cluster.loopback import LOOPBACK
-from cluster.local import WORKER_ENV
+from pipelines import loopback, ray_auth
 from pipelines.errors import RunFailure, UserError
+from pipelines.loopback import LOOPBACK
+from pipelines.ray_connect import WORKER_ENV
 
 HOME_ENV = "ARSCALE_HOME"
 STATE_FILE = "cluster.json"
 GCS_PORT, DASHBOARD_PORT = 6379, 8265  # Ray's usual ports, taken when free
 START_TIMEOUT_S = 180.0
 START_ATTEMPTS = 3
-STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL: Ray's daemons often ignore SIGTERM while their peers shut down
+DAEMON_STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL: Ray's daemons often ignore SIGTERM while their peers shut down
 # Ports each node listens on besides its workers'; two nodes on one machine must not share them.
 NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                    "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
@@ -122,17 +122,17 @@ def up(workers: int, cpus: int, home: Path | str | None = None, log=print) -> tu
     if existing:
         log(f"the local cluster recorded in {state_path(home)} is gone; starting a new one")
         _forget(existing, home)
-    token = auth.ensure_token()
-    auth.enable_client_auth(None if token.startswith("$") else token)  # for the readiness check below
+    token = ray_auth.ensure_token()
+    ray_auth.enable_client_auth(None if token.startswith("$") else token)  # for the readiness check below
     # A short temp dir: Ray's socket paths under it must fit in 107 bytes.
     state = ClusterState("", "", token, tempfile.mkdtemp(prefix="arscale-ray-"), time.time(), [])
 
     def head(attempt: int) -> list[str]:  # Ray's usual ports if free, else any; the state records them
-        gcs, dashboard = (_port(GCS_PORT), _port(DASHBOARD_PORT)) if attempt == 0 else _free_ports(2)
+        gcs, dashboard = (_port(GCS_PORT), _port(DASHBOARD_PORT)) if attempt == 0 else free_ports(2)
         state.address, state.dashboard_url = f"{LOOPBACK}:{gcs}", f"http://{LOOPBACK}:{dashboard}"
         return ["--head", "--node-ip-address", LOOPBACK, "--port", str(gcs), "--include-dashboard", "true",
                 "--dashboard-host", LOOPBACK, "--dashboard-port", str(dashboard),
-                "--ray-client-server-port", str(*_free_ports(1))]
+                "--ray-client-server-port", str(*free_ports(1))]
 
     try:
         _start_nodes(state, [head], cpus, home)
@@ -168,7 +168,7 @@ def _forget(state: ClusterState, home) -> int:
 
 
 def _stop_processes(procs: list) -> None:
-    """SIGTERM, then SIGKILL what is left after STOP_GRACE_S."""
+    """SIGTERM, then SIGKILL what is left after DAEMON_STOP_GRACE_S."""
     import psutil
 
     for p in procs:
@@ -176,7 +176,7 @@ def _stop_processes(procs: list) -> None:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=STOP_GRACE_S)
+    _, alive = psutil.wait_procs(procs, timeout=DAEMON_STOP_GRACE_S)
     for p in alive:
         try:
             p.kill()
@@ -219,8 +219,8 @@ def _launch(state: ClusterState, args: list[str], cpus: int, logs: Path):
     temp_dir = Path(state.temp_root) / f"n{index}"
     temp_dir.mkdir()
     role = "head" if "--head" in args else "worker"
-    ports = [str(p) for p in _free_ports(len(NODE_PORT_FLAGS))]
-    command = [sys.executable, "-m", "cluster.loopback", "start", *args, "--num-cpus", str(cpus),
+    ports = [str(p) for p in free_ports(len(NODE_PORT_FLAGS))]
+    command = [sys.executable, "-m", "pipelines.loopback", "start", *args, "--num-cpus", str(cpus),
                "--temp-dir", str(temp_dir), "--disable-usage-stats",
                *(x for pair in zip(NODE_PORT_FLAGS, ports) for x in pair)]
     log_file = logs / f"n{index}-{role}.log"
@@ -257,9 +257,9 @@ def _node_env(token: str, address: str) -> dict:
     RAY_ADDRESS: Ray's own actors (Ray Train's) look their cluster up, and with several Ray clusters on one
     machine that look-up fails unless it is set.
     """
-    env = {**os.environ, **loopback.ENV, **WORKER_ENV, auth.MODE_ENV: "token", "RAY_ADDRESS": address}
+    env = {**os.environ, **loopback.ENV, **WORKER_ENV, ray_auth.MODE_ENV: "token", "RAY_ADDRESS": address}
     if not token.startswith("$"):
-        env[auth.PATH_ENV] = token
+        env[ray_auth.PATH_ENV] = token
     # Job entrypoints run `python ...`: the interpreter arscale runs in, whatever PATH the shell had.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
@@ -273,16 +273,7 @@ def _port(preferred: int) -> int:
             return preferred
         except OSError:
             pass
-    return _free_ports(1)[0]
-
-
-def _free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (held open together, so the system cannot hand out one twice)."""
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind((LOOPBACK, 0))
-        return [s.getsockname()[1] for s in sockets]
+    return free_ports(1)[0]
 
 
 def _session(pid: int) -> int | None:
@@ -296,3 +287,12 @@ def _last_error(log_file: Path) -> str:
     lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line or "error" in line]
     return (errors or lines or ["no output"])[-1][:300]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports on 127.0.0.1 (held open together, so the system cannot hand out one twice)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]

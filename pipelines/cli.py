@@ -16,11 +16,18 @@ import threading
 import traceback
 from pathlib import Path
 
-from cluster import cli as cluster_cli
-from pipelines import cli_tokenize
+import scaling
+from armodels.train import TrainRun, train_single_process
+from cluster import commands as cluster_commands
+from pipelines.config import load_config
 from pipelines.errors import RunFailure, UserError
-
-FORMS = ["compute", "params", "tokens", "chinchilla", "envelope", "isoflop"]
+from pipelines.mlflow_runs import log_fit, runs_from_mlflow
+from pipelines.progress import TrainingProgress
+from pipelines.status import report_summary, study_status
+from pipelines.study import run_study
+from pipelines.tokenization import commands as tokenization_commands
+from pipelines.tracking import redact_uri
+from scaling.forms import ADVISED_FORMS, FORMS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, required=True, help="CSV of finished runs, as for `arscale fit`")
     p.add_argument("--target-compute", type=float, required=True, metavar="C", help="FLOPs of the prediction")
     p.add_argument("--budget", type=float, required=True, metavar="FLOPS", help="the most the next run may cost")
-    p.add_argument("--form", default="chinchilla", choices=["chinchilla", "compute"])
+    p.add_argument("--form", default="chinchilla", choices=ADVISED_FORMS)
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--json", action="store_true")
@@ -127,14 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=cmd_train)
 
-    cli_tokenize.add_parsers(sub, common)  # tokenizer train bpe, tokenize, detokenize
-    cluster_cli.add_commands(sub, common)  # cluster up|down|status, submit, jobs
+    tokenization_commands.add_parsers(sub, common)  # tokenizer train bpe|vqvae|fsq, tokenize, detokenize
+    cluster_commands.add_commands(sub, common)  # cluster up|down|status, submit, jobs
     return parser
 
 
 def cmd_study_run(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.study import run_study
 
     cfg, path = load_config(args.config)
     out = args.out or Path("studies") / cfg.name
@@ -143,25 +148,18 @@ def cmd_study_run(args) -> int:
 
 
 def cmd_study_status(args) -> int:
-    from pipelines.status import study_status
 
     print(study_status(args.dir))
     return 0
 
 
 def cmd_report(args) -> int:
-    from pipelines.status import report_summary
 
     print(report_summary(args.dir))
     return 0
 
 
 def cmd_fit(args) -> int:
-    import scaling
-
-    from pipelines.mlflow_runs import log_fit, runs_from_mlflow
-    from pipelines.tracking import redact_uri
-
     if args.bootstrap < 0 or args.holdout_top < 0:
         raise UserError("--bootstrap and --holdout-top must be 0 or more")
     try:
@@ -184,8 +182,6 @@ def cmd_fit(args) -> int:
 
 
 def cmd_advise(args) -> int:
-    import scaling
-
     try:
         advice = scaling.advise(scaling.load_runs_csv(args.runs), args.target_compute, args.budget, form=args.form,
                                 top=args.top, bootstrap=args.bootstrap)
@@ -231,8 +227,6 @@ def describe_fit(fit: dict) -> str:
 
 
 def cmd_train(args) -> int:
-    from armodels.train import TrainRun, train_single_process
-    from pipelines.progress import TrainingProgress
 
     try:
         run = TrainRun.load(args.config)

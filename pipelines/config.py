@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+import armodels
+from armodels.train import TrainConfig
 from pipelines.errors import UserError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -76,6 +78,11 @@ SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become folder names ca
 SIZE_OPTIONS = ("name", "tokens", "lr", "num_workers")
 
 
+def model_fields(size: dict[str, Any]) -> dict[str, Any]:
+    """The family's config fields of a size entry: all but the SIZE_OPTIONS."""
+    return {k: v for k, v in size.items() if k not in SIZE_OPTIONS}
+
+
 class GridConfig(_Strict):
     """One family trained at several sizes. A size is the family's config fields (see `armodels.build`), plus
     optional `name` (default: family and parameter count), `tokens` (overrides the budget rule), `lr`
@@ -94,17 +101,14 @@ class GridConfig(_Strict):
 
     @model_validator(mode="after")
     def _sizes_fit_the_family(self):
-        import armodels
-
         if self.family not in armodels.families():
             raise ValueError(f"unknown family {self.family!r}; one of {', '.join(armodels.families())}")
         config_class = armodels.family_classes(self.family)[1]
         known = {f.name for f in fields(config_class)}
-        image_family = "seq_len" not in known
-        if image_family and self.stream not in IMAGE_STREAMS:
+        if armodels.is_image_family(self.family) and self.stream not in IMAGE_STREAMS:
             raise ValueError(f"{self.family} models images (height × width), not token streams; use it in an "
                              "image study's pixels, vqvae or fsq stream")
-        set_by_study = ("vocab_size", "height", "width") if image_family else ("vocab_size", "seq_len")
+        set_by_study = armodels.fields_set_by_study(self.family)
         for i, size in enumerate(self.sizes):
             name = size.get("name")
             if name is not None and not (isinstance(name, str) and re.fullmatch(SAFE_NAME, name)):
@@ -113,7 +117,7 @@ class GridConfig(_Strict):
             workers = size.get("num_workers", 1)
             if type(workers) is not int or workers < 1:
                 raise ValueError(f"sizes.{i}.num_workers: must be a whole number, 1 or more (got {workers!r})")
-            model = {k: v for k, v in size.items() if k not in SIZE_OPTIONS}
+            model = model_fields(size)
             for key in model:
                 if key in set_by_study:
                     raise ValueError(f"sizes.{i}.{key}: set by the study (from the tokenizer and the data)")
@@ -132,6 +136,11 @@ class GridConfig(_Strict):
 class ModelsConfig(_Strict):
     seq_len: int = Field(128, gt=0)  # tokens per training window, for every family (image studies: one image)
     grids: list[GridConfig] = Field(min_length=1)
+
+
+# Fields of `training` that plan the runs (token budgets, workers); every other one is a TrainConfig field.
+BUDGET_FIELDS = ("tokens", "tokens_per_param", "min_tokens", "max_tokens", "flops_budgets", "num_workers",
+                 "cpus_per_worker")
 
 
 class TrainingConfig(_Strict):
@@ -170,6 +179,12 @@ class TrainingConfig(_Strict):
         if self.flops_budgets and (min(self.flops_budgets) <= 0 or self.tokens):
             raise ValueError("flops_budgets must be positive FLOPs and replace `tokens` (leave `tokens` out)")
         return self
+
+    def train_config(self, *, tokens: int, lr: float | None, seed: int):
+        """The armodels.train.TrainConfig of one run: this section's training options, by name (those left out keep
+        TrainConfig's defaults), with the run's token budget, its size's lr if it has one, and the study's seed."""
+        options = self.model_dump(exclude=set(BUDGET_FIELDS), exclude_none=True)
+        return TrainConfig(tokens=tokens, **{**options, "seed": seed, **({"lr": lr} if lr else {})})
 
 
 class EvaluationConfig(_Strict):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from armodels.files import read_json
 from pipelines.errors import UserError
-from pipelines.executor import STATUS, step_state
+from pipelines.step_status import STATUS, SUCCEEDED, step_state
 from pipelines.storage import StudyStore, is_uri
 from pipelines.progress import duration
 from pipelines.study import STUDY_FILE
@@ -84,7 +84,7 @@ def report_summary(directory: Path) -> str:
     study = load_study(directory)
     report = directory / study["report"]
     if not report.is_file():
-        done = sum(step_state(directory, s["dir"])["state"] == "succeeded" for s in study["steps"])
+        done = sum(step_state(directory, s["dir"])["state"] == SUCCEEDED for s in study["steps"])
         raise UserError(f"study {study['name']} has no report yet ({done} of {len(study['steps'])} steps done); "
                         f"finish it with `arscale study run {study['config_path']} --out {directory}`")
     headline = next((line for line in report.read_text().splitlines() if line.startswith("**Fit")), "")

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from pipelines.errors import UserError
+from pipelines.tracking import redact_uri
 
 SCRATCH_ENV = "ARSCALE_SCRATCH"
 COMMIT_MARKERS = ("state.json", "STATUS.json")  # each vouches for the files beside it, so it is copied after them
@@ -66,8 +67,6 @@ class StudyStore:
     @property
     def shown(self) -> str:
         """The URI fit for logs and records: keys and tokens in its options hidden."""
-        from pipelines.tracking import redact_uri
-
         return redact_uri(self.uri)
 
     @property

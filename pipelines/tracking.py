@@ -3,7 +3,8 @@
 By default a study tracks into a SQLite store inside its own folder (`sqlite:///<study>/mlflow.db`, artifacts in
 `<study>/mlartifacts`); `MLFLOW_TRACKING_URI` or `--tracking-uri` point it elsewhere, e.g. a `mlflow server`.
 Logging never stops a study: a tracking call that keeps failing is written to `<step dir>/mlflow-unsent.jsonl`
-with a warning instead, and the work goes on.
+with a warning instead, and the work goes on. An untracked study gets trackers that do nothing (NullStudyTracking,
+NullRunLogger), so the executor and the steps never ask whether there is one.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import UserError
+
 STUDY_TAG = "arscale.study"
+UNSENT_FILE = "mlflow-unsent.jsonl"  # in the step's folder: what could not be sent
 
 
 def resolve_tracking_uri(cli_uri: str | None, study_dir: Path) -> str:
@@ -46,18 +49,14 @@ def artifact_location(uri: str, folder: Path) -> str | None:
     return (Path(folder).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
-    """A nested config as flat `a.b.c -> value` strings, as MLflow params want them."""
-    if is_dataclass(obj):
-        obj = asdict(obj)
-    if hasattr(obj, "model_dump"):
-        obj = obj.model_dump(mode="json")
-    if isinstance(obj, dict):
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """A config's data (pipelines.step.config_dict) as flat `a.b.c -> value` strings, as MLflow params want them."""
+    if isinstance(data, dict):
         out: dict[str, str] = {}
-        for k, v in obj.items():
+        for k, v in data.items():
             out.update(flatten(v, f"{prefix}{k}."))
         return out
-    return {prefix.rstrip("."): str(obj)[:6000]}
+    return {prefix.rstrip("."): str(data)[:6000]}
 
 
 def _with_retries(fn, *args, attempts: int = 4, **kwargs):
@@ -75,8 +74,6 @@ def _check_reachable(uri: str) -> None:
     """Fail in seconds, not after MLflow's minutes of retries, when a tracking server does not answer."""
     import socket
     from urllib.parse import urlsplit
-
-    from pipelines.errors import UserError
 
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https"):
@@ -119,8 +116,9 @@ class StudyTracking:
             self.client.update_run(run.info.run_id, status="RUNNING")
         self.parent_run_id = run.info.run_id
 
-    def start_step_run(self, name: str, dirname: str, config: Any, inputs: dict[str, str]) -> str:
-        """A nested run for one execution of a step; tags trace it to its inputs' versioned directories."""
+    def start_step_run(self, name: str, dirname: str, config: dict, inputs: dict[str, str]) -> str:
+        """A nested run for one execution of a step, with its `config` (pipelines.step.config_dict) as params; tags
+        trace it to its inputs' versioned directories."""
         from mlflow.entities import Param
 
         tags = {"mlflow.parentRunId": self.parent_run_id, "arscale.step": name, "arscale.step_dir": dirname,
@@ -139,6 +137,21 @@ class StudyTracking:
 
     def finish_study(self, ok: bool) -> None:
         self.finish_run(self.parent_run_id, ok)
+
+
+class NullStudyTracking:
+    """The tracking of a study that is not tracked: it starts no runs (a step's run id is None)."""
+
+    uri = None
+
+    def start_step_run(self, name: str, dirname: str, config: dict, inputs: dict[str, str]) -> None:
+        return None
+
+    def finish_run(self, run_id: str, ok: bool, error: str | None = None) -> None:
+        pass
+
+    def finish_study(self, ok: bool) -> None:
+        pass
 
 
 class RunLogger:
@@ -232,3 +245,28 @@ class RunLogger:
             self.client.log_artifacts(r["run_id"], r["artifacts"])
         if "artifact" in r and Path(r["artifact"]).is_file():
             self.client.log_artifact(r["run_id"], r["artifact"])
+
+
+class NullRunLogger:
+    """A RunLogger for a step without an MLflow run: it logs nothing."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def run_logger(uri: str | None, run_id: str | None, folder: Path) -> RunLogger | NullRunLogger:
+    """The logger of MLflow run `run_id`, keeping what it cannot send in `folder`; without a run, one that does
+    nothing."""
+    return RunLogger(uri, run_id, Path(folder) / UNSENT_FILE) if run_id else NullRunLogger()

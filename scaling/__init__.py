@@ -4,8 +4,8 @@
     fit = scaling.fit_runs(runs, "compute", predict_compute=[1e18])
     fit.params, fit.ci, fit.backtest, fit.predictions, fit.to_dict()
 
-Modules: `runs` (loading, hygiene), `flops` (compute conventions), `laws` and `frontier` (the forms),
-`fit` (per-form functions, `fit_runs`), `bootstrap`, `backtest`, `optimal` (compute-optimal allocation),
+Modules: `runs` (loading, hygiene), `flops` (compute conventions), `forms` (their names), `laws` and `frontier`
+(the forms), `fit` (per-form functions, `fit_runs`), `bootstrap`, `backtest`, `optimal` (compute-optimal allocation),
 `advise` (next run to train), `plots`, `optimize` (the batched L-BFGS under the fits).
 """
 
@@ -16,8 +16,8 @@ import importlib
 _EXPORTS = {
     "Advice": "advise", "advise": "advise", "compute_optimal": "optimal",
     "Backtest": "results", "FitResult": "results", "Prediction": "results",
-    "FitInputError": "runs", "load_runs_csv": "runs",
-    **{name: "fit" for name in ("FORMS", "fit_chinchilla", "fit_compute", "fit_envelope", "fit_isoflop", "fit_law",
+    "FitInputError": "runs", "load_runs_csv": "runs", "FORMS": "forms",
+    **{name: "fit" for name in ("fit_chinchilla", "fit_compute", "fit_envelope", "fit_isoflop", "fit_law",
                                 "fit_params", "fit_runs", "fit_tokens")},
 }
 __all__ = sorted([*_EXPORTS, "plots"])

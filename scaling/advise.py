@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 from scaling.fit import fit_law, fit_runs
+from scaling.forms import ADVISED_FORMS
 from scaling.laws import Chinchilla, PowerLaw
-
-ADVISED_FORMS = ("chinchilla", "compute")
 
 
 @dataclass

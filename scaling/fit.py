@@ -30,14 +30,12 @@ from scaling.backtest import backtest as run_backtest
 from scaling.bootstrap import bootstrap as run_bootstrap
 from scaling.bootstrap import intervals
 from scaling.flops import CONVENTION_COLUMNS, CONVENTIONS, training_flops
+from scaling.forms import COMPUTE_FORMS, FORMS
 from scaling.frontier import Envelope, IsoFLOP
 from scaling.laws import HUBER_DELTA, Chinchilla, PowerLaw
 from scaling.optimal import predict_at
 from scaling.results import FitResult
 from scaling.runs import FitInputError, require_columns, run_labels, usable_rows
-
-FORMS = ("compute", "params", "tokens", "chinchilla", "envelope", "isoflop")
-COMPUTE_FORMS = ("compute", "chinchilla", "envelope", "isoflop")
 
 
 def fit_law(law, form: str, *, bootstrap: int = 1000, holdout_top: int = 1, predict_compute: Sequence[float] = (),

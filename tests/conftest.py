@@ -1,4 +1,10 @@
-"""Shared fixtures: real text (the Python standard library), a real tokenizer and shards, a real local Ray."""
+"""Shared fixtures: real text (the Python standard library), a real tokenizer and shards, a real local Ray, a real
+S3-compatible server. Shared helpers that are not fixtures are in tests/support/: cli.py (running `arscale`),
+local_cluster.py, processes.py (waiting for a checkpoint, killing processes), runs.py (comparing loss curves),
+servers.py, s3.py, studies.py (the micro study).
+
+The tests are laid out like the packages they test (tests/armodels, tests/scaling, tests/pipelines,
+tests/cluster); tests/faults injects faults into whole studies; tests/test_layers.py checks the imports."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from armodels.packaged_text import STDLIB
+from tests.support.s3 import S3Server
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +46,16 @@ def ray_local():
     """A real Ray cluster on 127.0.0.1 with 2 CPUs, shared by the tests of a session."""
     import ray
 
-    from cluster.local import connect
+    from pipelines.ray_connect import connect
 
     connect(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3-compatible server (moto) on 127.0.0.1 with one bucket, shared by the tests of a module."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()

@@ -3,6 +3,12 @@
 A family implements one method, `conditionals(x)`: logits [B, T, V] for a batch of token sequences x [B, T], where
 the distribution at position t depends only on the tokens that come before t in `self.ordering` (a permutation of
 0..T-1, raster order unless the family supports others). Log-likelihood, sampling and beam search follow from it.
+
+Size and cost are properties of the config, counted in closed form beside it: `num_params(non_embedding=True)`
+(embedding tables left out of the non-embedding count; weights a mask holds at zero never counted) and
+`flops_per_token()`, training FLOPs = 3 × forward. Families that apply their weights once per token count 2 FLOPs
+(multiply, add) per weight, masked ones included since they are multiplied too; embeddings (look-ups), biases and
+nonlinearities are neglected, as in scaling.flops.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from armodels.models.layers import MaskedConv2d, MaskedLinear
 from armodels.sampling import Decoder, RecomputeDecoder, sample
 
 
@@ -34,8 +39,10 @@ def freeze_tuples(config: object) -> None:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """Single-channel images of `height` × `width` pixels with `vocab_size` levels, flattened in raster order."""
+    """Single-channel images of `height` × `width` pixels with `vocab_size` levels, flattened in raster order.
+    The families that subclass it are image families: a study sets height and width, not seq_len."""
 
+    models_images: ClassVar[bool] = True  # armodels.is_image_family reads this
     height: int = 8
     width: int = 8
     vocab_size: int = 2
@@ -51,22 +58,24 @@ class ImageConfig:
 
 
 class ARModel(nn.Module):
-    """Base of every family. Subclasses set `family`, build their layers and implement `conditionals` and
-    `flops_per_token`; the ones that can decode faster than rerunning the network override `decoder`."""
+    """Base of every family. Subclasses set `family`, build their layers and implement `conditionals`; the ones
+    that can decode faster than rerunning the network override `decoder`. Size and cost come from the config:
+    every family's config dataclass has `num_params(non_embedding=True)` and `flops_per_token()`, exact closed
+    forms (tests/armodels/models/test_costs.py checks them against the built weights), so planning builds no model."""
 
     family: ClassVar[str]
     # Count-based families (histogram, ngram) have no trainable parameters: the training loop calls `fit(x)` on
     # each batch instead of stepping an optimiser, and their evaluation is the same as any other family's.
     trainable: ClassVar[bool] = True
-    # Whether `set_ordering` accepts any permutation; families that are causal by construction in raster order
-    # (convolutions, recurrences) accept raster order only.
-    any_order: bool = False
 
     def __init__(self, config) -> None:
         super().__init__()
         self.config = config
         self.vocab_size: int = config.vocab_size
         self.seq_len: int = config.seq_len
+        # Whether `set_ordering` accepts any permutation: the config says (see armodels.any_order_config); families
+        # that are causal by construction in raster order (convolutions, recurrences) accept raster order only.
+        self.any_order: bool = getattr(config, "any_order", False)
         self.register_buffer("ordering", torch.arange(self.seq_len))
 
     def conditionals(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,33 +125,13 @@ class ARModel(nn.Module):
         """`n` sequences [n, T] drawn token by token in `self.ordering`; temperature 0 is greedy."""
         return sample(self, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt)
 
-    # ---- size and cost, beside the model ----
-
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        """Parameters used as look-up tables (token and position embeddings), left out of the non-embedding count
-        as in Kaplan et al. 2020; their FLOPs are negligible."""
-        return []
+    # ---- size and cost: the config's closed forms ----
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count. Weights a mask holds at zero are not counted: they can never change the output."""
-        n = sum(p.numel() for p in self.parameters())
-        n -= sum(int((m.mask == 0).sum()) for m in self.modules() if isinstance(m, (MaskedLinear, MaskedConv2d)))
-        if non_embedding:
-            n -= sum(p.numel() for p in self.embedding_parameters())
-        return n
+        """Parameter count, without (by default) the embedding tables, as in Kaplan et al. 2020. Weights a mask holds
+        at zero are not counted: they can never change the output."""
+        return self.config.num_params(non_embedding)
 
     def flops_per_token(self) -> float:
         """Training FLOPs (forward + backward = 3 × forward) per token."""
-        raise NotImplementedError
-
-    def weight_flops(self) -> int:
-        """Forward FLOPs of one application of every weight matrix and kernel: 2 (multiply, add) per weight.
-        Masked weights are multiplied too; embeddings (look-ups), biases and nonlinearities are neglected, as in
-        scaling.flops. Convolutional and recurrent families apply their weights once per token."""
-        n = 0
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                n += m.weight.numel()
-            elif isinstance(m, nn.RNNBase):
-                n += sum(p.numel() for name, p in m.named_parameters() if name.startswith("weight"))
-        return 2 * n
+        return self.config.flops_per_token()

@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from armodels.models.base import ARModel, ImageConfig, check_positive
-from armodels.models.layers import MaskedConv2d, image_input, raster_mask, rows_above_mask
+from armodels.models.layers import (MaskedConv2d, image_input, raster_mask, raster_taps, rows_above_mask,
+                                    rows_above_taps)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,31 @@ class GatedPixelCNNConfig(ImageConfig):
         check_positive(self, "channels", "n_layers", "kernel")
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd, got {self.kernel}")
+
+    # ---- size and cost ----
+
+    def _size(self) -> tuple[int, int]:
+        """(parameters, weights): the parameters leave out the taps a mask holds at zero, the weights (which the
+        FLOPs count: masked taps are multiplied too) keep them. Layer i reads 1 channel (i = 0) or C into a k × k
+        vertical and a 1 × k horizontal convolution of 2C outputs each, then 1×1 convolutions 2C → 2C and C → C."""
+        C, k, V = self.channels, self.kernel, self.vocab_size
+        weights = kept = biases = 0
+        for i in range(self.n_layers):
+            pairs = 2 * C * (1 if i == 0 else C)  # (output, input) channels of each masked convolution
+            mixing = 4 * C * C + C * C  # the 1×1 convolutions
+            weights += pairs * (k * k + k) + mixing
+            kept += pairs * (rows_above_taps(k) + raster_taps(1, k, include_centre=i > 0)) + mixing
+            biases += 2 * C + 2 * C + 2 * C + C  # vertical, horizontal, 2C → 2C, C → C
+        head_weights, head_biases = C * C + V * C, C + V  # two 1×1 convolutions, C → C → V
+        return kept + biases + head_weights + head_biases, weights + head_weights
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """The convolutions' (there are no embeddings: pixels enter as intensities)."""
+        return self._size()[0]
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: every kernel is applied once per pixel, masked taps included: 3 × 2 · weights."""
+        return 3.0 * (2 * self._size()[1])
 
 
 def gate(h: torch.Tensor) -> torch.Tensor:
@@ -69,6 +95,3 @@ class GatedPixelCNN(ARModel):
             v, h = layer(v, h)
         return self.head(h).flatten(2).transpose(1, 2)  # [B, V, H, W] → [B, T, V], raster order
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: every kernel is applied once per pixel, masked taps included: 3 × 2 · weights."""
-        return 3.0 * self.weight_flops()

@@ -7,6 +7,7 @@ same model. It is count-based (`trainable = False`): `fit(x)` adds the counts of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -18,17 +19,26 @@ class HistogramConfig:
     vocab_size: int = 16
     seq_len: int = 8
     pseudocount: float = 1.0  # added to every count (Laplace smoothing), so unseen tokens keep some mass
+    any_order: ClassVar[bool] = True  # no position depends on another
 
     def __post_init__(self) -> None:
         check_positive(self, "vocab_size", "seq_len")
         if self.pseudocount <= 0:
             raise ValueError(f"pseudocount must be positive, got {self.pseudocount}")
 
+    def num_params(self, non_embedding: bool = True) -> int:
+        """The count table's entries: a count model's parameters are its statistics."""
+        return self.seq_len * self.vocab_size
+
+    def flops_per_token(self) -> float:
+        """No training FLOPs (fitting is counting); this is the cost of one conditional from the counts: add the
+        pseudocount and normalise a row of V counts, about 3·V."""
+        return 3.0 * self.vocab_size
+
 
 class Histogram(ARModel):
     family = "histogram"
     trainable = False
-    any_order = True  # no position depends on another
 
     def __init__(self, cfg: HistogramConfig):
         super().__init__(cfg)
@@ -46,11 +56,3 @@ class Histogram(ARModel):
         log_probs = (smoothed / smoothed.sum(-1, keepdim=True)).log().float()
         return log_probs.expand(x.size(0), -1, -1)
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """The count table's entries: a count model's parameters are its statistics."""
-        return self.counts.numel()
-
-    def flops_per_token(self) -> float:
-        """No training FLOPs (fitting is counting); this is the cost of one conditional from the counts: add the
-        pseudocount and normalise a row of V counts, about 3·V."""
-        return 3.0 * self.vocab_size

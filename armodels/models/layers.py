@@ -39,12 +39,22 @@ def raster_mask(height: int, width: int, include_centre: bool) -> torch.Tensor:
     return mask
 
 
+def raster_taps(height: int, width: int, include_centre: bool) -> int:
+    """The ones of `raster_mask`: the taps a masked kernel keeps (the configs count parameters from it)."""
+    return height // 2 * width + width // 2 + include_centre
+
+
 def rows_above_mask(size: int) -> torch.Tensor:
     """Gated PixelCNN's vertical-stack mask: every row up to and including the centre row. The stack is shifted
     down one row before it feeds the horizontal stack, so what a pixel receives comes from rows above only."""
     mask = torch.zeros(size, size)
     mask[: size // 2 + 1] = 1
     return mask
+
+
+def rows_above_taps(size: int) -> int:
+    """The ones of `rows_above_mask`."""
+    return (size // 2 + 1) * size
 
 
 def image_input(x: torch.Tensor, height: int, width: int, levels: int) -> torch.Tensor:

@@ -24,7 +24,15 @@ LinearState = tuple[torch.Tensor, torch.Tensor, int]
 
 @dataclass(frozen=True)
 class LinearAttentionConfig(TransformerConfig):
-    """The transformer's fields; only the attention differs."""
+    """The transformer's fields and parameters; only the attention, and so the FLOPs, differ."""
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (3 × forward) of the recurrent form, per layer: 24·d² for the projections and
+        MLP, as in the transformer, plus 4·d·d_head + 4·d to update (S, z) and read them out, instead of the
+        transformer's 4·d·T; head 2·d·V. (The training path evaluates the same sums in the masked T × T form.)"""
+        d, head_dim = self.n_embd, self.n_embd // self.n_head
+        per_layer = 24 * d**2 + 4 * d * head_dim + 4 * d
+        return 3.0 * (self.n_layer * per_layer + 2 * d * self.vocab_size)
 
 
 class LinearSelfAttention(nn.Module):
@@ -62,11 +70,3 @@ class LinearAttention(Transformer):
     family = "linear_attention"
     attention = LinearSelfAttention
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token (3 × forward) of the recurrent form, per layer: 24·d² for the projections and
-        MLP, as in the transformer, plus 4·d·d_head + 4·d to update (S, z) and read them out, instead of the
-        transformer's 4·d·T; head 2·d·V. (The training path evaluates the same sums in the masked T × T form.)"""
-        c = self.config
-        d, head_dim = c.n_embd, c.n_embd // c.n_head
-        per_layer = 24 * d**2 + 4 * d * head_dim + 4 * d
-        return 3.0 * (c.n_layer * per_layer + 2 * d * c.vocab_size)

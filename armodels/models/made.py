@@ -12,6 +12,7 @@ connectivity-agnostic training.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,7 @@ class MADEConfig(ImageConfig):
     orderings: int = 1  # masks to cycle through during training
     order_agnostic: bool = False  # each mask gets a random ordering (otherwise: raster, or the one set)
     seed: int = 0  # draws hidden degrees and random orderings
+    any_order: ClassVar[bool] = True  # a mask for any ordering
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,14 +40,59 @@ class MADEConfig(ImageConfig):
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"MADE needs at least one hidden layer of positive width, got {self.hidden}")
 
+    # ---- size and cost ----
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        """Units of each layer of the MLP: one-hot inputs, the hidden layers, logits."""
+        return [self.seq_len * self.vocab_size, *self.hidden, self.seq_len * self.vocab_size]
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Weights the first mask keeps, and the biases (no embeddings: the one-hot inputs feed the MLP).
+
+        Every step of the ordering has V input and V output units, so the counts depend on the drawn hidden
+        degrees only, not on the ordering: a hidden unit of degree d keeps its weights from the units below of
+        degree ≤ d, an output unit of step s those from the last hidden units of degree < s."""
+        T, V = self.seq_len, self.vocab_size
+        below = torch.arange(T).repeat_interleave(V)  # the input units' degrees (their steps), sorted
+        kept = 0
+        for degrees in draw_mask(self, 0)[1]:
+            kept += int(torch.searchsorted(below, degrees, right=True).sum())
+            below = degrees.sort().values
+        kept += V * int(torch.searchsorted(below, torch.arange(T)).sum())
+        return kept + sum(self.layer_sizes[1:])
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: one pass of the dense (masked) MLP gives all T conditionals, so
+        3 × 2 · weights / T."""
+        sizes = self.layer_sizes
+        return 3.0 * (2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))) / self.seq_len
+
+
+def hidden_degrees(cfg: MADEConfig, g: torch.Generator) -> list[torch.Tensor]:
+    """Each hidden layer's unit degrees, drawn from `g` in [lowest degree of the layer below, T-2]: a unit of degree
+    T-1 could feed no output. (The inputs' lowest degree is 0, that of the first step.)"""
+    degrees, low = [], 0
+    for width in cfg.hidden:
+        degrees.append(torch.randint(low, max(cfg.seq_len - 1, low + 1), (width,), generator=g))
+        low = int(degrees[-1].min())
+    return degrees
+
+
+def draw_mask(cfg: MADEConfig, index: int) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Mask `index` of the cycle, drawn from seed + index: its random ordering (with order_agnostic, else None) and
+    hidden degrees. A model's first mask is mask 0."""
+    g = torch.Generator().manual_seed(cfg.seed + index)
+    ordering = torch.randperm(cfg.seq_len, generator=g) if cfg.order_agnostic else None
+    return ordering, hidden_degrees(cfg, g)
+
 
 class MADE(ARModel):
     family = "made"
-    any_order = True
 
     def __init__(self, cfg: MADEConfig):
         super().__init__(cfg)
-        sizes = [cfg.seq_len * cfg.vocab_size, *cfg.hidden, cfg.seq_len * cfg.vocab_size]
+        sizes = cfg.layer_sizes
         self.layers = nn.ModuleList(MaskedLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.mask_index = 0
         self._draw_mask()
@@ -58,7 +105,8 @@ class MADE(ARModel):
 
     def set_ordering(self, ordering) -> None:
         super().set_ordering(ordering)
-        self._set_masks(self._generator())
+        g = torch.Generator().manual_seed(self.config.seed + self.mask_index)
+        self._set_masks(hidden_degrees(self.config, g))
 
     def before_train_step(self, step: int) -> None:
         # the mask follows from the step alone, so a run resumed from a checkpoint draws the same masks
@@ -67,30 +115,18 @@ class MADE(ARModel):
             self.mask_index = index
             self._draw_mask()
 
-    def _generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.seed + self.mask_index)
-
     def _draw_mask(self) -> None:
-        g = self._generator()
-        if self.config.order_agnostic:
-            super().set_ordering(torch.randperm(self.seq_len, generator=g))
-        self._set_masks(g)
+        ordering, degrees = draw_mask(self.config, self.mask_index)
+        if ordering is not None:
+            super().set_ordering(ordering)
+        self._set_masks(degrees)
 
     @torch.no_grad()
-    def _set_masks(self, g: torch.Generator) -> None:
-        T, V = self.seq_len, self.vocab_size
+    def _set_masks(self, hidden_layer_degrees: list[torch.Tensor]) -> None:
         step = self.ordering.argsort().cpu()  # the step at which each position is decoded
-        position_degree = step.repeat_interleave(V)  # all V one-hot units of a position share its degree
+        position_degree = step.repeat_interleave(self.vocab_size)  # all V one-hot units of a position share it
         degree = position_degree
-        for layer in self.layers[:-1]:
-            # Hidden degrees in [lowest below, T-2]: a unit of degree T-1 could feed no output.
-            low = int(degree.min())
-            hidden = torch.randint(low, max(T - 1, low + 1), (layer.out_features,), generator=g)
+        for layer, hidden in zip(self.layers[:-1], hidden_layer_degrees):
             layer.mask.copy_(hidden[:, None] >= degree[None, :])
             degree = hidden
         self.layers[-1].mask.copy_(position_degree[:, None] > degree[None, :])
-
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: one pass of the dense (masked) MLP gives all T conditionals, so
-        3 × 2 · weights / T."""
-        return 3.0 * self.weight_flops() / self.seq_len

@@ -26,6 +26,16 @@ class MixtureOfLogisticsConfig(PixelCNNConfig):
         super().__post_init__()
         check_positive(self, "n_mixtures")
 
+    @property
+    def trunk_outputs(self) -> int:
+        """Per pixel and component: a mixture weight, a mean and a log-scale."""
+        return 3 * self.n_mixtures
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: the trunk's kernels once per pixel (3 × 2 · weights), plus about 10
+        operations per mixture component and level to evaluate the bin masses (forward, ×3 for training)."""
+        return 3.0 * (2 * self.trunk_size()[1] + 10 * self.n_mixtures * self.vocab_size)
+
 
 def discretized_logistic_log_probs(logit_weights: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor,
                                    levels: int) -> torch.Tensor:
@@ -46,7 +56,7 @@ class MixtureOfLogistics(ARModel):
 
     def __init__(self, cfg: MixtureOfLogisticsConfig):
         super().__init__(cfg)
-        self.trunk = PixelCNNTrunk(cfg, 3 * cfg.n_mixtures)
+        self.trunk = PixelCNNTrunk(cfg, cfg.trunk_outputs)
 
     def conditionals(self, x: torch.Tensor) -> torch.Tensor:
         params = self.trunk(x).flatten(2).transpose(1, 2)  # [B, T, 3K], raster order
@@ -54,7 +64,3 @@ class MixtureOfLogistics(ARModel):
         means = torch.tanh(means)  # within the data's range [-1, 1]
         return discretized_logistic_log_probs(logit_weights, means, log_scales, self.vocab_size)
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: the trunk's kernels once per pixel (3 × 2 · weights), plus about 10
-        operations per mixture component and level to evaluate the bin masses (forward, ×3 for training)."""
-        return 3.0 * (self.weight_flops() + 10 * self.config.n_mixtures * self.vocab_size)

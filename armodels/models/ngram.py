@@ -11,6 +11,7 @@ vocabularies (the config refuses tables over 2^25 entries).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ class NGramConfig:
     smoothing: str = "kneser_ney"  # or "add_k"
     k: float = 1.0  # add-k: pseudocount added to every count
     discount: float = 0.75  # Kneser–Ney: absolute discount D, 0 < D ≤ 1
+    any_order: ClassVar[bool] = True  # contexts follow the ordering
 
     def __post_init__(self) -> None:
         check_positive(self, "vocab_size", "seq_len", "order")
@@ -42,6 +44,17 @@ class NGramConfig:
     @property
     def n_contexts(self) -> int:
         return (self.vocab_size + 1) ** (self.order - 1)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """The count table's entries: a count model's parameters are its statistics."""
+        return self.n_contexts * self.vocab_size
+
+    def flops_per_token(self) -> float:
+        """No training FLOPs (fitting is counting); this is the cost of one conditional from the counts rather
+        than the table: about 5 operations per token of the vocabulary per order (discount, clamp, interpolate,
+        normalise) for Kneser–Ney, 3 for add-k."""
+        per_entry = 5 * self.order if self.smoothing == "kneser_ney" else 3
+        return float(per_entry * self.vocab_size)
 
 
 def kneser_ney(counts: torch.Tensor, vocab_size: int, discount: float) -> torch.Tensor:
@@ -70,7 +83,6 @@ def kneser_ney(counts: torch.Tensor, vocab_size: int, discount: float) -> torch.
 class NGram(ARModel):
     family = "ngram"
     trainable = False
-    any_order = True
 
     def __init__(self, cfg: NGramConfig):
         super().__init__(cfg)
@@ -111,13 +123,3 @@ class NGram(ARModel):
         _, ids = self._contexts(x)
         return self.log_table[ids][:, self.ordering.argsort()]
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """The count table's entries: a count model's parameters are its statistics."""
-        return self.counts.numel()
-
-    def flops_per_token(self) -> float:
-        """No training FLOPs (fitting is counting); this is the cost of one conditional from the counts rather
-        than the table: about 5 operations per token of the vocabulary per order (discount, clamp, interpolate,
-        normalise) for Kneser–Ney, 3 for add-k."""
-        per_entry = 5 * self.config.order if self.config.smoothing == "kneser_ney" else 3
-        return float(per_entry * self.vocab_size)

@@ -2,7 +2,7 @@
 
 The first layer's mask A hides the pixel being predicted; later layers' mask B let a pixel's own features through,
 which by then describe earlier pixels only. Stacked masks grow a receptive field that misses pixels above and to
-the right of the current one (the blind spot, see tests/models); gated_pixelcnn.py removes it.
+the right of the current one (the blind spot, see tests/armodels/models); gated_pixelcnn.py removes it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from armodels.models.base import ARModel, ImageConfig, check_positive
-from armodels.models.layers import MaskedConv2d, image_input, raster_mask
+from armodels.models.layers import MaskedConv2d, image_input, raster_mask, raster_taps
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,31 @@ class PixelCNNConfig(ImageConfig):
         check_positive(self, "channels", "first_kernel", "kernel")
         if self.n_layers < 0 or self.first_kernel % 2 == 0 or self.kernel % 2 == 0:
             raise ValueError(f"need n_layers >= 0 and odd kernels: {self}")
+
+    @property
+    def trunk_outputs(self) -> int:
+        """Features of each pixel's distribution that the trunk's head outputs: here its V logits."""
+        return self.vocab_size
+
+    # ---- size and cost ----
+
+    def trunk_size(self) -> tuple[int, int]:
+        """(parameters, weights) of the trunk: the parameters leave out the taps a mask holds at zero, the weights
+        (which the FLOPs count: masked taps are multiplied too) keep them."""
+        C, k1, k, n, out = self.channels, self.first_kernel, self.kernel, self.n_layers, self.trunk_outputs
+        head = C * C + out * C  # two 1×1 convolutions
+        weights = C * k1 * k1 + n * C * C * k * k + head
+        kept = C * raster_taps(k1, k1, include_centre=False) + n * C * C * raster_taps(k, k, include_centre=True)
+        biases = C + n * C + C + out
+        return kept + head + biases, weights
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """The trunk's (there are no embeddings: pixels enter as intensities)."""
+        return self.trunk_size()[0]
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: every kernel is applied once per pixel, masked taps included: 3 × 2 · weights."""
+        return 3.0 * (2 * self.trunk_size()[1])
 
 
 class PixelCNNTrunk(nn.Module):
@@ -58,11 +83,8 @@ class PixelCNN(ARModel):
 
     def __init__(self, cfg: PixelCNNConfig):
         super().__init__(cfg)
-        self.trunk = PixelCNNTrunk(cfg, cfg.vocab_size)
+        self.trunk = PixelCNNTrunk(cfg, cfg.trunk_outputs)
 
     def conditionals(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x).flatten(2).transpose(1, 2)  # [B, V, H, W] → [B, T, V], raster order
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: every kernel is applied once per pixel, masked taps included: 3 × 2 · weights."""
-        return 3.0 * self.weight_flops()

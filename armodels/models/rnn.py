@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from armodels.models.base import ARModel, check_positive
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+GATES = {"lstm": 4, "gru": 3}  # weight matrices per layer and direction
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,25 @@ class RNNConfig:
         check_positive(self, "vocab_size", "seq_len", "n_layer", "n_embd", "hidden")
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+
+    # ---- size and cost ----
+
+    def _weights(self) -> tuple[int, int]:
+        """(recurrent weights, their biases): per layer, each gate (4 in an LSTM, 3 in a GRU) has input-to-hidden
+        and hidden-to-hidden matrices and a bias for each."""
+        gates, H = GATES[self.cell], self.hidden
+        inputs = [self.n_embd] + [H] * (self.n_layer - 1)
+        return sum(gates * H * (i + H) for i in inputs), self.n_layer * 2 * gates * H
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """The recurrent layers and the head; the embedding table has a row per token and one for the start."""
+        weights, biases = self._weights()
+        head = self.hidden * self.vocab_size + self.vocab_size
+        return weights + biases + head + (0 if non_embedding else (self.vocab_size + 1) * self.n_embd)
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: each step applies every recurrent weight and the head once, 3 × 2 · weights."""
+        return 3.0 * (2 * (self._weights()[0] + self.hidden * self.vocab_size))
 
 
 class RNN(ARModel):
@@ -48,14 +68,6 @@ class RNN(ARModel):
 
     def decoder(self, batch_size: int) -> "RNNDecoder":
         return RNNDecoder(self, batch_size)
-
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        return [self.embed.weight]
-
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: each step applies every recurrent weight and the head once, 3 × 2 · weights
-        (for an LSTM layer 4 gates · (input + hidden) · hidden weights, for a GRU 3 gates)."""
-        return 3.0 * self.weight_flops()
 
 
 class RNNDecoder:

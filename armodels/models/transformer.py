@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from armodels.models.base import ARModel
+from scaling.flops import transformer_flops_per_token, transformer_nonembedding_params
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,21 @@ class TransformerConfig:
             raise ValueError(f"transformer sizes must be positive: {self}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+    # ---- size and cost (see scaling/flops.py for the conventions) ----
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Per block 12·d² (QKV, output projection, 4d MLP; no biases) and two layer norms, plus the final one;
+        the embeddings are the token table (tied to the head) and the position table(s)."""
+        d = self.n_embd
+        blocks = transformer_nonembedding_params(self.n_layer, d)
+        if non_embedding:
+            return blocks
+        return blocks + self.vocab_size * d + self.seq_len * d * (2 if self.any_order else 1)
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward), per-layer count; see scaling.flops.transformer_flops."""
+        return transformer_flops_per_token(self.n_layer, self.n_embd, self.seq_len, self.vocab_size)
 
 
 # A KV cache is one (keys, values) pair per layer, each [batch, heads, tokens so far, head_dim].
@@ -114,7 +130,6 @@ class Transformer(ARModel):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__(cfg)
-        self.any_order = cfg.any_order
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.seq_len, cfg.n_embd)
         self.wpe_next = nn.Embedding(cfg.seq_len, cfg.n_embd) if cfg.any_order else None
@@ -184,20 +199,6 @@ class Transformer(ARModel):
 
     def decoder(self, batch_size: int) -> "CachedDecoder":
         return CachedDecoder(self, batch_size)
-
-    # ---- size and cost, beside the model (see scaling/flops.py for the conventions) ----
-
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        """Token and position embeddings (the tied head is the token one)."""
-        tables = [self.wte, self.wpe] + ([self.wpe_next] if self.wpe_next is not None else [])
-        return [t.weight for t in tables]
-
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward), per-layer count; see scaling.flops.transformer_flops."""
-        from scaling.flops import transformer_flops_per_token
-
-        c = self.config
-        return transformer_flops_per_token(c.n_layer, c.n_embd, c.seq_len, c.vocab_size)
 
     def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
         """Model FLOP utilisation: achieved training FLOP/s as a fraction of `peak_flops`."""

@@ -36,6 +36,24 @@ class WaveNetConfig:
     def receptive_field(self) -> int:
         return (self.kernel_size - 1) * sum(self.dilations) + 1
 
+    # ---- size and cost ----
+
+    def _weights(self) -> tuple[int, int]:
+        """(convolution weights, biases): per layer the gated dilated convolution (C → 2C, kernel k) and the 1×1
+        residual and skip convolutions; then the head's two 1×1 convolutions (S → S → V)."""
+        C, S, V, n = self.channels, self.skip_channels, self.vocab_size, len(self.dilations)
+        weights = n * (2 * C * C * self.kernel_size + C * C + S * C) + S * S + V * S
+        biases = n * (2 * C + C + S) + S + V
+        return weights, biases
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """The convolutions; the embedding table has a row per token and one for the start."""
+        return sum(self._weights()) + (0 if non_embedding else (self.vocab_size + 1) * self.channels)
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: every convolution is applied once per position, 3 × 2 · weights."""
+        return 3.0 * (2 * self._weights()[0])
+
 
 class ResidualLayer(nn.Module):
     def __init__(self, cfg: WaveNetConfig, dilation: int):
@@ -70,9 +88,3 @@ class WaveNet(ARModel):
             skips = skips + skip
         return self.head(skips).transpose(1, 2)
 
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        return [self.embed.weight]
-
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: every convolution is applied once per position, 3 × 2 · weights."""
-        return 3.0 * self.weight_flops()

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from armodels.corpus_readers import find_files  # noqa: F401  (also used as corpus.find_files)
-from pipelines.executor import StepContext
+from pipelines.step import StepContext
 
 VERSION = "1"
 SPLITS = ("train", "val")
@@ -36,8 +36,9 @@ class CorpusStepConfig:
 
 
 def stdlib_config(max_bytes: int, val_fraction: float, seed: int, max_file_bytes: int) -> CorpusStepConfig:
-    return CorpusStepConfig((sysconfig.get_paths()["stdlib"],), (".py",), max_bytes, val_fraction, seed,
-                            max_file_bytes, source="python-stdlib", python=sys.version.split()[0])
+    return CorpusStepConfig(paths=(sysconfig.get_paths()["stdlib"],), extensions=(".py",), max_bytes=max_bytes,
+                            val_fraction=val_fraction, seed=seed, max_file_bytes=max_file_bytes,
+                            source="python-stdlib", python=sys.version.split()[0])
 
 
 def is_validation(relative_path: str, val_fraction: float) -> bool:

@@ -17,10 +17,12 @@ from armodels.bpe import BPETokenizer
 from armodels.data import TokenWindows
 from armodels.evaluate import evaluate_loss
 from armodels.files import read_json, write_json_atomic
+from armodels.image_tokenizer import ImageTokenizer
 from armodels.shards import load_token_stream
 from armodels.train import TrainRun, load_model
-from pipelines.executor import StepContext
+from pipelines.step import StepContext
 from pipelines.steps.fit import series_of
+from pipelines.steps.images import load_split, save_image_grid
 
 VERSION = "1"
 
@@ -94,8 +96,6 @@ class ImageEvalStepConfig:
 
 def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
     """Test-split loss in nats/token and bits/dim, bits per image, the stream's distortion, and a grid of samples."""
-    from pipelines.steps.images import save_image_grid
-
     c = config.common
     torch.set_num_threads(c.threads)
     train_dir = ctx.inputs["train"]
@@ -127,13 +127,10 @@ def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
 
 def _image_decoder(stream: str, source: Path, vocab_size: int):
     """(tokens [N, T] → uint8 images [N, H, W, C], pixels per image, the stream's distortion on the test split)."""
-    from pipelines.steps.images import load_split
-
     if stream == "pixels":  # the source is the images step; tokens are levels 0..vocab_size-1
         shape, scale = load_split(source, "test").shape[1:], 255 // (vocab_size - 1)
         return (lambda tokens: (tokens * scale).reshape(-1, *shape).astype(np.uint8)), int(np.prod(shape)), {
             "mse": 0.0}  # lossless
-    from armodels.image_tokenizer import ImageTokenizer
 
     tokenizer = ImageTokenizer.load(source)
     metrics = read_json(source / "metrics.json", "image tokenizer metrics")
@@ -144,13 +141,10 @@ def _image_decoder(stream: str, source: Path, vocab_size: int):
 
 def log_record(ctx: StepContext, record: dict, metrics: dict | None = None, artifact: Path | None = None) -> None:
     """The whole run record into the step's MLflow run, so `arscale fit --mlflow` can rebuild the run table."""
-    logger = ctx.logger()
-    if not logger:
-        return
     numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    logger.log_metrics({**numbers, **(metrics or {})}, step=record["tokens"])
-    logger.set_tags({"arscale.family": record["family"], "arscale.series": series_of(record),
-                     "arscale.run": record["run_id"], "arscale.status": record["status"]})
+    ctx.tracker.log_metrics({**numbers, **(metrics or {})}, step=record["tokens"])
+    ctx.tracker.set_tags({"arscale.family": record["family"], "arscale.series": series_of(record),
+                          "arscale.run": record["run_id"], "arscale.status": record["status"]})
     if artifact:
-        logger.log_artifact(artifact)
-    logger.flush()
+        ctx.tracker.log_artifact(artifact)
+    ctx.tracker.flush()

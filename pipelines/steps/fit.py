@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import scaling.plots
 from armodels.files import read_json, write_json_atomic
-from pipelines.executor import StepContext
+from pipelines.step import StepContext
 
 VERSION = "2"
-FORMS = ("compute", "params")
+POWER_LAW_FORMS = ("compute", "params")  # fitted for every family: L(C) and L(N)
 ISOFLOP_FORMS = ("isoflop", "envelope", "chinchilla")
 
 
@@ -28,11 +29,12 @@ class FitStepConfig:
     seed: int
     isoflop: bool = False  # the grid trains each size at several FLOPs budgets
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "predict_multipliers", tuple(self.predict_multipliers))  # a list, from the YAML
+
 
 def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
     import pandas as pd
-
-    import scaling.plots
 
     records = [read_json(d / "eval.json", "evaluation record") for _, d in sorted(ctx.inputs.items())]
     runs = pd.DataFrame([{**r, "series": series_of(r)} for r in records]).drop(columns=["eval", "config"],
@@ -45,12 +47,12 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
     fits, compute_fits, summary = {}, {}, {}
     for family, table in runs.groupby("series", sort=False):  # a family, or an image stream's family
         fits[family] = {}
-        for form in FORMS + (ISOFLOP_FORMS if config.isoflop else ()):
+        for form in POWER_LAW_FORMS + (ISOFLOP_FORMS if config.isoflop else ()):
             # chinchilla counts C = 6·N·D with non-embedding N; isoflop and envelope read the `flops` column
             convention = {"compute": config.convention, "chinchilla": "6ND"}.get(form)
             try:
                 result = scaling.fit_runs(table, form, convention=convention, bootstrap=config.bootstrap,
-                                          holdout_top=config.holdout_top if form in FORMS else 0,
+                                          holdout_top=config.holdout_top if form in POWER_LAW_FORMS else 0,
                                           predict_compute=targets if form != "params" else (), seed=config.seed)
             except scaling.FitInputError as e:  # too few usable runs: the report says so instead of failing
                 fits[family][form] = {"form": form, "error": str(e)}
@@ -71,12 +73,10 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
                                     extrapolate_to=max(targets) if targets else None)
     write_json_atomic(ctx.output / "fit.json", fits)
 
-    logger = ctx.logger()
-    if logger:
-        logger.log_metrics(summary, step=0)
-        for name in ("fit.json", "runs.csv", *sorted(p.name for p in ctx.output.glob("*.png"))):
-            logger.log_artifact(ctx.output / name)
-        logger.flush()
+    ctx.tracker.log_metrics(summary, step=0)
+    for name in ("fit.json", "runs.csv", *sorted(p.name for p in ctx.output.glob("*.png"))):
+        ctx.tracker.log_artifact(ctx.output / name)
+    ctx.tracker.flush()
     return summary
 
 
@@ -86,7 +86,6 @@ def series_of(record: dict) -> str:
 
 
 def _plot(result, runs, family: str, targets: list[float], ctx: StepContext) -> None:
-    import scaling.plots
 
     if result.form == "compute":
         scaling.plots.plot_frontier(runs, result, ctx.output / f"frontier-{family}.png",

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from armodels.files import write_json_atomic
+from armodels.image_tokenizer import ImageTokenizer, train_image_tokenizer, write_code_shards
+from armodels.images import ImageSet, image_grid, load_images, save_png
 from armodels.shards import ShardWriter
-from pipelines.executor import StepContext
+from pipelines.step import StepContext
 
 VERSION = "1"
-SPLITS = {"train": "train", "val": "test"}  # shard split → data split: the test split is the held-out one
+SHARD_TO_DATA_SPLIT = {"train": "train", "val": "test"}  # the test split is the held-out one
 PIXELS_SHA256 = "raw-pixels"  # stands in for a tokenizer hash in the pixel stream's manifests
 
 
@@ -38,8 +40,6 @@ class ImagesStepConfig:
 
 def gather_images(config: ImagesStepConfig, ctx: StepContext) -> dict:
     """train.npy and test.npy (uint8 [N, H, W, C]) and data.json saying which data they are."""
-    from armodels.images import load_images
-
     summary, sources = {}, {}
     for split, limit in (("train", config.train_images), ("test", config.test_images)):
         data = load_images(config.data, split=split, limit=limit)
@@ -58,15 +58,15 @@ def load_split(images_dir, split: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ShardStepConfig:
+class ImageShardStepConfig:
     shard_tokens: int
     levels: int = 256  # the pixel stream's: 256 (8-bit values) or 2 (binarized images)
 
 
-def shard_pixels(config: ShardStepConfig, ctx: StepContext) -> dict:
+def shard_pixels(config: ImageShardStepConfig, ctx: StepContext) -> dict:
     """The pixel stream: each image's values in raster order (row by row, channels innermost), 8-bit or binary."""
     summary = {}
-    for shard_split, split in SPLITS.items():
+    for shard_split, split in SHARD_TO_DATA_SPLIT.items():
         images = load_split(ctx.inputs["images"], split)
         if config.levels == 2:
             images = images >= 128
@@ -89,16 +89,13 @@ class ImageTokenizerStepConfig:
     model: dict = field(default_factory=dict)
 
 
-def train_image_tokenizer(config: ImageTokenizerStepConfig, ctx: StepContext) -> dict:
+def train_study_image_tokenizer(config: ImageTokenizerStepConfig, ctx: StepContext) -> dict:
     """Train the autoencoder on the training images; its test-split metrics and reconstructions.png."""
-    from armodels.image_tokenizer import train_image_tokenizer as train
-    from armodels.images import ImageSet
-
     train_set = ImageSet(load_split(ctx.inputs["images"], "train"), None, "study images (train)")
     test = load_split(ctx.inputs["images"], "test")
-    tokenizer = train(config.kind, train_set, config=dict(config.model), steps=config.steps,
-                      batch_size=config.batch_size, lr=config.lr, seed=config.seed, log=ctx.log,
-                      test=ImageSet(test, None, "study images (test)"))
+    tokenizer = train_image_tokenizer(config.kind, train_set, config=dict(config.model), steps=config.steps,
+                                      batch_size=config.batch_size, lr=config.lr, seed=config.seed, log=ctx.log,
+                                      test=ImageSet(test, None, "study images (test)"))
     tokenizer.save(ctx.output)
     metrics = tokenizer.meta["metrics"]  # on `test`
     write_json_atomic(ctx.output / "metrics.json", metrics)
@@ -107,22 +104,17 @@ def train_image_tokenizer(config: ImageTokenizerStepConfig, ctx: StepContext) ->
                     ctx.output / "reconstructions.png", columns=16)
     ctx.log(f"{config.kind}: {tokenizer.codebook_size} codes on a {tokenizer.grid_shape} grid; test "
             + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    logger = ctx.logger()
-    if logger:
-        logger.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=config.steps)
-        logger.log_artifact(ctx.output / "reconstructions.png")
-        logger.flush()
+    ctx.tracker.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=config.steps)
+    ctx.tracker.log_artifact(ctx.output / "reconstructions.png")
+    ctx.tracker.flush()
     return metrics
 
 
-def shard_codes(config: ShardStepConfig, ctx: StepContext) -> dict:
+def shard_codes(config: ImageShardStepConfig, ctx: StepContext) -> dict:
     """A code stream: each image's code grid in raster order."""
-    from armodels.image_tokenizer import ImageTokenizer, write_code_shards
-    from armodels.images import ImageSet
-
     tokenizer = ImageTokenizer.load(ctx.inputs["tokenizer"])
     summary = {}
-    for shard_split, split in SPLITS.items():
+    for shard_split, split in SHARD_TO_DATA_SPLIT.items():
         images = ImageSet(load_split(ctx.inputs["images"], split), None, f"study images ({split})")
         manifest = write_code_shards(tokenizer, images, ctx.output / shard_split, split=shard_split,
                                      shard_tokens=config.shard_tokens)
@@ -134,6 +126,4 @@ def shard_codes(config: ShardStepConfig, ctx: StepContext) -> dict:
 def save_image_grid(images: np.ndarray, path, columns: int = 8, scale: int = 2) -> None:
     """uint8 images [N, H, W, C] tiled in rows of `columns` and enlarged `scale` times (small images stay legible
     in a report), as a PNG."""
-    from armodels.images import image_grid, save_png
-
     save_png(path, image_grid(images, columns).repeat(scale, axis=0).repeat(scale, axis=1))

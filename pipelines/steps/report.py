@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from armodels.files import read_json
-from pipelines.executor import STATUS, StepContext
 from pipelines.config import IMAGE_STREAMS, TEXT_STREAM
 from pipelines.progress import human
+from pipelines.step import StepContext
+from pipelines.step_status import STATUS
 from pipelines.steps.fit import series_of
+from scaling.plots import plot_learning_curves, plot_rate_distortion
 
 VERSION = "3"  # 3: image studies; runs grouped by series
 STREAMS = (TEXT_STREAM, *IMAGE_STREAMS)  # the order in which the report lists runs
@@ -30,7 +32,6 @@ class ReportStepConfig:
 
 
 def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
-    from scaling.plots import plot_learning_curves
 
     runs = _by_run(ctx, "eval-", "eval.json")
     curves = _by_run(ctx, "train-", "curve.json")
@@ -52,17 +53,13 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
     (ctx.output / "report.md").write_text(text)
     # The output folder is still the step's .tmp folder here; the study prints the final path when it ends.
     ctx.log(f"wrote report.md: {len(order)} runs, {len(plots)} plots")
-    logger = ctx.logger()
-    if logger:
-        logger.log_artifacts(ctx.output, "report")
+    ctx.tracker.log_artifacts(ctx.output, "report")
     return {"runs": len(runs), "ok_runs": sum(r["status"] == "ok" for r in runs.values())}
 
 
 def _image_figures(ctx: StepContext, runs: dict, order: list[str]) -> dict:
     """Copies each image tokenizer's reconstructions and each run's samples into the report, draws the
     rate–distortion plot; returns {"source": the data used, "tokenizers": their test metrics by stream}."""
-    from scaling.plots import plot_rate_distortion
-
     streams = {}
     source = None
     if "images" in ctx.inputs:  # "<data> test split (<where>), first N" → "<data> (<where>)"

@@ -21,10 +21,12 @@ from pathlib import Path
 
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import read_manifest
-from armodels.train import TrainConfig, TrainRun
+from armodels.train import TrainConfig, TrainRun, train
 from pipelines.errors import RunFailure, StepStopped
-from pipelines.executor import StepContext
+from pipelines.progress import TrainingProgress
+from pipelines.step import StepContext
 from pipelines.storage import StopSignal, StudyStore
+from pipelines.tracking import run_logger
 
 VERSION = "1"
 WORKER_RESTARTS = 2  # Ray Train restarts a failed worker group this many times before the step fails
@@ -42,8 +44,8 @@ class TrainStepConfig:
     cpus_per_worker: int = 1
 
     def run(self, shards_dir: Path) -> TrainRun:
-        return TrainRun(self.family, self.model, self.train, str(Path(shards_dir) / "train"),
-                        str(Path(shards_dir) / "val"), name=self.name)
+        return TrainRun(family=self.family, model=self.model, train=self.train, name=self.name,
+                        train_shards=str(Path(shards_dir) / "train"), val_shards=str(Path(shards_dir) / "val"))
 
 
 def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
@@ -61,7 +63,7 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
         _train_worker,
         train_loop_config={"run": run.to_dict(), "out": str(ctx.output), "threads": config.cpus_per_worker,
                            "tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id, "stop_file": str(ctx.stop_file),
-                           "store_uri": ctx.store_uri},
+                           "store_uri": ctx.store.uri if ctx.store else None},
         scaling_config=ScalingConfig(num_workers=config.num_workers,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=RunConfig(name=config.name, storage_path=str(ctx.output / "ray-train"),
@@ -73,18 +75,15 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
         trainer.fit()
     except Exception as e:
         raise _worker_error(e, config, ctx.output) from None
-    if ctx.store_uri and not (ctx.output / "result.json").is_file():  # rank 0 ran on another node
-        StudyStore(ctx.store_uri).pull_into(ctx.output.name, ctx.output)
+    if ctx.store and not (ctx.output / "result.json").is_file():  # rank 0 ran on another node
+        ctx.store.pull_into(ctx.output.name, ctx.output)
     result = read_json(ctx.output / "result.json", "training result")
     if result["status"] == "interrupted":
         raise StepStopped(f"{result['reason']}; the checkpoint is kept and the next run of the study resumes it")
-    logger = ctx.logger()
-    if logger:
-        logger.log_metrics({k: result[k] for k in ("params", "params_nonembedding", "flops_6ND",
-                                                   "flops_per_layer", "tokens_per_s", "train_seconds")},
-                           step=result["tokens"])
-        logger.set_tags({"arscale.status": result["status"]})
-        logger.flush()
+    ctx.tracker.log_metrics({k: result[k] for k in ("params", "params_nonembedding", "flops_6ND", "flops_per_layer",
+                                                    "tokens_per_s", "train_seconds")}, step=result["tokens"])
+    ctx.tracker.set_tags({"arscale.status": result["status"]})
+    ctx.tracker.flush()
     return {"status": result["status"], "reason": result["reason"], "tokens": result["tokens"],
             "final_train_loss": result["final_train_loss"]}
 
@@ -93,10 +92,6 @@ def _train_worker(loop_config: dict) -> None:
     """Runs on each Ray Train worker; torch.distributed is already set up by Ray Train."""
     import ray.train
     import torch
-
-    from armodels.train import train
-    from pipelines.progress import TrainingProgress
-    from pipelines.tracking import RunLogger
 
     torch.set_num_threads(loop_config["threads"])
     run = TrainRun.from_dict(loop_config["run"])
@@ -108,16 +103,14 @@ def _train_worker(loop_config: dict) -> None:
         store.pull(shards.name, shards)
         out.mkdir(parents=True, exist_ok=True)
         store.pull(f"{out.name}/checkpoint", out / "checkpoint")
-    logger = None
-    if rank == 0 and loop_config["run_id"]:
-        logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], out / "mlflow-unsent.jsonl")
+    # rank 0 logs for all workers; the others get a tracker that does nothing
+    tracker = run_logger(loop_config["tracking_uri"], loop_config["run_id"] if rank == 0 else None, out)
     progress = TrainingProgress(run.name, run.tokens_seen)
+    names = {"loss": "train_loss", "val_loss": "val_loss", "lr": "lr", "tokens_per_s": "tokens_per_s"}
 
     def on_metrics(metrics: dict) -> None:
         progress(metrics)
-        if logger:
-            names = {"loss": "train_loss", "val_loss": "val_loss", "lr": "lr", "tokens_per_s": "tokens_per_s"}
-            logger.log_metrics({names[k]: v for k, v in metrics.items() if k in names}, step=metrics["tokens"])
+        tracker.log_metrics({names[k]: v for k, v in metrics.items() if k in names}, step=metrics["tokens"])
 
     push = (lambda: store.push(out, out.name)) if store and rank == 0 else None  # checkpoints outlive this node
     try:
@@ -126,8 +119,7 @@ def _train_worker(loop_config: dict) -> None:
         if push:
             push()  # the result and the model, for the step's own node
     finally:
-        if logger:
-            logger.flush()
+        tracker.flush()
 
 
 def _start_retries() -> int:

@@ -9,8 +9,7 @@ import subprocess
 
 from armodels.checkpoint import load_checkpoint
 from armodels.train import TrainConfig
-from pipelines.steps.train import TrainStepConfig
-from tests.test_cli import ARSCALE, ROOT, subprocess_env
+from tests.support.cli import ROOT, subprocess_env
 
 
 def limit_file_size(max_bytes: int):
@@ -20,12 +19,8 @@ def limit_file_size(max_bytes: int):
     return apply
 
 
-def test_a_full_disk_while_checkpointing_fails_cleanly(tmp_path, shards):
-    model = dict(vocab_size=320, seq_len=32, n_layer=2, n_head=2, n_embd=32)  # 144 KB of fp32 weights
-    train = TrainConfig(tokens=40_000, batch_size=16, eval_points=1, eval_windows=8, checkpoints=2)
-    (tmp_path / "run.json").write_text(json.dumps(TrainStepConfig("t", "transformer", model, train)
-                                                  .run(shards).to_dict()))
-    command = [*ARSCALE, "train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "out")]
+def test_a_full_disk_while_checkpointing_fails_cleanly(tmp_path, arscale_train):
+    command = arscale_train(TrainConfig(tokens=40_000, batch_size=16, eval_points=1, eval_windows=8, checkpoints=2))
     env = subprocess_env()
     full = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
                           preexec_fn=limit_file_size(64_000))

@@ -4,7 +4,7 @@ records went, and once the server answers again everything kept locally is sent:
 from mlflow import MlflowClient
 
 from pipelines.tracking import RunLogger
-from tests.test_tracking import free_port, start_mlflow_server, stop_mlflow_server
+from tests.support.servers import free_port, start_mlflow_server, stop_mlflow_server
 
 
 def test_metrics_logged_while_the_server_is_down_arrive_after_it_restarts(tmp_path, monkeypatch, capsys):

@@ -22,7 +22,6 @@ later run (tested on a local Ray too small for the run, which is what Ray Train 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,27 +33,17 @@ import pytest
 
 from armodels.train import TrainConfig
 from pipelines.errors import RunFailure
-from pipelines.executor import StepContext
+from pipelines.step import StepContext
 from pipelines.steps import train as train_step
-from tests.test_cluster import ROOT, Cluster
+from tests.support.cli import ROOT
+from tests.support.local_cluster import cluster_up
+from tests.support.processes import CHECKPOINT, kill_session, named, session_of, wait_for_checkpoint
+from tests.support.runs import assert_curves_agree
+from tests.support.studies import MICRO_STUDY_STEPS, micro_study_yaml
 
 pytestmark = pytest.mark.slow
 
-STUDY = """\
-name: node-death
-corpus: {source: python-stdlib, max_bytes: 200000, val_fraction: 0.1}
-tokenizer: {vocab_size: 280, train_bytes: 60000}
-shards: {shard_tokens: 100000}
-models:
-  seq_len: 32
-  grids:
-    - family: transformer
-      sizes: [{n_layer: 1, n_embd: 16, n_head: 2, num_workers: 2}]
-training: {tokens: 48000, batch_size: 16, lr: 0.005, eval_points: 1, eval_windows: 4, log_every: 1, checkpoints: 4}
-evaluation: {max_tokens: 1000, samples: 1}
-fit: {bootstrap: 10, holdout_top: 0}
-"""
-STEPS = ("corpus", "tokenizer", "shards", "train-transformer-3.2k", "eval-transformer-3.2k", "fit", "report")
+STUDY = micro_study_yaml("node-death", max_bytes=200000, train_bytes=60000, tokens=48000, checkpoints=4)
 
 
 def test_a_run_the_cluster_cannot_hold_fails_saying_why(tmp_path, shards, ray_local, monkeypatch):
@@ -88,16 +77,12 @@ def test_a_run_the_cluster_cannot_hold_fails_saying_why(tmp_path, shards, ray_lo
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("arscale-home"))
     # Ray's GCS marks a node dead after `failure_threshold` missed health checks (5 × 3 s by default); checks every
     # second let the restarted worker group be placed sooner. Read by the head's GCS from its environment.
-    c.env["RAY_health_check_period_ms"] = "1000"
-    try:
-        up = c.arscale("cluster", "up", "--workers", 2, "--cpus-per-node", 1)
-        assert up.returncode == 0, up.stdout + up.stderr
+    # `cluster down` at the end stops every process `up` started, the dead node's leftovers included.
+    with cluster_up(tmp_path_factory.mktemp("arscale-home"), workers=2,
+                    env={"RAY_health_check_period_ms": "1000"}) as c:
         yield c
-    finally:
-        c.arscale("cluster", "down")  # every process `up` started, the dead node's leftovers included
 
 
 PINNED = """
@@ -107,8 +92,9 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cluster.local import connect
-from pipelines.executor import Executor, Resources, Step
+from pipelines.ray_connect import connect
+from pipelines.executor import Executor
+from pipelines.step import Resources, Step
 
 def node(config, ctx):
     return {"node": ray.get_runtime_context().get_node_id()}
@@ -146,15 +132,14 @@ def test_a_run_on_a_node_that_dies_resumes_on_the_other_nodes(cluster, tmp_path)
                                       "--address", state["address"]], cwd=ROOT, env=cluster.env, stdout=output,
                                      stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while not list(study.glob("train-*.tmp/checkpoint/state.json")):
-            assert study_run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
+        wait_for_checkpoint(study, f"train-*.tmp/{CHECKPOINT}", process=study_run,
+                            details=lambda: log.read_text()[-3000:])
         # The node of a training worker (a worker node: one of the run's two workers is on one).
-        hosts = {_session(p) for p in _named(psutil.process_iter(["cmdline"]), "RayTrainWorker")}
+        hosts = {session_of(p) for p in named(psutil.process_iter(["cmdline"]), "RayTrainWorker")}
         victim = next((s for s in hosts if nodes.get(s) == "worker"), None)
         assert victim, f"no training worker on a worker node: {hosts} of {nodes}"
-        killed = _kill_session(victim)
+        victims = kill_session(victim)  # every process of the node at once, as a machine that dies
+        killed = {kind for kind in ("raylet", "RayTrainWorker", "dashboard", "runtime_env") if named(victims, kind)}
         killed_at = time.time()
         train_tmp = next(study.glob("train-*.tmp"))
         checkpoint_step = json.loads((train_tmp / "checkpoint" / "state.json").read_text())["step"]
@@ -180,7 +165,7 @@ def test_a_run_on_a_node_that_dies_resumes_on_the_other_nodes(cluster, tmp_path)
     assert {name.rsplit("-", 1)[0] for name in done} == {"corpus", "tokenizer", "shards"}
     for name, record in done.items():
         assert json.loads((study / name / "STATUS.json").read_text()) == record
-    for step in STEPS:
+    for step in MICRO_STUDY_STEPS:
         assert len(re.findall(rf"^▶ {re.escape(step)}-\w+ ", output, re.M)) == 1, (step, output[-3000:])
     train_dir = next(d for d in study.glob("train-*") if not d.name.endswith(".tmp"))
     record = json.loads((train_dir / "STATUS.json").read_text())
@@ -193,40 +178,9 @@ def test_a_run_on_a_node_that_dies_resumes_on_the_other_nodes(cluster, tmp_path)
     assert not (train_dir / "checkpoint").exists()
 
     # The same curve as the unbroken run: no logged step lost or repeated, the same losses (2 workers of the same
-    # global batch agree with 1 to rounding; tests/test_cluster.py).
-    curves = [json.loads((d / "curve.json").read_text()) for d in (train_dir, tmp_path / "unbroken")]
+    # global batch agree with 1 to rounding; tests/cluster/test_cluster.py).
     assert result["tokens"] == json.loads((tmp_path / "unbroken" / "result.json").read_text())["tokens"]
-    for kind in ("train", "val"):
-        assert [p["step"] for p in curves[0][kind]] == [p["step"] for p in curves[1][kind]]
-        diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(curves[0][kind], curves[1][kind])]
-        assert max(diffs) < 2e-3, (kind, diffs)
+    assert_curves_agree(train_dir, tmp_path / "unbroken", kinds=("train", "val"), at="step")
 
     down = cluster.arscale("cluster", "down")
     assert down.returncode == 0 and cluster.processes(state) == [], down.stdout + down.stderr
-
-
-def _session(process: psutil.Process) -> int | None:
-    try:
-        return os.getsid(process.pid)
-    except OSError:
-        return None
-
-
-def _named(processes, name: str) -> list[psutil.Process]:
-    return [p for p in processes if any(name in part for part in p.info["cmdline"] or [])]
-
-
-def _kill_session(session: int) -> set[str]:
-    """SIGKILL every process of a node's session at once, as a machine that dies; returns what they were."""
-    victims = []
-    for p in psutil.process_iter(["cmdline"]):
-        if _session(p) == session:
-            victims.append(p)
-    for p in victims:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(victims, timeout=10)
-    return {kind for kind in ("raylet", "RayTrainWorker", "dashboard", "runtime_env")
-            if _named(victims, kind)}

@@ -20,8 +20,9 @@ import torch
 import yaml
 
 from armodels.train import TrainRun, train_single_process
-from pipelines.executor import step_state
-from tests.test_cli import ARSCALE, ROOT
+from pipelines.step_status import step_state
+from tests.support.cli import ARSCALE, ROOT
+from tests.support.processes import CHECKPOINT, wait_for, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +30,6 @@ pytestmark = pytest.mark.slow
 def start_study(config: Path, out: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen([*ARSCALE, "study", "run", str(config), "--out", str(out)], cwd=ROOT,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_for(condition, what: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def steps(out: Path) -> dict[str, str]:
@@ -54,7 +48,7 @@ def test_a_study_stopped_or_killed_resumes_where_it_was(tmp_path):
 
     # 1. SIGTERM while training
     study = start_study(path, out, tmp_path / "run1.log")
-    wait_for(lambda: any(out.glob("train-*.tmp/checkpoint/state.json")), "a first checkpoint")
+    wait_for_checkpoint(out, f"train-*.tmp/{CHECKPOINT}", timeout=240, interval=0.2)
     study.terminate()
     assert study.wait(timeout=180) == 1
     log = (tmp_path / "run1.log").read_text()
@@ -69,7 +63,7 @@ def test_a_study_stopped_or_killed_resumes_where_it_was(tmp_path):
     study = start_study(path, out, tmp_path / "run2.log")
     log2 = tmp_path / "run2.log"
     wait_for(lambda: "resuming from the checkpoint" in log2.read_text() and "✔ train" in log2.read_text(),
-             "a resumed run and a finished one")
+             "a resumed run and a finished one", timeout=240, interval=0.2)
     os.killpg(study.pid, signal.SIGKILL)  # the study and every Ray process it started, mid-write or not
     study.wait(timeout=30)
     time.sleep(2)

@@ -2,28 +2,26 @@
 from its last checkpoint at the same data position: the same steps, tokens and loss curve as an unbroken run."""
 
 import json
+import signal
+import subprocess
 import threading
-import time
 
-import psutil
 import pytest
 import torch
 
 from armodels.train import TrainConfig, train_single_process
-from pipelines.executor import StepContext
+from pipelines.step import StepContext
 from pipelines.steps.train import TrainStepConfig, train_model
+from tests.support.cli import ROOT, subprocess_env
+from tests.support.processes import kill_named, wait_for_checkpoint
 
 
 def kill_train_worker_after_first_checkpoint(out, killed: list) -> None:
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint" / "state.json").is_file():
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.01)
-    for p in psutil.process_iter(["cmdline"]):
-        if any("RayTrainWorker" in part for part in p.info["cmdline"] or []):
-            p.kill()  # SIGKILL: no chance to clean up
-            killed.append(p.pid)
+    try:
+        wait_for_checkpoint(out, interval=0.01)
+    except AssertionError:
+        return  # none within 300 s: nothing killed, which the test reports
+    killed.extend(p.pid for p in kill_named("RayTrainWorker"))  # SIGKILL: no chance to clean up
 
 
 @pytest.mark.slow
@@ -58,24 +56,14 @@ def test_a_killed_worker_resumes_at_the_same_data_position(tmp_path, shards, ray
     assert not (out / "checkpoint").exists()
 
 
-def test_ctrl_c_in_arscale_train_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, shards):
+def test_ctrl_c_in_arscale_train_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, arscale_train):
     """`arscale train` (one process, no Ray): SIGINT ends the current step, saves a checkpoint, exits 130."""
-    import signal
-    import subprocess
-
-    from tests.test_cli import ARSCALE, ROOT, subprocess_env
-
-    model = dict(vocab_size=320, seq_len=32, n_layer=2, n_head=2, n_embd=32)
-    train = TrainConfig(tokens=400_000, batch_size=16, eval_points=1, eval_windows=8, checkpoints=20)
-    (tmp_path / "run.json").write_text(json.dumps(TrainStepConfig("t", "transformer", model, train)
-                                                  .run(shards).to_dict()))
-    command = [*ARSCALE, "train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "out")]
+    command = arscale_train(TrainConfig(tokens=400_000, batch_size=16, eval_points=1, eval_windows=8,
+                                        checkpoints=20))
     env = subprocess_env()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 300  # generous: a loaded machine imports torch and DeepSpeed slowly
-    while not (tmp_path / "out" / "checkpoint" / "state.json").is_file():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
+    # 300 s, generous: a loaded machine imports torch and DeepSpeed slowly
+    wait_for_checkpoint(tmp_path / "out", process=proc, details=lambda: proc.communicate(timeout=10))
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr

@@ -1,0 +1,41 @@
+"""Connecting to Ray: an existing cluster by address, or a private local one bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pipelines import loopback, ray_auth
+
+# Settings for the processes Ray starts. Ray Train's print patch routes worker prints through a logger that
+# echoes them twice; its preemption watcher only matters on spot instances and logs a warning per run here.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> str:
+    """Start or join Ray; returns the dashboard URL (empty if there is none).
+
+    With no address (and no RAY_ADDRESS), a local cluster is started on 127.0.0.1 only, so nothing listens on
+    the machine's public interfaces; its dashboard binds to 127.0.0.1 as well. That, and joining a cluster at a
+    127.0.0.1 address (`arscale cluster up`), needs Ray's loopback mode (pipelines.loopback). With a token at hand,
+    requests carry it (pipelines.ray_auth).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or loopback.is_loopback(address):
+        loopback.use_loopback()
+    if address:
+        ray_auth.enable_client_auth()
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in log files
+    common = dict(log_to_driver=True, logging_level="ERROR" if quiet else "INFO", configure_logging=True,
+                  runtime_env={"env_vars": WORKER_ENV})
+    if address:
+        context = ray.init(address=address, **common)
+    else:
+        context = ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=True,
+                           dashboard_host="127.0.0.1", **common)
+    return f"http://{context.dashboard_url}" if getattr(context, "dashboard_url", None) else ""

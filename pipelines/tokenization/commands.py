@@ -1,0 +1,249 @@
+"""The tokenization commands of `arscale`: `tokenizer train bpe|vqvae|fsq`, `tokenize` and `detokenize` (parsers and
+handlers, kept here so that pipelines/cli.py only hooks them in)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from armodels.corpus_readers import ReadOptions
+from armodels.files import read_json
+from armodels.image_tokenizer import (
+    ImageTokenizer,
+    make_config,
+    read_code_grids,
+    train_image_tokenizer,
+    write_code_shards,
+)
+from armodels.images import NAMED, ImageDataError, image_grid, load_images, save_png
+from armodels.shards import TOKENIZER_COPY, read_manifest
+from pipelines.errors import UserError
+from pipelines.progress import plural
+from pipelines.tokenization.bpe_training import train_bpe_on_corpus
+from pipelines.tokenization.corpus_to_shards import DEFAULT_EXTENSIONS, TokenizeSettings, tokenize_corpus
+from pipelines.tokenization.shards_to_documents import detokenize
+
+
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    tokenizer = sub.add_parser("tokenizer", parents=[common], help="train tokenizers").add_subparsers(metavar="ACTION")
+    train = tokenizer.add_parser("train", parents=[common], help="train a tokenizer").add_subparsers(metavar="KIND")
+    p = train.add_parser("bpe", parents=[common], help="byte-level BPE, lossless on any bytes",
+                         description="Train a byte-level BPE tokenizer (HF tokenizers; all 256 bytes in the alphabet, "
+                                     "<|endoftext|> as end-of-document) on a corpus, or on an even sample of it when "
+                                     "it is larger than --sample-bytes. Writes tokenizer.json and meta.json.")
+    _add_inputs(p)
+    p.add_argument("--vocab-size", type=int, required=True, help="at most this many tokens (bytes and specials count)")
+    p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write")
+    p.add_argument("--special-tokens", nargs="*", default=[], metavar="TOKEN",
+                   help="more special tokens (after <|endoftext|>, which is always the first)")
+    p.add_argument("--sample-bytes", type=int, default=100_000_000,
+                   help="train on an even sample this large when the input is larger (default 100 MB)")
+    p.set_defaults(handler=cmd_train_bpe)
+    _add_image_trainers(train, common)
+
+    p = sub.add_parser("tokenize", parents=[common], help="tokenize a corpus into Parquet token shards (on Ray)",
+                       description="Tokenize a corpus with a trained tokenizer into Parquet shards with a manifest, "
+                                   "on a pool of Ray workers; a killed run resumes where it stopped when run again. "
+                                   "The study's shard step writes the same format. With an image tokenizer (VQ-VAE, "
+                                   "FSQ), --input is one image data set, encoded in this process into code shards: "
+                                   "one document of h·w codes per image.")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory (holds tokenizer.json)")
+    _add_inputs(p)
+    p.add_argument("--split", help="the split named in the manifest (default: all); image data sets: the split to "
+                                   "read (default: train)")
+    p.add_argument("--limit", type=int, help="image tokenizers: encode only the first N images")
+    p.add_argument("--out", type=Path, required=True, help="shard directory (also where a killed run resumes)")
+    p.add_argument("--workers", type=int, help="Ray workers, one core each (default: every CPU of the cluster)")
+    p.add_argument("--shard-tokens", type=int, default=1_000_000, help="about this many tokens per shard")
+    p.add_argument("--seq-len", type=int, help="write packed rows of this many tokens instead of one per document")
+    p.add_argument("--verify", action="store_true",
+                   help="check that every document decodes back to its exact bytes; fail naming the first that does "
+                        "not")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    p.set_defaults(handler=cmd_tokenize)
+
+    p = sub.add_parser("detokenize", parents=[common], help="decode token shards back to documents",
+                       description="Decode a shard set back to the exact bytes of its documents: documents.parquet "
+                                   "(doc_id, text as binary), or with --files one <doc_id>.txt per document. Code "
+                                   "shards of an image tokenizer decode to <doc_id>.png files and grid.png (the "
+                                   "first 64 images).")
+    p.add_argument("shards", type=Path, help="shard directory (holds manifest.json)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the copy kept with the shards)")
+    p.add_argument("--files", action="store_true", help="one file per document instead of documents.parquet")
+    p.set_defaults(handler=cmd_detokenize)
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="files, directories (read recursively) or globs: text, .jsonl, .parquet, each optionally "
+                        ".gz, .zst or .dz")
+    p.add_argument("--text-field", default="text", help="JSON Lines: the field that holds the text (default: text)")
+    p.add_argument("--column", help="Parquet: the column that holds the text (default: text; for an image tokenizer "
+                                    "the encoded images, default: image)")
+    p.add_argument("--extensions", nargs="*", default=list(DEFAULT_EXTENSIONS),
+                   help="file types read from directories (default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out files that cannot be read (listed in the manifest with the reason) instead of "
+                        "stopping")
+
+
+def _settings(args, **more):
+    return TokenizeSettings(tuple(args.input), read=ReadOptions(args.text_field, args.column or "text"),
+                            extensions=tuple(args.extensions), skip_bad=args.skip_bad, **more)
+
+
+def cmd_train_bpe(args) -> int:
+    tokenizer = train_bpe_on_corpus(_settings(args), args.vocab_size, args.out, special_tokens=args.special_tokens,
+                                    sample_bytes=args.sample_bytes)
+    sample = tokenizer.meta.training["sample"]
+    print(f"byte-level BPE with {tokenizer.vocab_size} tokens, trained on {sample['bytes'] / 1e6:.1f} MB "
+          f"({plural(sample['documents'], 'document')}) → {args.out}  sha256 {tokenizer.meta.sha256[:12]}")
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    if _is_image_tokenizer(args.tokenizer):
+        return _tokenize_images(args)
+    more = {"split": args.split} if args.split else {}
+    settings = _settings(args, shard_tokens=args.shard_tokens, seq_len=args.seq_len, **more)
+    manifest = tokenize_corpus(args.tokenizer, args.out, settings, workers=args.workers, verify=args.verify,
+                               address=args.address)
+    d = manifest.to_dict()["totals"]
+    skipped = f", {len(manifest.skipped)} skipped (see the manifest)" if manifest.skipped else ""
+    print(f"{plural(d['documents'], 'document')}, {d['bytes'] / 1e6:.1f} MB, {d['tokens']:,} tokens "
+          f"({d['tokens_per_byte']:.3f} tokens/byte) in {len(manifest.shards)} shards{skipped} → {args.out}")
+    return 0
+
+
+def cmd_detokenize(args) -> int:
+    if _is_image_tokenizer(args.tokenizer or args.shards / TOKENIZER_COPY):
+        return _detokenize_images(args)
+
+    n = detokenize(args.shards, args.out, tokenizer_dir=args.tokenizer, as_files=args.files)
+    print(f"{n:,} documents → {args.out}")
+    return 0
+
+
+# Image tokenizers (VQ-VAE, FSQ): trained, applied and inverted in this process (no Ray: they are small).
+
+def _add_image_trainers(train, common: argparse.ArgumentParser) -> None:
+    kinds = {"vqvae": "VQ-VAE with an EMA codebook (k-means initialised, dead codes restarted)",
+             "fsq": "finite scalar quantization: no codebook to learn, codes = a grid of per-channel levels"}
+    for kind, about in kinds.items():
+        p = train.add_parser(kind, parents=[common], help=about,
+                             description=f"Train an image tokenizer, {about}, on an image data set; prints its metrics "
+                                         "on the test split (when the data set has one) and writes model.safetensors "
+                                         "and tokenizer.json.")
+        p.add_argument("--data", default="default", metavar="SPEC",
+                       help="fashion-mnist, digits, default (fashion-mnist if installed, else digits), or a path: an "
+                            "IDX file (.idx3-ubyte[.gz]), a .npy array, a .parquet file of PNG/JPEG bytes (--column), "
+                            "a folder of PNG/JPEG files (default: default)")
+        p.add_argument("--split", default="train", help="split of a named data set to train on (default: train)")
+        p.add_argument("--limit", type=int, help="train on the first N images only")
+        p.add_argument("--column", default="image", help="Parquet: the column of encoded images (default: image)")
+        p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write")
+        p.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
+        p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
+        p.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (default: 0.002)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--hidden", type=int, help="channels of the convolutions (default: 64)")
+        p.add_argument("--downsample", type=int, help="times H and W are halved: the code grid is H/2^n × W/2^n "
+                                                      "(default: 2)")
+        if kind == "vqvae":
+            p.add_argument("--codebook-size", type=int, help="number of codes (default: 256)")
+        else:
+            p.add_argument("--levels", type=_levels, help="values per latent channel, comma-separated; the codebook "
+                                                          "size is their product (default: 8,5,5,5 = 1,000 codes)")
+        p.set_defaults(handler=cmd_train_image, kind=kind)
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 8,5,5,5") from None
+
+
+def cmd_train_image(args) -> int:
+
+    settings = {name: value for name in ("hidden", "downsample", "codebook_size", "levels")
+                if (value := getattr(args, name, None)) is not None}
+    try:
+        make_config(args.kind, settings)  # bad settings fail now, not after loading the data
+        if args.steps < 1 or args.batch_size < 1 or args.lr <= 0:
+            raise ValueError("--steps and --batch-size must be positive and --lr above 0")
+        train = load_images(args.data, split=args.split, limit=args.limit, column=args.column)
+        has_test = args.data in NAMED and args.split != "test"
+        test = load_images(args.data, split="test") if has_test else None
+    except (ImageDataError, ValueError) as e:
+        raise UserError(str(e)) from None
+    tokenizer = train_image_tokenizer(args.kind, train, config=settings, steps=args.steps, batch_size=args.batch_size,
+                                      lr=args.lr, seed=args.seed, test=test)
+    tokenizer.save(args.out)
+    m, h, w = tokenizer.meta["metrics"], *tokenizer.grid_shape
+    print(f"{args.kind} tokenizer: {tokenizer.codebook_size:,} codes, {h}×{w} grid per image "
+          f"({m['bits_per_image']:.0f} bits/image), trained on {train.source} ({args.steps} steps, "
+          f"{tokenizer.meta['train_seconds']:.0f} s)")
+    print(f"{'test' if has_test else 'train'} metrics: mse {m['mse']:.5f}  psnr {m['psnr']:.2f} dB  "
+          f"usage {m['usage']:.1%}  perplexity {m['perplexity']:.1f}  ({tokenizer.meta['evaluated_on']})")
+    print(f"→ {args.out}  sha256 {tokenizer.sha256[:12]}")
+    return 0
+
+
+def _is_image_tokenizer(directory: Path) -> bool:
+    """An image tokenizer's tokenizer.json has a "kind" (HF's has none); one of an unknown kind is then refused by
+    ImageTokenizer.load, naming it (armodels.image_tokenizer.is_image_tokenizer would take it for BPE)."""
+    try:
+        return "kind" in read_json(Path(directory) / "tokenizer.json")
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _load_image_tokenizer(directory: Path):
+
+    try:
+        return ImageTokenizer.load(directory)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def _tokenize_images(args) -> int:
+
+    if len(args.input) != 1 or args.seq_len:
+        raise UserError("an image tokenizer takes one --input (a data set name or a path) and no --seq-len")
+    tokenizer = _load_image_tokenizer(args.tokenizer)
+    try:
+        images = load_images(args.input[0], split=args.split or "train", limit=args.limit,
+                             column=args.column or "image")
+    except ImageDataError as e:
+        raise UserError(str(e)) from None
+    if images.shape != tokenizer.image_shape:
+        raise UserError(f"{images.source}: images are {'×'.join(map(str, images.shape))} but the tokenizer "
+                        f"{args.tokenizer} takes {'×'.join(map(str, tokenizer.image_shape))} (H×W×C)")
+    manifest = write_code_shards(tokenizer, images, args.out, split=args.split or "train",
+                                 shard_tokens=args.shard_tokens)
+    h, w = tokenizer.grid_shape
+    print(f"{manifest.documents:,} images of {images.source} → {manifest.tokens:,} codes ({h}×{w} per image, "
+          f"{tokenizer.codebook_size:,} symbols) in {len(manifest.shards)} shards → {args.out}")
+    return 0
+
+
+def _detokenize_images(args) -> int:
+
+    tokenizer_dir = args.tokenizer or args.shards / TOKENIZER_COPY
+    tokenizer = _load_image_tokenizer(tokenizer_dir)
+    try:
+        if read_manifest(args.shards).tokenizer_sha256 != tokenizer.sha256:
+            raise UserError(f"the tokenizer {tokenizer_dir} is not the one that made {args.shards}; pass --tokenizer "
+                            "with the right one")
+        images = tokenizer.decode(read_code_grids(args.shards, tokenizer.grid_shape))
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        save_png(args.out / f"{i:06d}.png", image)
+    if len(images):
+        save_png(args.out / "grid.png", image_grid(images[:64]))
+    print(f"{len(images):,} images → {args.out} (PNG files, and grid.png of the first {min(64, len(images))})")
+    return 0

@@ -1,0 +1,6 @@
+"""The names of the fitted forms (scaling/fit.py has one function per form). No numpy, scipy or pandas here, so
+the command line can offer them as choices without importing the fits."""
+
+FORMS = ("compute", "params", "tokens", "chinchilla", "envelope", "isoflop")
+COMPUTE_FORMS = ("compute", "chinchilla", "envelope", "isoflop")  # forms that predict the loss at a compute budget
+ADVISED_FORMS = ("chinchilla", "compute")  # the forms the next-run advisor (scaling/advise.py) refits

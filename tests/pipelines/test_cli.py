@@ -1,0 +1,131 @@
+"""The CLI as a user runs it (a subprocess): one-line errors and exit codes; 2 = bad input, 1 = failure."""
+
+import pytest
+
+from tests.support.cli import arscale, one_line_error
+
+
+def test_dry_run_prints_the_plan_with_sizes_and_flops(tmp_path):
+    r = arscale("study", "run", "--dry-run", "--out", tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    for step in ("corpus-", "tokenizer-", "shards-", "train-transformer-12.5k-", "train-transformer-789k-",
+                 "eval-transformer-789k-", "fit-", "report-"):
+        assert step in r.stdout
+    assert "transformer, 789k params (non-emb), 2.0M tokens, 9.48e+12 FLOPs (6ND)" in r.stdout
+    assert r.stdout.count("run (pending)") == 15
+    assert not (tmp_path / "s").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("content, pattern", [
+    ("name: s\nmodels: {sizes: [}\n", "is not valid YAML at line 2"),
+    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]}]\ntraining: {lrr: 1}\n",
+     "training.lrr: unknown key"),
+    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: one, n_embd: 16, n_head: 2}]}]\n",
+     "models.grids.0.sizes.0.n_layer: Input should be a valid integer"),
+])
+def test_bad_config_exits_2(tmp_path, content, pattern):
+    config = tmp_path / "c.yaml"
+    config.write_text(content)
+    one_line_error(arscale("study", "run", config, "--out", tmp_path / "s"), 2, pattern)
+
+
+def test_missing_config_exits_2(tmp_path):
+    one_line_error(arscale("study", "run", tmp_path / "none.yaml"), 2, "none.yaml not found")
+
+
+def test_unwritable_output_exits_2(tmp_path):
+    (tmp_path / "file").write_text("")
+    one_line_error(arscale("study", "run", "text-tiny", "--out", tmp_path / "file" / "s"), 2, "is not writable")
+
+
+@pytest.mark.parametrize("make_corpus, pattern", [
+    (lambda d: d.mkdir(), "the corpus is empty"),
+    (lambda d: (d.mkdir(), (d / "a.txt").write_text("")), "the corpus is empty"),
+    (lambda d: None, "does not exist"),
+])
+def test_empty_or_missing_corpus_exits_2(tmp_path, make_corpus, pattern):
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: s\ncorpus: {{source: files, paths: ['{corpus}'], extensions: ['.txt']}}\n"
+                      "models:\n  grids: [{sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]}]\n")
+    one_line_error(arscale("study", "run", config, "--out", tmp_path / "s"), 2, pattern)
+
+
+def test_status_and_report_of_a_folder_that_is_not_a_study(tmp_path):
+    one_line_error(arscale("study", "status", tmp_path), 2, "is not a study folder")
+    one_line_error(arscale("report", tmp_path), 2, "is not a study folder")
+
+
+def test_fit_with_missing_csv_exits_2(tmp_path):
+    one_line_error(arscale("fit", "--runs", tmp_path / "runs.csv"), 2, "runs.csv")
+
+
+def test_train_with_bad_run_config_exits_2(tmp_path):
+    (tmp_path / "run.json").write_text("{}")
+    one_line_error(arscale("train", "--config", tmp_path / "run.json", "--out", tmp_path / "o"), 2,
+                   "not a valid training run config")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = arscale("--debug", "study", "status", tmp_path)
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_usage_errors_exit_2():
+    assert arscale().returncode == 2
+    assert arscale("study", "run", "--no-such-flag").returncode == 2
+    assert arscale("tokenize", "--help").returncode == 0
+
+
+def synthetic_runs(path, *, rows=8, seed=0):
+    """A run table drawn from L(C) = 1.8 + 40·C^-0.12 with 1% noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    params = np.geomspace(1e4, 1e7, rows)
+    tokens = 20 * params
+    loss = (1.8 + 40 * (6 * params * tokens) ** -0.12) * np.exp(rng.normal(0, 0.01, rows))
+    lines = ["run_id,params,tokens,loss"] + [f"r{i},{n:.0f},{d:.0f},{l:.5f}"
+                                               for i, (n, d, l) in enumerate(zip(params, tokens, loss))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_fit_prints_json_plots_and_logs_to_mlflow(tmp_path):
+    import json
+
+    csv = synthetic_runs(tmp_path / "runs.csv")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = arscale("fit", "--runs", csv, "--bootstrap", 100, "--predict-compute", 1e16, "--json",
+                "--plot", tmp_path / "fit.png", "--tracking-uri", uri)
+    assert r.returncode == 0, r.stderr
+    fit = json.loads(r.stdout)  # stdout holds only the JSON object
+    assert fit["form"] == "compute" and fit["n_points"] == 8 and fit["convention"] == "6ND_total"
+    assert 0.08 < fit["alpha"] < 0.16 and len(fit["predictions"]) == 1 and fit["backtest"]
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    logged = client.search_runs([client.get_experiment_by_name("arscale-fits").experiment_id])
+    assert len(logged) == 1 and logged[0].data.metrics["alpha"] == pytest.approx(fit["alpha"])
+    assert {a.path for a in client.list_artifacts(logged[0].info.run_id)} == {"fit.json", "fit.png"}
+    assert list((tmp_path / "mlartifacts").rglob("fit.json")), "artifacts belong beside the SQLite store"
+
+
+def test_fit_with_a_bad_csv_names_the_problem(tmp_path):
+    (tmp_path / "runs.csv").write_text("params,tokens\n1,2\n")
+    one_line_error(arscale("fit", "--runs", tmp_path / "runs.csv"), 2, "loss")
+    (tmp_path / "runs.csv").write_text("params,tokens,loss\n1,2,abc\n")
+    one_line_error(arscale("fit", "--runs", tmp_path / "runs.csv"), 2, "loss")
+    one_line_error(arscale("fit", "--mlflow", f"sqlite:///{tmp_path}/empty.db"), 2, "0 experiments with study runs")
+
+
+def test_advise_ranks_candidates_within_the_budget(tmp_path):
+    csv = synthetic_runs(tmp_path / "runs.csv")
+    r = arscale("advise", "--runs", csv, "--target-compute", 1e17, "--budget", 1e15, "--form", "compute",
+                "--bootstrap", 50, "--top", 3)
+    assert r.returncode == 0, r.stderr
+    ranks = [line.split() for line in r.stdout.splitlines()[2:]]
+    assert [row[0] for row in ranks] == ["1", "2", "3"]
+    assert all(float(row[3]) <= 1e15 for row in ranks)

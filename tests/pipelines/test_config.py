@@ -1,0 +1,95 @@
+import pytest
+
+from pipelines.config import PRESETS_DIR, load_config
+from pipelines.errors import UserError
+from pipelines.step import topological_order
+from pipelines.plan import build_steps, token_budget, train_configs
+from scaling.flops import transformer_nonembedding_params
+
+
+def write(tmp_path, text):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+MINIMAL = "name: s\nmodels:\n  grids: [{family: transformer, sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]}]\n"
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+def test_presets_are_valid(preset):
+    cfg, path = load_config(preset)
+    assert path.parent == PRESETS_DIR and cfg.models.grids
+
+
+def test_default_study_spans_thirty_fold_in_non_embedding_params():
+    cfg, _ = load_config(None)
+    params = [t.run(".").costs().params_nonembedding for t in train_configs(cfg)]
+    assert len(params) >= 5 and max(params) / min(params) >= 30
+    assert params[-1] == transformer_nonembedding_params(4, 128)
+
+
+def test_token_budget_rule():
+    cfg, _ = load_config("text-default")
+    assert token_budget(cfg, 12_480, None) == 500_000  # 20 × 12.5k = 250k, raised to min_tokens
+    assert token_budget(cfg, 788_736, None) == 2_000_000  # capped at max_tokens
+    assert token_budget(cfg, 788_736, 123) == 123
+    assert [t.name for t in train_configs(cfg)][:2] == ["transformer-12.5k", "transformer-55.8k"]
+
+
+@pytest.mark.parametrize("text, message", [
+    (MINIMAL + "training:\n  lrr: 0.1\n", r"training\.lrr: unknown key"),
+    (MINIMAL + "training:\n  lr: fast\n", r"training\.lr: Input should be a valid number.*'fast'"),
+    (MINIMAL + "training:\n  lr: -1\n", r"training\.lr: Input should be greater than 0"),
+    (MINIMAL + "tokenizer:\n  vocab_size: 100\n", r"tokenizer\.vocab_size: Input should be greater than or equal to 258"),
+    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, n_embd: 30, n_head: 4}]}]\n",
+     r"models\.grids\.0\.sizes\.0: n_embd \(30\) must be a multiple of n_head \(4\)"),
+    ("name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hiden: 8}]}]\n",
+     r"models\.grids\.0\.sizes\.0\.hiden: rnn has no such field; its fields: cell, "),
+    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, name: ../../escape}]}]\n", r"sizes\.0\.name: '\.\./\.\./escape' names a folder"),
+    ("name: ../up\nmodels:\n  grids: [{sizes: [{n_layer: 1}]}]\n", r"name: String should match pattern"),
+    ("name: s\nmodels:\n  grids: [{sizes: [{seq_len: 8}]}]\n", r"sizes\.0\.seq_len: set by the study"),
+    ("name: s\n", r"models: Field required"),
+    ("name: s\nmodels: {sizes: [}\n", r"not valid YAML at line 2"),
+    ("- a\n- b\n", r"must be a YAML mapping"),
+])
+def test_bad_configs_give_one_line_naming_the_key(tmp_path, text, message):
+    with pytest.raises(UserError, match=message) as e:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("family, size", [("made", "{}"), ("pixelcnn", "{channels: 4}")])
+def test_image_families_need_an_image_stream(tmp_path, family, size):
+    """A family that models images (height × width) in a grid of token streams: one line naming the grid."""
+    text = f"name: s\nmodels:\n  grids: [{{family: {family}, sizes: [{size}]}}]\n"
+    with pytest.raises(UserError, match=rf"models\.grids\.0: {family} models images") as e:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_config_names_the_presets():
+    with pytest.raises(UserError, match="config nope.yaml not found.*text-default"):
+        load_config("nope.yaml")
+
+
+def test_changing_one_field_changes_only_downstream_hashes(tmp_path):
+    base, _ = load_config("text-tiny")
+    changed = base.model_copy(update={"evaluation": base.evaluation.model_copy(update={"samples": 2})})
+    before = {s.name: s.hash for s in topological_order(build_steps(base))}
+    after = {s.name: s.hash for s in topological_order(build_steps(changed))}
+    differ = {n for n in before if before[n] != after[n]}
+    assert differ == {n for n in before if n.startswith("eval-")} | {"fit", "report"}
+
+
+def test_an_isoflop_grid_trains_every_size_at_every_budget():
+    cfg, _ = load_config("text-isoflop-tiny")
+    runs = train_configs(cfg)
+    budgets = cfg.training.flops_budgets
+    assert len(runs) == len(budgets) * len(cfg.models.grids[0].sizes) and len({r.name for r in runs}) == len(runs)
+    for r in runs:
+        run = r.run("shards")
+        spent = run.flops("6ND")
+        assert any(abs(spent / c - 1) < 0.05 for c in budgets), (r.name, spent)  # whole batches round it up
+    fit_step = next(s for s in build_steps(cfg)[0].inputs.values() if s.name == "fit")
+    assert fit_step.config.isoflop

@@ -1,0 +1,115 @@
+"""The executor on a real local Ray: versioned directories, skipping, selective re-runs, failures, concurrency."""
+
+import json
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from pipelines.errors import UserError
+from pipelines.executor import Executor
+from pipelines.step import Resources, Step
+from pipelines.step_status import step_state
+
+
+@dataclass(frozen=True)
+class Value:
+    value: int
+    fail: bool = False
+    sleep: float = 0.0
+
+
+def produce(config: Value, ctx) -> dict:
+    """Writes its value plus the sum of its inputs' values; logs when it ran."""
+    if config.fail:
+        (ctx.output / "partial.txt").write_text("half done")
+        raise RuntimeError(f"asked to fail (value {config.value})")
+    started = time.time()
+    time.sleep(config.sleep)
+    total = config.value + sum(json.loads((d / "out.json").read_text())["total"] for d in ctx.inputs.values())
+    (ctx.output / "out.json").write_text(json.dumps({"total": total, "start": started, "end": time.time()}))
+    return {"total": total}
+
+
+def dag(a=1, b=2, c=3, fail_b=False, sleep=0.0):
+    """a ─► b ─► d,  c ─► d"""
+    sa = Step("a", produce, Value(a, sleep=sleep))
+    sb = Step("b", produce, Value(b, fail=fail_b), inputs={"a": sa})
+    sc = Step("c", produce, Value(c, sleep=sleep))
+    sd = Step("d", produce, Value(0), inputs={"b": sb, "c": sc})
+    return sa, sb, sc, sd
+
+
+def test_hash_covers_config_version_and_inputs():
+    sa, sb, sc, sd = dag()
+    sa2, sb2, sc2, sd2 = dag(a=10)
+    assert sa.hash != sa2.hash and sb.hash != sb2.hash and sd.hash != sd2.hash  # a and what reads it
+    assert sc.hash == sc2.hash  # an independent step keeps its hash
+    assert Step("a", produce, Value(1), version="2").hash != sa.hash
+    assert sa.dirname == f"a-{sa.hash}" and len(sa.hash) == 10
+
+
+def test_the_hash_of_a_step_never_changes():
+    """Studies find their finished steps by hash: computing it differently would rerun every step of every study."""
+    sa, sb, *_ = dag()
+    assert (sa.hash, sb.hash) == ("5856e3082d", "0e7f63fc4e")
+
+
+def test_run_skip_and_rerun_only_downstream(tmp_path, ray_local):
+    *_, sd = dag()
+    out = Executor(tmp_path).run([sd])
+    assert {n: o.state for n, o in out.items()} == {n: "succeeded" for n in "abcd"}
+    assert json.loads((tmp_path / sd.dirname / "out.json").read_text())["total"] == 6
+    assert step_state(tmp_path, sd.dirname)["state"] == "succeeded"
+    assert not list(tmp_path.glob("*.tmp"))
+
+    again = Executor(tmp_path).run([sd])
+    assert {o.state for o in again.values()} == {"skipped"}
+
+    *_, sd2 = dag(c=30)  # change one field of c: c and d re-run, a and b are skipped
+    changed = Executor(tmp_path).run([sd2])
+    assert {n: o.state for n, o in changed.items()} == {"a": "skipped", "b": "skipped", "c": "succeeded",
+                                                        "d": "succeeded"}
+    assert json.loads((tmp_path / sd2.dirname / "out.json").read_text())["total"] == 33
+
+
+def test_a_failed_step_blocks_its_dependents_only_and_keeps_its_work(tmp_path, ray_local):
+    sa, sb, sc, sd = dag(fail_b=True)
+    out = Executor(tmp_path, log=lambda m: None).run([sd])
+    assert {n: o.state for n, o in out.items()} == {"a": "succeeded", "b": "failed", "c": "succeeded",
+                                                    "d": "blocked"}
+    assert "RuntimeError: asked to fail (value 2)" == out["b"].error
+    tmp = tmp_path / f"{sb.dirname}.tmp"
+    status = json.loads((tmp / "STATUS.json").read_text())
+    assert status["state"] == "failed" and "asked to fail" in status["error"]
+    assert (tmp / "partial.txt").exists() and "RuntimeError" in (tmp / "error.log").read_text()
+    assert not (tmp_path / sb.dirname).exists()  # never renamed into a "done" directory
+
+    # fixed: the failed step and what it blocked run; finished ones are skipped
+    *_, fixed = dag()
+    again = Executor(tmp_path, log=lambda m: None).run([fixed])
+    assert {n: o.state for n, o in again.items()} == {"a": "skipped", "b": "succeeded", "c": "skipped",
+                                                      "d": "succeeded"}
+
+
+def test_independent_steps_run_concurrently(tmp_path, ray_local):
+    sa, _, sc, sd = dag(sleep=3.0)
+    Executor(tmp_path, log=lambda m: None).run([sa, sc])
+    a, c = (json.loads((tmp_path / s.dirname / "out.json").read_text()) for s in (sa, sc))
+    assert a["start"] < c["end"] and c["start"] < a["end"], "a and c should overlap on 2 CPUs"
+
+
+def test_steps_wait_for_free_cpus(tmp_path, ray_local):
+    big = [Step(f"big{i}", produce, Value(i, sleep=2.0), resources=Resources(cpus=2)) for i in range(2)]
+    Executor(tmp_path, log=lambda m: None).run(big)
+    x, y = (json.loads((tmp_path / s.dirname / "out.json").read_text()) for s in big)
+    assert x["end"] <= y["start"] or y["end"] <= x["start"], "two 2-CPU steps must not overlap on 2 CPUs"
+    with pytest.raises(UserError, match="needs 3 CPUs but the Ray cluster has 2"):
+        Executor(tmp_path).run([Step("huge", produce, Value(0), resources=Resources(cpus=3))])
+
+
+def test_an_incomplete_final_directory_is_not_trusted(tmp_path, ray_local):
+    sa = Step("a", produce, Value(1))
+    (tmp_path / sa.dirname).mkdir()  # e.g. copied by hand, no success record
+    assert step_state(tmp_path, sa.dirname)["state"] == "pending"
+    assert Executor(tmp_path, log=lambda m: None).run([sa])["a"].state == "succeeded"
