@@ -34,10 +34,11 @@ def evaluate_loss(model, windows: TokenWindows, *, token_bytes: np.ndarray | Non
     nats, n_tokens, n_bytes = 0.0, 0, 0
     lengths = None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes), dtype=torch.int64)
     for x in windows.eval_batches(batch_size, max_windows=max_windows):
+        x = x.to(model.ordering.device)  # the model's device (every family keeps its ordering as a buffer)
         nats -= model.log_prob(x).sum().item()
         n_tokens += x.numel()
         if lengths is not None:
-            n_bytes += int(lengths[x].sum())
+            n_bytes += int(lengths[x.cpu()].sum())
     per_token = nats / n_tokens
     return EvalResult(
         nats_per_token=per_token,

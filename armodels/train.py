@@ -18,9 +18,11 @@ Outputs, written by rank 0 into `out_dir`:
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +33,10 @@ import torch
 
 import armodels
 from armodels.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from armodels.config_fields import added_field
 from armodels.data import TokenWindows
+from armodels.device import (DeviceError, configure_torch, default_precision, fused_adamw, local_gpus,
+                             process_group_backend, torch_device)
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import load_token_stream
 from scaling.flops import training_flops
@@ -50,8 +55,9 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     zero_stage: int = 0
-    precision: str = "fp32"  # or "bf16" (fast only on CPUs/GPUs with native bf16)
+    precision: str = "fp32"  # "bf16" (fast only on CPUs/GPUs with native bf16), or "auto": armodels.device decides
     compile: bool = False  # torch.compile the loss, compiled in the first step: for GPUs; no faster on a small CPU run
+    device: str = added_field("cpu")  # "cpu" or "cuda": where the loop computes (resolved by the planner)
     seed: int = 0
     eval_points: int = 8  # validation evaluations during training, for the loss-vs-tokens curve
     eval_windows: int = 64  # validation windows per evaluation
@@ -62,8 +68,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"tokens, batch_size and lr must be positive: {self}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
 
@@ -153,14 +161,14 @@ def lr_multiplier(step: int, total_steps: int, warmup_fraction: float, min_ratio
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def deepspeed_config(cfg: TrainConfig, micro_batch: int, accumulation: int, world_size: int) -> dict:
+def deepspeed_config(cfg: TrainConfig, micro_batch: int, accumulation: int, world_size: int, precision: str) -> dict:
     return {
         "train_batch_size": micro_batch * accumulation * world_size,
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": cfg.precision == "bf16"},
+        "bf16": {"enabled": precision == "bf16"},
         "steps_per_print": 10**9,  # progress is ours to print
         "wall_clock_breakdown": False,
     }
@@ -220,6 +228,7 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
         "initial_loss": outcome.initial_loss, "final_train_loss": outcome.last_loss,
         "final_val_loss": outcome.curve.val[-1]["loss"] if outcome.curve.val and outcome.status == "ok" else None,
         "train_seconds": elapsed, "tokens_per_s": tokens / elapsed, "workers": world,
+        "device": run.train.device, "precision": outcome.precision,
         "resumed_at_step": outcome.resumed_at,
         # this attempt's steps on the wall clock (after DeepSpeed's set-up): what a study's timeline calls training
         "train_started_at": outcome.steps_started_at or started_at, "train_finished_at": time.time(),
@@ -247,6 +256,7 @@ class _Outcome:
     resumed_at: int | None = None  # the step a checkpoint let this attempt start from
     earlier_seconds: float = 0.0  # training time spent by earlier attempts
     steps_started_at: float | None = None  # wall clock when this attempt's first step began
+    precision: str = "fp32"  # what the loop computed in (TrainConfig.precision, with "auto" resolved)
 
 
 def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
@@ -254,8 +264,11 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
               on_checkpoint: Callable[[], None]) -> _Outcome:
     """Gradient descent with DeepSpeed on the global batches of every step, resuming from a checkpoint in
     `out_dir` if there is one and saving checkpoints along the way."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say so, rather than have DeepSpeed warn it guessed
+    cfg = run.train
+    if cfg.device == "cuda" and not local_gpus():
+        raise DeviceError(f"{run.name} was planned for a GPU but this worker sees none (CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); run it with device: cpu, or on a GPU")
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.device == "cuda" else "cpu")  # rather than a guess
     import deepspeed  # heavy import, kept out of module import time
     import deepspeed.ops
 
@@ -265,8 +278,12 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     import torch.distributed as dist
 
-    cfg = run.train
     micro, accum = _split_batch(cfg, world)
+    device = torch_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+    precision = default_precision(cfg.device) if cfg.precision == "auto" else cfg.precision
+    configure_torch(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     can_checkpoint = cfg.zero_stage == 0
     if not can_checkpoint and cfg.checkpoints and rank == 0:
         print(f"{run.name}: no mid-run checkpoints with zero_stage {cfg.zero_stage}; a restart starts over",
@@ -274,22 +291,22 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     resume = _matching_checkpoint(out_dir, run, rank) if can_checkpoint else None
     if resume:
         resume.load_weights(model)  # before DeepSpeed wraps the parameters
+    model.to(device)  # before the optimizer: its fused kernel needs the parameters where they will live
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(cfg.device) or None,
     )
     total = run.steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, total, cfg.warmup_fraction, cfg.min_lr_ratio))
     engine, _, _, _ = deepspeed.initialize(model=Objective(model), optimizer=optimizer, lr_scheduler=schedule,
-                                           config=deepspeed_config(cfg, micro, accum, world))
+                                           config=deepspeed_config(cfg, micro, accum, world, precision))
     if cfg.compile:
         engine.compile()  # DeepSpeed's way: torch.compile of the wrapped Objective, compiled on its first call
-    device = engine.device
     curve = Curve()
-    out = _Outcome(curve, 0, float("nan"), float("nan"))
+    out = _Outcome(curve, 0, float("nan"), float("nan"), precision=precision)
     first_step = 0
     if resume:
         engine.optimizer.load_state_dict(resume.optimizer["optimizer"])
@@ -313,7 +330,8 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     def evaluate() -> float:
         engine.eval()
         with torch.no_grad():
-            loss = mean_loss(lambda x: engine(x.to(device)), val, micro, cfg.eval_windows, rank, world, device)
+            loss = mean_loss(lambda x: engine(to_device(x, device)), val, micro, cfg.eval_windows, rank, world,
+                             device)
         engine.train()
         return loss
 
@@ -321,18 +339,26 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     checkpoint_steps = {round(total * (i + 1) / (cfg.checkpoints + 1))
                         for i in range(cfg.checkpoints if can_checkpoint else 0)}
     tokens_per_step = cfg.batch_size * model.seq_len
+
+    def step_batches(step: int) -> list[torch.Tensor]:
+        """This rank's micro-batches of optimizer step `step`, on their way to the device."""
+        return [to_device(windows.train_batch(step, cfg.batch_size, offset=(m * world + rank) * micro, size=micro),
+                          device) for m in range(accum)]
+
     start, out.steps_started_at = time.perf_counter(), time.time()
+    batches = step_batches(first_step)
     for step in range(first_step, total):
         model.before_train_step(step)  # MADE moves to this step's mask here
         # [summed mean loss, ranks asked to stop], on the engine's device: NCCL reduces only GPU tensors, and
         # adding losses there keeps the GPU from waiting on the host at every micro-step
         step_loss = torch.zeros(2, dtype=torch.float64, device=device)
-        for m in range(accum):
-            x = windows.train_batch(step, cfg.batch_size, offset=(m * world + rank) * micro, size=micro)
-            loss = engine(x.to(device))
+        for x in batches:
+            loss = engine(x)
             engine.backward(loss)
             engine.step()
             step_loss[0] += loss.detach().double() / accum
+        if step + 1 < total:  # the next step's data is gathered and copied while the device still computes this one
+            batches = step_batches(step + 1)
         step_loss[1] = float(should_stop())
         dist.all_reduce(step_loss)  # every rank sees the same loss and stop votes, so all stop together
         out.last_loss, out.steps = step_loss[0].item() / world, step + 1
@@ -410,6 +436,11 @@ def _count(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank:
     return _Outcome(curve, total, math.log(model.vocab_size), train_loss)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch on `device`; to a GPU through pinned memory, so the copy runs while the GPU computes."""
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+
+
 def mean_loss(loss_fn: Callable[[torch.Tensor], torch.Tensor], windows: TokenWindows, batch_size: int,
               max_windows: int, rank: int, world: int, device: torch.device | str = "cpu") -> float:
     """Mean nats/token of `loss_fn` over the first `max_windows` windows, split across ranks and all-reduced."""
@@ -456,8 +487,8 @@ def load_model(directory: Path):
 
 def train_single_process(run: TrainRun, out_dir: Path, on_metrics: Callable[[dict], None] | None = None,
                          should_stop: Callable[[], bool] | None = None) -> dict:
-    """Run the same loop without Ray: a one-process gloo group on this machine (with NCCL for CUDA tensors if a GPU
-    is visible: the loop all-reduces its step losses and stop votes as CPU tensors, which NCCL alone cannot).
+    """Run the same loop without Ray: a one-process group on this machine (gloo, and NCCL beside it for a run on a
+    GPU: armodels.device.process_group_backend).
 
     The group stays up for later runs in this process: DeepSpeed keeps references to it.
     """
@@ -470,6 +501,7 @@ def train_single_process(run: TrainRun, out_dir: Path, on_metrics: Callable[[dic
         # A group of one meets through a file, not a TCP store: torch's TCP store listens on every interface, and a
         # port inherited from a parent process (MASTER_PORT) may be held by the parent's group.
         rendezvous = Path(tempfile.mkdtemp(prefix="arscale-group-")) / "store"
-        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
-                                init_method=f"file://{rendezvous}", rank=0, world_size=1)
+        atexit.register(shutil.rmtree, rendezvous.parent, ignore_errors=True)
+        dist.init_process_group(process_group_backend(run.train.device), init_method=f"file://{rendezvous}", rank=0,
+                                world_size=1)
     return train(run, out_dir, on_metrics=on_metrics, should_stop=should_stop)

@@ -16,14 +16,41 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 import armodels
 from armodels.train import TrainConfig
+from armodels.config_fields import OMITTED_AT_DEFAULT
 from pipelines.errors import UserError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "text-default"
 
 
+def added_setting(default: Any, **constraints: Any) -> Any:
+    """A setting added after studies were made: `stable_dump` leaves it out while it holds its default, so a step
+    that records the whole config (the report) keeps its hash (see armodels.config_fields for dataclasses)."""
+    return Field(default, json_schema_extra={OMITTED_AT_DEFAULT: True}, **constraints)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def stable_dump(self) -> dict[str, Any]:
+        """This section as JSON data, less the added settings that hold their defaults (added_setting)."""
+        data = {}
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            added = isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get(OMITTED_AT_DEFAULT)
+            if not (added and value == info.default):
+                data[name] = _stable(value)
+        return data
+
+
+def _stable(value: Any) -> Any:
+    if isinstance(value, _Strict):
+        return value.stable_dump()
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items()}
+    return TypeAdapter(type(value)).dump_python(value, mode="json") if value is not None else None
 
 
 class CorpusConfig(_Strict):
@@ -75,7 +102,19 @@ class ShardConfig(_Strict):
 
 # Keys of a size entry that belong to the study, not to the family's config.
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become folder names cannot leave the study folder
-SIZE_OPTIONS = ("name", "tokens", "lr", "num_workers")
+SIZE_OPTIONS = ("name", "tokens", "lr", "num_workers", "device", "gpus_per_worker")
+DEVICES = ("auto", "cpu", "cuda")  # training.device; auto: GPUs when the cluster has them (armodels.device)
+
+
+def check_gpus_per_worker(value: Any) -> str | None:
+    """Why `value` cannot be a worker's GPUs, or None when it can. Ray gives a worker a fraction of one GPU (so
+    several small runs share it) or whole GPUs, never a fraction of several."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return f"must be a positive number of GPUs (got {value!r})"
+    if value > 1 and value != int(value):
+        return (f"{value:g} GPUs cannot be placed: a worker gets a fraction of one GPU (at most 1, e.g. 0.25 packs "
+                "four runs on a GPU) or whole GPUs; use more workers for more GPUs")
+    return None
 
 
 def model_fields(size: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +125,8 @@ def model_fields(size: dict[str, Any]) -> dict[str, Any]:
 class GridConfig(_Strict):
     """One family trained at several sizes. A size is the family's config fields (see `armodels.build`), plus
     optional `name` (default: family and parameter count), `tokens` (overrides the budget rule), `lr`
-    (overrides training.lr) and `num_workers` (overrides training.num_workers: big runs get more workers)."""
+    (overrides training.lr), `num_workers` (overrides training.num_workers: big runs get more workers), `device`
+    and `gpus_per_worker` (override training's: small runs share a GPU, big ones get whole GPUs)."""
 
     family: str = "transformer"
     # The token stream the grid models: "text" (BPE tokens) in text studies; in image studies "pixels" (8-bit
@@ -117,6 +157,10 @@ class GridConfig(_Strict):
             workers = size.get("num_workers", 1)
             if type(workers) is not int or workers < 1:
                 raise ValueError(f"sizes.{i}.num_workers: must be a whole number, 1 or more (got {workers!r})")
+            if size.get("device", "auto") not in DEVICES:
+                raise ValueError(f"sizes.{i}.device: one of {', '.join(DEVICES)} (got {size['device']!r})")
+            if "gpus_per_worker" in size and (problem := check_gpus_per_worker(size["gpus_per_worker"])):
+                raise ValueError(f"sizes.{i}.gpus_per_worker: {problem}")
             model = model_fields(size)
             for key in model:
                 if key in set_by_study:
@@ -138,9 +182,9 @@ class ModelsConfig(_Strict):
     grids: list[GridConfig] = Field(min_length=1)
 
 
-# Fields of `training` that plan the runs (token budgets, workers); every other one is a TrainConfig field.
-BUDGET_FIELDS = ("tokens", "tokens_per_param", "min_tokens", "max_tokens", "flops_budgets", "num_workers",
-                 "cpus_per_worker")
+# Fields of `training` that plan the runs (token budgets, workers, devices); every other one is a TrainConfig field.
+PLANNING_FIELDS = ("tokens", "tokens_per_param", "min_tokens", "max_tokens", "flops_budgets", "num_workers",
+                   "cpus_per_worker", "device", "gpus_per_worker")
 
 
 class TrainingConfig(_Strict):
@@ -154,6 +198,8 @@ class TrainingConfig(_Strict):
     flops_budgets: list[float] | None = Field(None, min_length=1)
     num_workers: int = Field(1, gt=0)  # Ray Train workers per run (DeepSpeed data parallel)
     cpus_per_worker: int = Field(1, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = added_setting("auto")  # auto: GPUs when the cluster has them, else CPUs
+    gpus_per_worker: float = added_setting(1.0)  # on GPUs: a fraction of one GPU (0.25: four runs share it) or whole
     # Passed to armodels.train.TrainConfig; None means its default.
     batch_size: int | None = Field(None, gt=0)
     micro_batch_size: int | None = Field(None, gt=0)
@@ -165,7 +211,7 @@ class TrainingConfig(_Strict):
     beta2: float | None = Field(None, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
     zero_stage: Literal[0, 1, 2, 3] | None = None
-    precision: Literal["fp32", "bf16"] | None = None
+    precision: Literal["fp32", "bf16"] | None = None  # default: bf16 on GPUs that have it, else fp32
     eval_points: int | None = Field(None, ge=0)
     eval_windows: int | None = Field(None, gt=0)
     log_every: int | None = Field(None, gt=0)
@@ -174,16 +220,21 @@ class TrainingConfig(_Strict):
 
     @model_validator(mode="after")
     def _budget_bounds(self):
+        if problem := check_gpus_per_worker(self.gpus_per_worker):
+            raise ValueError(f"gpus_per_worker: {problem}")
         if self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens {self.min_tokens} exceeds max_tokens {self.max_tokens}")
         if self.flops_budgets and (min(self.flops_budgets) <= 0 or self.tokens):
             raise ValueError("flops_budgets must be positive FLOPs and replace `tokens` (leave `tokens` out)")
         return self
 
-    def train_config(self, *, tokens: int, lr: float | None, seed: int):
+    def train_config(self, *, tokens: int, lr: float | None, seed: int, device: str = "cpu") -> TrainConfig:
         """The armodels.train.TrainConfig of one run: this section's training options, by name (those left out keep
-        TrainConfig's defaults), with the run's token budget, its size's lr if it has one, and the study's seed."""
-        options = self.model_dump(exclude=set(BUDGET_FIELDS), exclude_none=True)
+        TrainConfig's defaults), with the run's token budget, its size's lr if it has one, the study's seed and the
+        run's resolved device (on a GPU, precision left out is "auto": bf16 where the GPU has it)."""
+        options = self.model_dump(exclude=set(PLANNING_FIELDS), exclude_none=True)
+        if device == "cuda":
+            options = {"precision": "auto", **options, "device": device}
         return TrainConfig(tokens=tokens, **{**options, "seed": seed, **({"lr": lr} if lr else {})})
 
 

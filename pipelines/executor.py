@@ -1,8 +1,8 @@
 """The executor: runs a study's DAG of steps (pipelines.step) as Ray tasks, each writing one versioned directory.
 
 Re-running a study skips every step whose directory is done (pipelines.step_status). Independent steps run
-concurrently; the executor admits a step when the CPUs it declares are free in the cluster, and runs it as a Ray task
-(pipelines.step_runner).
+concurrently; the executor admits a step when the CPUs and GPUs it declares are free in the cluster
+(pipelines.admission), and runs it as a Ray task (pipelines.step_runner).
 
 Stopping (Ctrl-C, SIGTERM): the executor writes the file `STOP` in the study folder; long steps (training) look
 for it, save a checkpoint in their .tmp dir and end as failed-with-checkpoint; the executor waits for them
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import StepStopped, UserError
+from pipelines.admission import ClusterRoom
+from pipelines.errors import StepStopped
 from pipelines.step import Step, config_dict, topological_order
 from pipelines.step_runner import StepLaunch, execute_step, one_line_error
 from pipelines.step_status import STATUS, STOP_FILE, SUCCEEDED, ensure_failed, step_state
@@ -71,21 +72,14 @@ class Executor:
                 self._ensure_stored(step)
             else:
                 pending.append(step)
-        total_cpus = ray.cluster_resources().get("CPU", 0)
-        largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+        room = ClusterRoom.of_ray_cluster()
         for step in pending:  # Ray would wait for such room forever
-            if step.resources.cpus > total_cpus:
-                raise UserError(f"step {step.name} needs {step.resources.cpus:g} CPUs but the Ray cluster has "
-                                f"{total_cpus:g}; lower its workers or CPUs per worker, or add nodes")
-            if step.resources.on_one_node > largest:
-                raise UserError(f"step {step.name} needs {step.resources.on_one_node:g} CPUs on one node but the "
-                                f"largest node of the Ray cluster has {largest:g}; lower its CPUs per worker (and "
-                                "use more workers), or add bigger nodes")
+            room.check(step)
         if pending:
             self.log(f"{len(plan) - len(pending)} of {len(plan)} steps already done; running {len(pending)}")
         remote = ray.remote(execute_step)
         running: dict[Any, tuple[Step, float, str | None]] = {}
-        free = total_cpus
+        held: dict[str, list] = {}  # step name → the GPU shares it holds
         self._clear_stop()  # left by an earlier stop
         try:
             while pending or running:
@@ -94,17 +88,18 @@ class Executor:
                     outcomes[step.name] = Outcome("blocked", error="an input step failed")
                 ready = sorted((s for s in pending if self._inputs_done(s, outcomes)), key=lambda s: -s.priority)
                 for step in ready:
-                    if step.resources.cpus > free:
+                    taken = room.take(step.resources)
+                    if taken is None:
                         continue
                     pending.remove(step)
-                    free -= step.resources.cpus
+                    held[step.name] = taken
                     ref, run_id = self._launch(remote, step)
                     running[ref] = (step, time.perf_counter(), run_id)
                 if not running:
                     break
                 done, _ = ray.wait(list(running), num_returns=1)
                 step, started, run_id = running.pop(done[0])
-                free += step.resources.cpus
+                room.release(step.resources, held.pop(step.name))
                 outcomes[step.name] = self._collect(done[0], step, time.perf_counter() - started, run_id)
         except KeyboardInterrupt:
             self._stop(running, outcomes)
@@ -161,7 +156,9 @@ class Executor:
         inputs = {k: str(self.root / s.dirname) for k, s in step.inputs.items()}
         run_id = self._track(self.tracking.start_step_run, step.name, step.dirname, config_dict(step.config),
                              {k: s.dirname for k, s in step.inputs.items()})
+        # a step whose workers hold its resources runs as a task that holds none
         cpus = 0 if step.resources.held_by_workers else step.resources.cpus
+        gpus = 0 if step.resources.held_by_workers else step.resources.gpus
         placement = {}
         if step.resources.held_by_workers:
             # The task only coordinates (Ray Train's controller runs where it runs): keep it on this driver's
@@ -172,10 +169,11 @@ class Executor:
 
             placement["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=False)
-        self.log(f"▶ {step.dirname}  ({step.resources.cpus:g} CPU{'s' if step.resources.cpus != 1 else ''})")
+        self.log(f"▶ {step.dirname}  ({step.resources.describe()})")
         launch = StepLaunch(step.fn, step.config, step.name, step.dirname, self.root, inputs, self.tracking.uri, run_id,
                             self.store.uri if self.store else None)
-        ref = remote.options(num_cpus=cpus, name=f"step:{step.name}", max_retries=0, **placement).remote(launch)
+        ref = remote.options(num_cpus=cpus, num_gpus=gpus, name=f"step:{step.name}", max_retries=0,
+                             **placement).remote(launch)
         return ref, run_id
 
     def _collect(self, ref, step: Step, seconds: float, run_id: str | None) -> Outcome:

@@ -17,10 +17,11 @@ pipelines/study.py's job.
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import armodels
+from armodels.device import DeviceError, resolve_device
 from armodels.image_tokenizer import code_stream_shape
 from armodels.images import ImageDataError, image_shape
 from armodels.train import model_costs
@@ -77,9 +78,10 @@ def stream_shapes(cfg: StudyConfig) -> dict[str, StreamShape]:
     return shapes
 
 
-def grid_runs(cfg: StudyConfig) -> list[tuple[GridConfig, train.TrainStepConfig]]:
+def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, train.TrainStepConfig]]:
     """(grid, training-step config) for each model size of every grid; with training.flops_budgets, one per size
-    and budget instead (an isoFLOP grid: each size gets the tokens that spend the budget, in the fit's convention)."""
+    and budget instead (an isoFLOP grid: each size gets the tokens that spend the budget, in the fit's convention).
+    Each run's device (training.device or the size's) is resolved against `gpus`, the GPUs of the cluster."""
     t = cfg.training
     shapes = stream_shapes(cfg)
     out = []
@@ -97,11 +99,17 @@ def grid_runs(cfg: StudyConfig) -> list[tuple[GridConfig, train.TrainStepConfig]
                 per_layer = cfg.fit.convention == "per_layer"
                 per_token = costs.flops_per_token if per_layer else 6 * costs.params_nonembedding
                 budgets = {f"{name}-c{c:.0e}".replace("+", ""): max(1, round(c / per_token)) for c in t.flops_budgets}
+            try:
+                device = resolve_device(size.get("device") or t.device, gpus)
+            except DeviceError as e:
+                raise UserError(f"models: size {name}: {e}") from None
+            on_gpu = device == "cuda"
             for run_name, tokens in budgets.items():
                 out.append((grid, train.TrainStepConfig(
                     name=run_name, family=grid.family, model=model,
-                    train=t.train_config(tokens=tokens, lr=size.get("lr"), seed=cfg.seed),
-                    num_workers=size.get("num_workers") or t.num_workers, cpus_per_worker=t.cpus_per_worker)))
+                    train=t.train_config(tokens=tokens, lr=size.get("lr"), seed=cfg.seed, device=device),
+                    num_workers=size.get("num_workers") or t.num_workers, cpus_per_worker=t.cpus_per_worker,
+                    gpus_per_worker=(size.get("gpus_per_worker") or t.gpus_per_worker) if on_gpu else 0.0)))
     names = [c.name for _, c in out]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -109,9 +117,9 @@ def grid_runs(cfg: StudyConfig) -> list[tuple[GridConfig, train.TrainStepConfig]
     return out
 
 
-def train_configs(cfg: StudyConfig) -> list[train.TrainStepConfig]:
+def train_configs(cfg: StudyConfig, gpus: float = 0.0) -> list[train.TrainStepConfig]:
     """One training-step config per model size of every grid (and per FLOPs budget of an isoFLOP grid)."""
-    return [tc for _, tc in grid_runs(cfg)]
+    return [tc for _, tc in grid_runs(cfg, gpus)]
 
 
 def corpus_config(cfg: StudyConfig) -> corpus.CorpusStepConfig:
@@ -169,29 +177,34 @@ def image_streams(cfg: StudyConfig) -> dict[str, tuple[Step, Step]]:
     return out
 
 
-def build_steps(cfg: StudyConfig) -> list[Step]:
-    """The study's DAG, as the list of its final steps (just the report), which reach every other step."""
+def build_steps(cfg: StudyConfig, gpus: float = 0.0) -> list[Step]:
+    """The study's DAG, as the list of its final steps (just the report), which reach every other step. `gpus`:
+    the GPUs of the cluster it will run on (training.device auto uses them when there are any)."""
     streams = image_streams(cfg) if cfg.is_image_study else text_streams(cfg)
     e, f = cfg.evaluation, cfg.fit
     eval_cfg = evaluate.EvalStepConfig(**e.model_dump(), seed=cfg.seed)
     trains, evals = {}, {}
-    for grid, tc in grid_runs(cfg):
+    for grid, tc in grid_runs(cfg, gpus):
         shard_step, decoder_step = streams[grid.stream]
         run = tc.run(Path("."))
         flops = run.flops(f.convention)
         trains[tc.name] = Step(
             f"train-{tc.name}", train.train_model, tc, inputs={"shards": shard_step}, version=train.VERSION,
             resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True,
-                                cpus_per_worker=tc.cpus_per_worker), priority=flops,
+                                cpus_per_worker=tc.cpus_per_worker, gpus=tc.num_workers * tc.gpus_per_worker,
+                                gpus_per_worker=tc.gpus_per_worker), priority=flops,
             describe=(f"{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
-                      f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({f.convention})"
-                      + (f", {tc.num_workers} workers" if tc.num_workers > 1 else "")))
+                      f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({f.convention}); {tc.describe_workers()}"))
+        # a GPU run is evaluated and sampled on a GPU too, with the share of one that a worker of its run had
+        run_eval_cfg = replace(eval_cfg, device=tc.train.device)
         if grid.stream == TEXT_STREAM:
-            step_fn, step_cfg = evaluate.evaluate_model, eval_cfg
+            step_fn, step_cfg = evaluate.evaluate_model, run_eval_cfg
         else:
             step_fn = evaluate.evaluate_image_model
-            step_cfg = evaluate.ImageEvalStepConfig(stream=grid.stream, common=eval_cfg)
+            step_cfg = evaluate.ImageEvalStepConfig(stream=grid.stream, common=run_eval_cfg)
+        eval_gpus = min(tc.gpus_per_worker, 1.0)
         evals[tc.name] = Step(f"eval-{tc.name}", step_fn, step_cfg, version=evaluate.VERSION,
+                              resources=Resources(cpus=1, gpus=eval_gpus, gpus_per_worker=eval_gpus),
                               inputs={"train": trains[tc.name], "shards": shard_step, "tokenizer": decoder_step},
                               describe=f"val loss on ≤{human(e.max_tokens)} tokens, {e.samples} samples")
     fit_step = Step("fit", fit.fit_study,
@@ -201,7 +214,7 @@ def build_steps(cfg: StudyConfig) -> list[Step]:
     # an image study's report also shows the data it used and each tokenizer's reconstructions
     decoders = {"images" if s.name == "images" else s.name: s for _, s in streams.values() if s.name != "tokenizer"}
     report_step = Step("report", report.write_report,
-                       report.ReportStepConfig(study=cfg.name, config=cfg.model_dump(mode="json")),
+                       report.ReportStepConfig(study=cfg.name, config=cfg.stable_dump()),
                        inputs={"fit": fit_step, **{f"train-{k}": v for k, v in trains.items()},
                                **{f"eval-{k}": v for k, v in evals.items()}, **decoders},
                        version=report.VERSION, describe="report.md with plots")

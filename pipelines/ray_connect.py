@@ -12,7 +12,8 @@ from pipelines import loopback, ray_auth
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> str:
+def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: float | None = None,
+            quiet: bool = True) -> str:
     """Start or join Ray; returns the dashboard URL (empty if there is none).
 
     With no address (and no RAY_ADDRESS), a local cluster is started on 127.0.0.1 only, so nothing listens on
@@ -36,6 +37,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     if address:
         context = ray.init(address=address, **common)
     else:
-        context = ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=True,
+        context = ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
                            dashboard_host="127.0.0.1", **common)
     return f"http://{context.dashboard_url}" if getattr(context, "dashboard_url", None) else ""
+
+
+def cluster_gpus() -> float:
+    """The GPUs of the connected Ray cluster (a local one counts this machine's, or the `num_gpus` it was told)."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0.0)

@@ -24,15 +24,34 @@ from pipelines.tracking import NullRunLogger, RunLogger, run_logger
 
 @dataclass(frozen=True)
 class Resources:
+    """What a step holds of the Ray cluster while it runs (pipelines.admission counts it)."""
+
     cpus: float = 1.0
     # True for steps that start their own Ray workers (Ray Train): the workers hold the CPUs, the task holds none.
     held_by_workers: bool = False
     cpus_per_worker: float | None = None  # with held_by_workers: what each worker holds, on one node
+    gpus: float = 0.0  # in all: workers × gpus_per_worker
+    gpus_per_worker: float | None = None  # a share of one GPU (≤ 1: several steps pack onto a GPU) or whole GPUs
 
     @property
     def on_one_node(self) -> float:
         """The CPUs that must be free on a single node: a worker's share, or the whole task's."""
         return (self.cpus_per_worker or 0.0) if self.held_by_workers else self.cpus
+
+    @property
+    def gpus_on_one_node(self) -> float:
+        """The GPUs that must be on a single node: a worker's."""
+        return self.gpus_per_worker or self.gpus
+
+    @property
+    def gpu_workers(self) -> int:
+        """How many holders of GPUs the step has: its workers, or the task itself."""
+        return round(self.gpus / self.gpus_per_worker) if self.gpus and self.gpus_per_worker else int(self.gpus > 0)
+
+    def describe(self) -> str:
+        """"2 CPUs", "1 CPU, 0.25 GPU"."""
+        gpus = f", {self.gpus:g} GPU{'s' if self.gpus > 1 else ''}" if self.gpus else ""
+        return f"{self.cpus:g} CPU{'s' if self.cpus != 1 else ''}{gpus}"
 
 
 @dataclass

@@ -11,13 +11,14 @@ import threading
 import time
 from pathlib import Path
 
+from armodels.device import local_gpus
 from armodels.files import read_json, write_json_atomic
 from pipelines.config import StudyConfig
 from pipelines.errors import RunFailure, UserError
 from pipelines.executor import Executor, Outcome
 from pipelines.plan import build_steps, corpus_config, describe_plan
 from pipelines.progress import duration
-from pipelines.ray_connect import connect
+from pipelines.ray_connect import cluster_gpus, connect
 from pipelines.step import Step, topological_order
 from pipelines.step_status import process_alive
 from pipelines.steps import corpus
@@ -84,7 +85,9 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path | str, *, dry_run: 
     store = StudyStore(str(out)) if is_uri(out) else None
     where = store.shown if store else Path(out).resolve()  # what the user named
     out = store.scratch if store else Path(out).resolve()
-    targets = build_steps(cfg)
+    # Planned against this machine's GPUs first (a dry run connects to no cluster); a run plans again against
+    # the GPUs of the cluster it joins, which is what training.device auto follows.
+    targets = build_steps(cfg, gpus=local_gpus())
     if dry_run:
         log(describe_plan(Executor(out, store=store), targets))
         return {}
@@ -113,6 +116,7 @@ def _run(cfg: StudyConfig, config_path: Path, out: Path, where: Path | str, targ
     tracking = StudyTracking(uri, cfg.name, out, previous.get("mlflow", {}).get("parent_run_id"))
     dashboard = connect(address)
     _stop_on_sigterm()  # after connecting: ray.init installs a SIGTERM handler of its own
+    targets = build_steps(cfg, gpus=cluster_gpus())
     executor = Executor(out, tracking, log=log, store=store)
     steps = topological_order(targets)
     write_json_atomic(out / STUDY_FILE, {

@@ -15,6 +15,8 @@ import torch
 
 from armodels.bpe import BPETokenizer
 from armodels.data import TokenWindows
+from armodels.config_fields import added_field
+from armodels.device import torch_device
 from armodels.evaluate import evaluate_loss
 from armodels.files import read_json, write_json_atomic
 from armodels.image_tokenizer import ImageTokenizer
@@ -36,6 +38,7 @@ class EvalStepConfig:
     top_p: float | None
     seed: int
     threads: int = 1
+    device: str = added_field("cpu")  # the training run's: a GPU run is scored and sampled on a GPU
 
 
 def run_record(train_dir: Path) -> dict:
@@ -65,7 +68,7 @@ def evaluate_model(config: EvalStepConfig, ctx: StepContext) -> dict:
     if (unfinished := _unfinished(ctx, record)) is not None:
         return unfinished
 
-    model = load_model(train_dir)
+    model = load_model(train_dir).to(torch_device(config.device))
     tokenizer = BPETokenizer.load(ctx.inputs["tokenizer"])
     val = TokenWindows(load_token_stream(Path(ctx.inputs["shards"]) / "val"), model.seq_len)
     result = evaluate_loss(model, val, token_bytes=tokenizer.token_bytes(),
@@ -104,7 +107,7 @@ def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
     if (unfinished := _unfinished(ctx, record)) is not None:
         return unfinished
 
-    model = load_model(train_dir)
+    model = load_model(train_dir).to(torch_device(c.device))
     decode, pixels_per_image, distortion = _image_decoder(config.stream, ctx.inputs["tokenizer"], record["vocab_size"])
     # every token of an image stands for the same number of pixels, so bits per byte (pixel) is bits per dim
     per_token = pixels_per_image / model.seq_len
@@ -116,7 +119,7 @@ def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
     write_json_atomic(ctx.output / "eval.json", record)
     if c.samples:
         tokens = model.sample(c.samples, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, seed=c.seed)
-        save_image_grid(decode(tokens.numpy()), ctx.output / "samples.png", columns=min(8, c.samples))
+        save_image_grid(decode(tokens.cpu().numpy()), ctx.output / "samples.png", columns=min(8, c.samples))
     ctx.log(f"test {result.nats_per_token:.4f} nats/token, {bits_per_dim:.4f} bits/dim, "
             f"{record['bits_per_image']:.1f} bits/image on {result.tokens:,} tokens")
     log_record(ctx, record, {"val_loss": result.nats_per_token, "val_bits_per_dim": bits_per_dim,

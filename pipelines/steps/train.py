@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from armodels.config_fields import added_field
+from armodels.device import process_group_backend
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import read_manifest
 from armodels.train import TrainConfig, TrainRun, train
@@ -42,6 +44,19 @@ class TrainStepConfig:
     train: TrainConfig
     num_workers: int = 1
     cpus_per_worker: int = 1
+    gpus_per_worker: float = added_field(0.0)  # with train.device "cuda": a fraction of one GPU, or whole GPUs
+
+    @property
+    def worker_resources(self) -> dict[str, float]:
+        """What each Ray Train worker holds: its CPUs, and on a GPU run its GPUs (Ray packs fractions on a GPU)."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.train.device == "cuda" else {})}
+
+    def describe_workers(self) -> str:
+        """The run's resource request: "1 worker, 1 CPU", "2 workers, 1 CPU + 0.25 GPU each"."""
+        workers = f"{self.num_workers} worker{'s' if self.num_workers > 1 else ''}"
+        gpus = f" + {self.gpus_per_worker:g} GPU" if self.train.device == "cuda" else ""
+        each = " each" if self.num_workers > 1 else ""
+        return f"{workers}, {self.cpus_per_worker} CPU{'s' if self.cpus_per_worker > 1 else ''}{gpus}{each}"
 
     def run(self, shards_dir: Path) -> TrainRun:
         return TrainRun(family=self.family, model=self.model, train=self.train, name=self.name,
@@ -50,7 +65,7 @@ class TrainStepConfig:
 
 def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     run = config.run(ctx.inputs["shards"])
     vocab = read_manifest(run.train_shards).vocab_size
@@ -58,14 +73,15 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
         raise ValueError(f"the tokenizer has {vocab} tokens but the model only {run.model['vocab_size']}")
     write_json_atomic(ctx.output / "run.json", run.to_dict())
     ctx.log(f"{run.family}: {run.steps} steps × {run.train.batch_size} sequences × {run.seq_len} tokens on "
-            f"{config.num_workers} worker(s) × {config.cpus_per_worker} CPU(s)")
+            f"{config.describe_workers()}")
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"run": run.to_dict(), "out": str(ctx.output), "threads": config.cpus_per_worker,
                            "tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id, "stop_file": str(ctx.stop_file),
                            "store_uri": ctx.store.uri if ctx.store else None},
-        scaling_config=ScalingConfig(num_workers=config.num_workers,
-                                     resources_per_worker={"CPU": config.cpus_per_worker}),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=run.train.device == "cuda",
+                                     resources_per_worker=config.worker_resources),
+        torch_config=TorchConfig(backend=process_group_backend(run.train.device)),
         run_config=RunConfig(name=config.name, storage_path=str(ctx.output / "ray-train"),
                              failure_config=FailureConfig(max_failures=WORKER_RESTARTS,
                                                           controller_failure_limit=_start_retries()),
@@ -136,9 +152,12 @@ def _worker_error(e: Exception, config: TrainStepConfig, out: Path) -> Exception
     """Ray Train wraps worker exceptions; surface the first worker's own error, or say why no worker could start."""
     if type(getattr(e, "controller_failure", None)).__name__ == "WorkerGroupStartupTimeoutError":
         checkpoint = (out / "checkpoint").is_dir() or (out / "checkpoint.old").is_dir()
+        run_on_gpu = config.train.device == "cuda"
         return RunFailure(
-            f"its {config.num_workers} training worker(s) of {config.cpus_per_worker} CPU(s) each found no room in the "
-            f"Ray cluster for {RESOURCE_WAIT_S:.0f}s (a node died or left, or other work holds the CPUs); "
+            f"its {config.num_workers} training worker(s) of {config.cpus_per_worker} CPU(s)"
+            + (f" and {config.gpus_per_worker:g} GPU" if run_on_gpu else "") + " each found no room in the "
+            f"Ray cluster for {RESOURCE_WAIT_S:.0f}s (a node died or left, or other work holds the "
+            + ("CPUs or GPUs); " if run_on_gpu else "CPUs); ")
             + ("its checkpoint is kept: " if checkpoint else "")
             + "add nodes or lower num_workers, then run the study again" + (" to resume" if checkpoint else ""))
     failures = getattr(e, "worker_failures", None)
