@@ -8,8 +8,10 @@ CONFIG ?= text-default
 OUT    ?= studies/$(CONFIG)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
 
-.PHONY: setup study test bench clean-venv fashion-mnist debian-text
+.PHONY: setup study test bench gpu-check gpu-wheels clean-venv fashion-mnist debian-text
 
 setup: $(VENV)/.installed fashion-mnist debian-text
 
@@ -47,6 +49,16 @@ test: setup
 # Every benchmark, one table (bench/results.md, also logged to MLflow); see bench/README.md. 50–80 minutes on 2 cores.
 bench: setup
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# The GPU acceptance check (bench/gpu_check.py; results in bench/results-gpu.md): arscale's training loop on this
+# machine's GPU, no Ray or MLflow, under 8 minutes. Runs with the machine's own python3 (torch with CUDA, numpy,
+# pyarrow, tokenizers, safetensors); DeepSpeed and its dependencies come from build/gpu-wheels/ if it lacks them.
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Those wheels (CPython 3.12, manylinux x86_64; ~6 MB), made where PyPI is reachable: copy build/gpu-wheels/ along.
+gpu-wheels: $(VENV)/.installed
+	PYTHON=$(BIN)/python bench/gpu_wheels.sh build/gpu-wheels
 
 clean-venv:
 	rm -rf $(VENV)

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 import armodels
-from armodels.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from armodels.checkpoint import (Checkpoint, OnFiles, gather_json, install_checkpoint_engine, load_checkpoint,
+                                 load_zero_state, remove_checkpoint, save_checkpoint, save_zero_checkpoint)
 from armodels.config_fields import added_field
 from armodels.data import TokenWindows
 from armodels.device import (DeviceError, configure_torch, default_precision, fused_adamw, local_gpus,
@@ -63,7 +64,8 @@ class TrainConfig:
     eval_windows: int = 64  # validation windows per evaluation
     log_every: int = 10  # steps between metric reports
     checkpoints: int = 10  # evenly spaced mid-run checkpoints to resume from (0: none); a stop request adds one
-    # (with zero_stage 0 only: ZeRO's partitioned optimizer state does not load without unpickling objects)
+    # (under ZeRO 1-3 each worker saves its own partition: a checkpoint resumes only with the zero_stage, number of
+    # workers and precision that saved it; armodels.checkpoint)
 
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -197,14 +199,17 @@ class Objective(torch.nn.Module):
 
 
 def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, on_checkpoint: Callable[[], None] | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, on_checkpoint: Callable[[], None] | None = None,
+          on_checkpoint_files: OnFiles | None = None) -> dict:
     """Train `run` on the current torch.distributed group; returns the result dict (also saved as result.json).
 
     `on_metrics` is called on rank 0 every `log_every` steps and at each evaluation with a flat metrics dict.
     A non-finite loss stops the run with status "diverged" (the result says where); that is a result, not a crash.
     If `out_dir` holds a checkpoint of this run, training continues from it. `should_stop` is asked after every
     step (by every rank); when it says yes on any rank, all ranks save a checkpoint and return status "interrupted".
-    `on_checkpoint` is called on rank 0 after each checkpoint is saved (a study in an object store pushes it there).
+    While a checkpoint is written, `on_checkpoint_files(folder, names)` is called on every rank that wrote files of
+    it (under ZeRO each rank writes its own partition), before its state.json exists; `on_checkpoint` is called on
+    rank 0 once the checkpoint is complete. A study in an object store uploads the files, then the state.json.
     """
     import torch.distributed as dist
 
@@ -216,7 +221,8 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
     loop = _optimise if model.trainable else _count
     start, started_at, cpu_start = time.perf_counter(), time.time(), time.process_time()
     outcome = loop(run, model, windows, val, rank, world, on_metrics or (lambda m: None),
-                   Path(out_dir), should_stop or (lambda: False), on_checkpoint or (lambda: None))
+                   Path(out_dir), should_stop or (lambda: False),
+                   _CheckpointHooks(on_checkpoint_files, on_checkpoint or (lambda: None)))
     elapsed = time.perf_counter() - start + outcome.earlier_seconds
 
     tokens = outcome.steps * run.train.batch_size * model.seq_len
@@ -237,7 +243,7 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
     if rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         if outcome.status == "ok":
-            save_model(model, run.family, Path(out_dir))
+            save_model(model, run.family, Path(out_dir), outcome.weights)
         write_json_atomic(Path(out_dir) / "curve.json", asdict(outcome.curve))
         write_json_atomic(Path(out_dir) / "result.json", result)
         if outcome.status != "interrupted":
@@ -257,11 +263,18 @@ class _Outcome:
     earlier_seconds: float = 0.0  # training time spent by earlier attempts
     steps_started_at: float | None = None  # wall clock when this attempt's first step began
     precision: str = "fp32"  # what the loop computed in (TrainConfig.precision, with "auto" resolved)
+    weights: dict | None = None  # ZeRO-3, on rank 0: the full weights gathered from every rank's shard
+
+
+@dataclass
+class _CheckpointHooks:
+    on_files: OnFiles | None  # every rank, with the checkpoint files it wrote (see `train`)
+    on_saved: Callable[[], None]  # rank 0, once the checkpoint is complete
 
 
 def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
               on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool],
-              on_checkpoint: Callable[[], None]) -> _Outcome:
+              on_checkpoint: _CheckpointHooks) -> _Outcome:
     """Gradient descent with DeepSpeed on the global batches of every step, resuming from a checkpoint in
     `out_dir` if there is one and saving checkpoints along the way."""
     cfg = run.train
@@ -284,13 +297,10 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     configure_torch(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    can_checkpoint = cfg.zero_stage == 0
-    if not can_checkpoint and cfg.checkpoints and rank == 0:
-        print(f"{run.name}: no mid-run checkpoints with zero_stage {cfg.zero_stage}; a restart starts over",
-              flush=True)
-    resume = _matching_checkpoint(out_dir, run, rank) if can_checkpoint else None
-    if resume:
-        resume.load_weights(model)  # before DeepSpeed wraps the parameters
+    can_checkpoint = True  # until a ZeRO checkpoint finds no folder that every rank's files reach
+    resume = _matching_checkpoint(out_dir, run, rank, world, precision)
+    if resume and not cfg.zero_stage:
+        resume.load_weights(model)  # before DeepSpeed wraps the parameters (ZeRO: DeepSpeed loads them, below)
     model.to(device)  # before the optimizer: its fused kernel needs the parameters where they will live
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -308,24 +318,39 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     curve = Curve()
     out = _Outcome(curve, 0, float("nan"), float("nan"), precision=precision)
     first_step = 0
-    if resume:
+    if cfg.zero_stage:
+        install_checkpoint_engine(engine)  # DeepSpeed's partitioned checkpoints, read without unpickling objects
+    if resume and cfg.zero_stage:
+        _set_rng(load_zero_state(engine, resume), device)  # every rank: weights, its optimizer partition, schedule
+    elif resume:
         engine.optimizer.load_state_dict(resume.optimizer["optimizer"])
         schedule.load_state_dict(resume.optimizer["scheduler"])
-        torch.set_rng_state(resume.optimizer["rng"])
+        _set_rng(resume.optimizer, device)
+    if resume:
         curve.train, curve.val = resume.state["curve"]["train"], resume.state["curve"]["val"]
         first_step = out.steps = out.resumed_at = resume.step
         out.initial_loss, out.last_loss = resume.state["initial_loss"], resume.state["last_loss"]
         out.earlier_seconds = resume.state["train_seconds"]
 
-    def checkpoint(steps_done: int) -> None:
-        if rank == 0:
+    def checkpoint(steps_done: int) -> bool:
+        """Save a checkpoint after `steps_done` steps (every rank calls it); False if none could be kept."""
+        nonlocal can_checkpoint
+        state = {"run": _fingerprint(run), "zero_stage": cfg.zero_stage, "world_size": world, "precision": precision,
+                 "curve": asdict(curve), "initial_loss": out.initial_loss, "last_loss": out.last_loss,
+                 "train_seconds": out.earlier_seconds + time.perf_counter() - start}
+        if cfg.zero_stage:  # every rank writes its partition
+            saved = save_zero_checkpoint(out_dir, steps_done, engine, state, _rng_state(device),
+                                         on_checkpoint.on_files)
+            can_checkpoint = saved is not None
+            if saved and rank == 0:
+                on_checkpoint.on_saved()
+        elif rank == 0:
             optimizer_state = {"optimizer": engine.optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                               "rng": torch.get_rng_state()}
-            save_checkpoint(out_dir, steps_done, model, optimizer_state, {
-                "run": _fingerprint(run), "curve": asdict(curve), "initial_loss": out.initial_loss,
-                "last_loss": out.last_loss, "train_seconds": out.earlier_seconds + time.perf_counter() - start})
-            on_checkpoint()
+                               **_rng_state(device)}
+            save_checkpoint(out_dir, steps_done, model, optimizer_state, state, on_checkpoint.on_files)
+            on_checkpoint.on_saved()
         dist.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
+        return can_checkpoint
 
     def evaluate() -> float:
         engine.eval()
@@ -380,12 +405,50 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
             curve.val.append({"step": step, "tokens": tokens, "loss": evaluate()})
             if rank == 0:
                 on_metrics({"step": step, "tokens": tokens, "val_loss": curve.val[-1]["loss"]})
-        if stop or step + 1 in checkpoint_steps:
-            checkpoint(step + 1)
+        if (stop or step + 1 in checkpoint_steps) and can_checkpoint:
+            stop = checkpoint(step + 1) and stop  # with no checkpoint kept, stopping would lose the run: go on
         if stop:
             out.status, out.reason = "interrupted", f"stopped on request after step {step + 1} of {total}"
             break
+    if cfg.zero_stage == 3 and out.status == "ok":
+        out.weights = _gathered_weights(model, rank)  # a collective: each rank holds a shard of every parameter
     return out
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random generators a checkpoint restores (dropout draws from the device's)."""
+    return {"rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state(device)}
+                                             if device.type == "cuda" else {})}
+
+
+def _set_rng(saved: dict, device: torch.device) -> None:
+    torch.set_rng_state(saved["rng"])
+    if device.type == "cuda" and "cuda_rng" in saved:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+
+
+def _gathered_weights(model, rank: int) -> dict[str, torch.Tensor] | None:
+    """The full weights (parameters and buffers) of a ZeRO-3 `model` on rank 0, as CPU copies; None elsewhere. Every
+    rank calls it: the parameters of one module at a time are gathered from their shards, copied and let go, so no
+    rank ever holds more than one module's full parameters on its device."""
+    import deepspeed
+
+    keys = set(model.state_dict())
+    weights: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{prefix}." if prefix else ""
+        with deepspeed.zero.GatheredParameters(list(module.parameters(recurse=False)), modifier_rank=None):
+            if rank == 0:
+                tensors = [*module.named_parameters(recurse=False, remove_duplicate=False),
+                           *module.named_buffers(recurse=False, remove_duplicate=False)]
+                weights.update({prefix + name: t.detach().to("cpu", copy=True) for name, t in tensors
+                                if prefix + name in keys})
+    if rank != 0:
+        return None
+    missing = keys - set(weights)
+    if missing:
+        raise RuntimeError(f"could not gather the ZeRO-3 weights {sorted(missing)[:5]} for the saved model")
+    return weights
 
 
 def _fingerprint(run: TrainRun) -> dict:
@@ -393,22 +456,67 @@ def _fingerprint(run: TrainRun) -> dict:
     return json.loads(json.dumps({"family": run.family, "model": run.model, "train": asdict(run.train)}))
 
 
-def _matching_checkpoint(out_dir: Path, run: TrainRun, rank: int):
-    """The checkpoint in `out_dir` if it was taken by this same run, else None (with a note why on rank 0)."""
-    resume = load_checkpoint(out_dir)
-    if resume and resume.state.get("run") != _fingerprint(run):
-        if rank == 0:
-            print(f"{run.name}: the checkpoint in {out_dir} belongs to a different run config; starting afresh",
-                  flush=True)
-        return None
+def _matching_checkpoint(out_dir: Path, run: TrainRun, rank: int, world: int, precision: str) -> Checkpoint | None:
+    """The checkpoint in `out_dir` if it was taken by this same run, else None (with a note why on rank 0).
+
+    Every rank calls it and all agree: a damaged checkpoint, one this run saved under another ZeRO stage, number of
+    workers (ZeRO partitions do not re-shard) or precision, or ranks that see different checkpoints, raise the same
+    one-line ValueError on every rank. A checkpoint of another run config (other than its ZeRO stage) is left alone
+    and the run starts afresh, as before ZeRO checkpoints existed."""
+    resume, problem = None, None
+    try:
+        resume = load_checkpoint(out_dir, rank)
+        if resume and _without_zero_stage(resume.state.get("run")) != _without_zero_stage(_fingerprint(run)):
+            if rank == 0:
+                print(f"{run.name}: the checkpoint in {out_dir} belongs to a different run config; starting afresh",
+                      flush=True)
+            resume = None
+        if resume:
+            problem = _layout_mismatch(resume, run.train.zero_stage, world, precision)
+    except (OSError, ValueError) as e:
+        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    views = gather_json({"error": problem, "step": resume.step if resume else None})
+    errors = [v["error"] for v in views if v["error"]]
+    if errors:
+        raise ValueError(errors[0])
+    if len({v["step"] for v in views}) > 1:
+        seen = ", ".join(f"rank {r}: " + ("none" if v["step"] is None else f"step {v['step']}")
+                         for r, v in enumerate(views))
+        raise ValueError(f"the workers of {run.name} see different checkpoints in {out_dir} ({seen}); put the run "
+                         "folder on a filesystem that all of them share, or the study in an object store")
     if resume and rank == 0:
         print(f"{run.name}: resuming from the checkpoint after step {resume.step} of {run.steps}", flush=True)
     return resume
 
 
+def _without_zero_stage(fingerprint) -> dict | None:
+    if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("train"), dict):
+        return fingerprint
+    return {**fingerprint, "train": {k: v for k, v in fingerprint["train"].items() if k != "zero_stage"}}
+
+
+def _layout_mismatch(resume: Checkpoint, zero_stage: int, world: int, precision: str) -> str | None:
+    """Why this run cannot load `resume`, which it saved itself, or None: ZeRO's partitions fit only the stage and
+    number of workers that wrote them, and the optimizer state's form depends on the precision."""
+    saved_world = resume.world_size if resume.zero_stage else world  # zero_stage 0 saves whole state: any workers
+    saved_precision = resume.precision or precision  # older checkpoints do not say
+    if (resume.zero_stage, saved_world, saved_precision) == (zero_stage, world, precision):
+        return None
+
+    def layout(stage: int, workers: int | None, prec: str) -> str:
+        return f"zero_stage {stage}" + (f" on {workers} worker{'s' * (workers != 1)}" if workers else "") + \
+            f" in {prec}"
+
+    redo = f"zero_stage {resume.zero_stage}" + (f", num_workers {saved_world}" if saved_world else "") + \
+        f", precision {saved_precision}"
+    return (f"the checkpoint {resume.folder} was saved with {layout(resume.zero_stage, saved_world, saved_precision)}"
+            f" but the run now has {layout(zero_stage, world, precision)}: run it as it was saved ({redo}), or "
+            f"delete {resume.folder} to start over")
+
+
 def _count(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
            on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool],
-           on_checkpoint: Callable[[], None]) -> _Outcome:
+           on_checkpoint: _CheckpointHooks) -> _Outcome:
     """Count-based families see the same token budget as the others, counted once, then summed over workers.
     Counting takes seconds, so it neither checkpoints nor stops early."""
     import torch.distributed as dist
@@ -453,12 +561,14 @@ def mean_loss(loss_fn: Callable[[torch.Tensor], torch.Tensor], windows: TokenWin
     return (total[0] / total[1]).item()
 
 
-def save_model(model, family: str, out_dir: Path) -> None:
-    """Weights as fp32 safetensors (tied tensors stored once) and the family and config as JSON."""
+def save_model(model, family: str, out_dir: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Weights as fp32 safetensors (tied tensors stored once) and the family and config as JSON. `weights`: the
+    model's full state dict when `model` holds only a shard of it (ZeRO-3: `_gathered_weights`)."""
     from safetensors.torch import save_model as save_safetensors
 
     fp32 = armodels.build(family, **asdict(model.config))
-    fp32.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    weights = model.state_dict() if weights is None else weights
+    fp32.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     tmp = out_dir / ".model.safetensors.tmp"
     save_safetensors(fp32, str(tmp))
     os.replace(tmp, out_dir / "model.safetensors")

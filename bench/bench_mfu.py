@@ -321,48 +321,94 @@ def random_shards(root: Path, vocab_size: int, tokens: int, doc_tokens: int = 1 
     return root
 
 
+@dataclass
+class GpuMeasurement:
+    """One run of arscale's loop at a GpuRun's size, beside the device's matmul peak (what `measure_gpu` found)."""
+
+    device_name: str
+    spec: float | None  # the data-sheet bf16 dense peak, if GPU_PEAKS knows the device
+    measured: float  # the best square matmul (8192³ bf16 on a GPU), FLOP/s
+    model: dict
+    costs: object  # armodels.train.ModelCosts
+    tokens_per_step: int
+    rate: Rate
+    seconds: float  # the whole run: model build, DeepSpeed set-up, compile, steps, saving
+    peak_memory_gib: float | None  # GPU only
+
+    @property
+    def peak(self) -> float:
+        """What MFU is measured against: the data sheet's peak, else the measured one."""
+        return self.spec or self.measured
+
+    @property
+    def mfu(self) -> float:
+        return self.rate.flops() / self.peak
+
+
+def gpu_train_run(g: GpuRun, shards: Path, device: str = "cuda", precision: str = "bf16", name: str = "mfu-gpu"):
+    """The armodels.train.TrainRun of a GpuRun on `shards`: a transformer of its size, its micro-batches and steps,
+    neither evaluating nor checkpointing, every step logged."""
+    train = _train_module()
+    model = {"n_layer": g.n_layer, "n_embd": g.n_embd, "n_head": g.n_head, "seq_len": g.seq_len,
+             "vocab_size": g.vocab_size}
+    tokens_per_step = g.micro_batch * g.accumulation * g.seq_len
+    config = train.TrainConfig(tokens=g.steps * tokens_per_step, batch_size=g.micro_batch * g.accumulation,
+                               micro_batch_size=g.micro_batch, lr=3e-4, precision=precision, compile=g.compile,
+                               device=device, eval_points=0, checkpoints=0, log_every=1)
+    return train.TrainRun("transformer", model, config, str(shards / "train"), str(shards / "val"), name)
+
+
+def measure_gpu(g: GpuRun, device: str = "cuda", precision: str = "bf16") -> GpuMeasurement:
+    """The matmul peak of `device` (8192³ in bf16 on a GPU; a small fp32 one on a CPU, for smoke runs), then
+    arscale's loop (armodels.train.train_single_process: no Ray) at `g`'s size on shards of random tokens."""
+    on_gpu = device == "cuda"
+    if on_gpu:
+        # before the first CUDA allocation: a nearly full GPU fragments less with expandable segments
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    train = _train_module()
+    name = torch.cuda.get_device_name(0) if on_gpu else "CPU"
+    measured = (matmul_peak(torch.bfloat16, (8192,), "cuda", budget=1.0) if on_gpu
+                else matmul_peak(torch.float32, (256,), budget=0.05))[WALL]
+    spec = spec_peak(name) if on_gpu else None
+    tokens_per_step = g.micro_batch * g.accumulation * g.seq_len
+    with tempfile.TemporaryDirectory(prefix="bench-mfu-gpu-") as tmp:
+        # the windows cycle through the stream in epochs, so a few million tokens feed any number of steps
+        shards = random_shards(Path(tmp) / "data", g.vocab_size, min(g.steps * tokens_per_step, 4_000_000))
+        run = gpu_train_run(g, shards, device, precision)
+        costs = train.model_costs("transformer", run.model)
+        sheet = f"{spec / 1e12:.0f} TFLOP/s (data sheet)" if spec else "not in GPU_PEAKS"
+        peaks = (f"GPU: {name}; bf16 dense peak {sheet}, {measured / 1e12:.0f} TFLOP/s measured (8192³ matmul)"
+                 if on_gpu else f"device: {name}; fp32 matmul peak {measured / 1e9:.1f} GFLOP/s (256³)")
+        print(f"\n{peaks}\n"
+              f"transformer {run.model}: {costs.params / 1e9:.2f}B parameters, {costs.flops_per_token / 1e9:.2f} "
+              f"GFLOP/token (per-layer); micro-batch {g.micro_batch} × {g.accumulation} = {tokens_per_step:,} tokens "
+              f"a step, {g.steps} steps (first {g.warmup} not timed), {precision}, compile {g.compile}", flush=True)
+        rate, seconds = timed(lambda: run_loop(run, Path(tmp) / "run", g.warmup))
+    memory = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
+    m = GpuMeasurement(name, spec, measured, run.model, costs, tokens_per_step, rate, seconds, memory)
+    achieved = rate.flops()
+    print(f"  {rate.step_seconds[WALL]:.2f} s/step, {rate.tokens_per_s():,.0f} tokens/s, {achieved / 1e12:.0f} TFLOP/s "
+          f"achieved (6ND: {rate.flops_6nd / 1e12:.0f}); MFU {m.mfu:.1%} of the {'data-sheet' if spec else 'measured'} "
+          f"peak, {achieved / measured:.1%} of the measured matmul\n  first step {rate.first_step_seconds:.0f} s "
+          f"(compile), whole run {rate.whole_run_flops / 1e12:.0f} TFLOP/s, {seconds:.0f} s in all (model build and "
+          f"save included)" + (f"; peak GPU memory {memory:.1f} GiB" if memory is not None else ""), flush=True)
+    return m
+
+
 def gpu_row(g: GpuRun, smoke: bool) -> Row:
     goal = f">= {GPU_GOAL:.0%} of the bf16 dense peak"
     if not torch.cuda.is_available():
         print("\nGPU row skipped: no GPU on this machine")
         return Row(GPU_ROW, "n/a", goal, SKIPPED, None, "no GPU on this machine")
-    # before the first CUDA allocation: a nearly full GPU fragments less with expandable segments
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    train = _train_module()
-    name = torch.cuda.get_device_name(0)
-    measured = matmul_peak(torch.bfloat16, (8192,), "cuda", budget=1.0)[WALL]
-    spec = spec_peak(name)
-    peak = spec or measured
-    model = {"n_layer": g.n_layer, "n_embd": g.n_embd, "n_head": g.n_head, "seq_len": g.seq_len,
-             "vocab_size": g.vocab_size}
-    tokens_per_step = g.micro_batch * g.accumulation * g.seq_len
-    costs = train.model_costs("transformer", model)
-    sheet = f"{spec / 1e12:.0f} TFLOP/s (data sheet)" if spec else "not in GPU_PEAKS"
-    print(f"\nGPU: {name}; bf16 dense peak {sheet}, {measured / 1e12:.0f} TFLOP/s measured (8192³ matmul)\n"
-          f"transformer {model}: {costs.params / 1e9:.2f}B parameters, {costs.flops_per_token / 1e9:.2f} GFLOP/token "
-          f"(per-layer); micro-batch {g.micro_batch} × {g.accumulation} = {tokens_per_step:,} tokens a step, "
-          f"{g.steps} steps (first {g.warmup} not timed), bf16, compile {g.compile}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-mfu-gpu-") as tmp:
-        # the windows cycle through the stream in epochs, so a few million tokens feed any number of steps
-        shards = random_shards(Path(tmp) / "data", g.vocab_size, min(g.steps * tokens_per_step, 4_000_000))
-        config = train.TrainConfig(tokens=g.steps * tokens_per_step, batch_size=g.micro_batch * g.accumulation,
-                                   micro_batch_size=g.micro_batch, lr=3e-4, precision="bf16", compile=g.compile,
-                                   eval_points=0, checkpoints=0, log_every=1)
-        run = train.TrainRun("transformer", model, config, str(shards / "train"), str(shards / "val"), "mfu-gpu")
-        rate, seconds = timed(lambda: run_loop(run, Path(tmp) / "run", g.warmup))
-    achieved = rate.flops()
-    mfu = achieved / peak
-    print(f"  {rate.step_seconds[WALL]:.2f} s/step, {rate.tokens_per_s():,.0f} tokens/s, {achieved / 1e12:.0f} TFLOP/s "
-          f"achieved (6ND: {rate.flops_6nd / 1e12:.0f}); MFU {mfu:.1%} of the {'data-sheet' if spec else 'measured'} "
-          f"peak, {achieved / measured:.1%} of the measured matmul\n  first step {rate.first_step_seconds:.0f} s "
-          f"(compile), whole run {rate.whole_run_flops / 1e12:.0f} TFLOP/s, {seconds:.0f} s in all (model build and "
-          f"save included); peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
-    return Row(GPU_ROW, f"{mfu:.0%} ({achieved / 1e12:.0f} of {peak / 1e12:.0f} TFLOP/s, {name})", goal,
-               INFO if smoke or not spec else check(mfu, at_least=GPU_GOAL), mfu,
-               f"{achieved / measured:.0%} of a measured 8192³ bf16 matmul ({measured / 1e12:.0f} TFLOP/s); "
-               f"{costs.params / 1e9:.2f}B parameters, seq_len {g.seq_len}, {tokens_per_step:,} tokens a step, "
+    m = measure_gpu(g)
+    rate, achieved, spec = m.rate, m.rate.flops(), m.spec
+    return Row(GPU_ROW, f"{m.mfu:.0%} ({achieved / 1e12:.0f} of {m.peak / 1e12:.0f} TFLOP/s, {m.device_name})", goal,
+               INFO if smoke or not spec else check(m.mfu, at_least=GPU_GOAL), m.mfu,
+               f"{achieved / m.measured:.0%} of a measured 8192³ bf16 matmul ({m.measured / 1e12:.0f} TFLOP/s); "
+               f"{m.costs.params / 1e9:.2f}B parameters, seq_len {g.seq_len}, {m.tokens_per_step:,} tokens a step, "
                f"{rate.step_seconds[WALL]:.2f} s a step, {rate.tokens_per_s():,.0f} tokens/s; random tokens"
-               + ("" if spec else f"; {name} is not in GPU_PEAKS: MFU against the measured peak, no goal checked"))
+               + ("" if spec else f"; {m.device_name} is not in GPU_PEAKS: MFU against the measured peak, no goal "
+                  "checked"))
 
 
 # ---- both ----

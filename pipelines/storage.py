@@ -121,7 +121,7 @@ class StudyStore:
         elif kind == fs.FileType.File:
             self.fs.delete_file(self._path(rel))
 
-    def _files(self, rel: str) -> list[str]:
+    def files(self, rel: str) -> list[str]:
         """The files under the store's folder `rel`, as paths relative to it."""
         from pyarrow import fs
 
@@ -140,7 +140,7 @@ class StudyStore:
         files = sorted((p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()),
                        key=lambda name: (name == COMMIT_MARKERS[-1], name.rsplit("/", 1)[-1] in COMMIT_MARKERS, name))
         files = [f for f in files if f.split("/", 1)[0] not in NOT_PUSHED]
-        stale = set(self._files(rel)) - set(files) if mirror else set()
+        stale = set(self.files(rel)) - set(files) if mirror else set()
         for name in sorted(stale, key=lambda n: n.rsplit("/", 1)[-1] not in COMMIT_MARKERS):
             self.fs.delete_file(self._path(f"{rel}/{name}"))  # markers first: never vouching for removed files
         for name in files:
@@ -157,7 +157,7 @@ class StudyStore:
         local = Path(local)
         if local.exists():
             return True
-        files = self._files(rel)
+        files = self.files(rel)
         if not files:
             return False
         partial = local.with_name(f"{local.name}.pull-{os.getpid()}-{time.monotonic_ns()}")
@@ -173,7 +173,7 @@ class StudyStore:
 
     def pull_into(self, rel: str, local: Path, files: list[str] | None = None) -> None:
         """Copy every file of the store's folder `rel` into the local folder `local`, replacing files there."""
-        for name in files if files is not None else self._files(rel):
+        for name in files if files is not None else self.files(rel):
             target = Path(local) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(self._path(f"{rel}/{name}" if rel else name)) as src, \

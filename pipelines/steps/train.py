@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from armodels.checkpoint import NAME as CHECKPOINT
+from armodels.checkpoint import is_plain_name
 from armodels.config_fields import added_field
 from armodels.device import process_group_backend
 from armodels.files import read_json, write_json_atomic
@@ -27,7 +30,7 @@ from armodels.train import TrainConfig, TrainRun, train
 from pipelines.errors import RunFailure, StepStopped
 from pipelines.progress import TrainingProgress
 from pipelines.step import StepContext
-from pipelines.storage import StopSignal, StudyStore
+from pipelines.storage import NOT_PUSHED, StopSignal, StudyStore
 from pipelines.tracking import run_logger
 
 VERSION = "1"
@@ -118,7 +121,7 @@ def _train_worker(loop_config: dict) -> None:
         shards = Path(run.train_shards).parent
         store.pull(shards.name, shards)
         out.mkdir(parents=True, exist_ok=True)
-        store.pull(f"{out.name}/checkpoint", out / "checkpoint")
+        _pull_checkpoint(store, out)
     # rank 0 logs for all workers; the others get a tracker that does nothing
     tracker = run_logger(loop_config["tracking_uri"], loop_config["run_id"] if rank == 0 else None, out)
     progress = TrainingProgress(run.name, run.tokens_seen)
@@ -128,14 +131,83 @@ def _train_worker(loop_config: dict) -> None:
         progress(metrics)
         tracker.log_metrics({names[k]: v for k, v in metrics.items() if k in names}, step=metrics["tokens"])
 
-    push = (lambda: store.push(out, out.name)) if store and rank == 0 else None  # checkpoints outlive this node
+    # checkpoints outlive this node: every rank uploads the checkpoint files it wrote (under ZeRO, its partition),
+    # then rank 0 the state.json that vouches for them all
+    push_files = (lambda folder, names: _push_checkpoint_files(store, out, folder, names)) if store else None
+    push_state = (lambda: _push_checkpoint_state(store, out)) if store and rank == 0 else None
     try:
         train(run, out, on_metrics=on_metrics, should_stop=StopSignal(Path(loop_config["stop_file"]), store),
-              on_checkpoint=push)
-        if push:
-            push()  # the result and the model, for the step's own node
+              on_checkpoint=push_state, on_checkpoint_files=push_files)
+        if store and rank == 0:
+            _push_run(store, out)  # the result and the model, for the step's own node
     finally:
         tracker.flush()
+
+
+def _pull_checkpoint(store: StudyStore, out: Path) -> None:
+    """Replace this node's checkpoint of the run by the store's when the store's is newer, or when this node's is
+    missing or lacks files (other nodes' ZeRO partitions). The workers of a node share `out`: one at a time."""
+    import fcntl
+
+    remote = store.read_json(f"{out.name}/{CHECKPOINT}/state.json")
+    if not remote or not isinstance(remote.get("files"), dict) or not all(map(is_plain_name, remote["files"])):
+        return  # nothing there, or not a checkpoint (loading tells what is wrong with one here)
+    with open(out.parent / f".{out.name}.checkpoint-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        local = next((d for d in (out / CHECKPOINT, out / f"{CHECKPOINT}.old") if (d / "state.json").is_file()), None)
+        if local:
+            state = read_json(local / "state.json", "checkpoint state")
+            if state.get("step", -1) >= remote.get("step", 0) and all((local / n).is_file() for n in state["files"]):
+                return
+        partial = out / f"{CHECKPOINT}.pull-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            store.pull_into(f"{out.name}/{CHECKPOINT}", partial, [*remote["files"], "state.json"])
+        except OSError as e:  # the store's copy is incomplete: keep what this node has
+            shutil.rmtree(partial, ignore_errors=True)
+            print(f"warning: could not fetch the checkpoint of {out.name} from {store.shown} ({e})", flush=True)
+            return
+        for old in (out / CHECKPOINT, out / f"{CHECKPOINT}.old", out / f"{CHECKPOINT}.tmp"):
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(partial, out / CHECKPOINT)
+
+
+def _push_checkpoint_files(store: StudyStore, out: Path, folder: Path, names: list[str]) -> None:
+    """Every rank, while a checkpoint is written: the files it wrote, where the checkpoint will be in the store.
+    Nothing vouches for them until state.json follows, and those of the checkpoint before are left alone: they
+    have other names (armodels.checkpoint), except at zero_stage 0, whose two files are replaced in place: then
+    the store holds no checkpoint (rather than a torn one) until the new state.json is there."""
+    current = store.read_json(f"{out.name}/{CHECKPOINT}/state.json") or {}
+    if set(names) & set(current.get("files") or {}):
+        store.delete(f"{out.name}/{CHECKPOINT}/state.json")
+    for name in names:
+        store.push(folder / name, f"{out.name}/{CHECKPOINT}/{name}")
+
+
+def _push_checkpoint_state(store: StudyStore, out: Path) -> None:
+    """Rank 0, once a checkpoint is complete and every rank's files are in the store: the run's other files, then
+    the checkpoint's state.json, which makes the store's copy the new checkpoint; then the files of the one before."""
+    state = read_json(out / CHECKPOINT / "state.json", "checkpoint state")
+    _push_run_files(store, out)
+    store.push(out / CHECKPOINT / "state.json", f"{out.name}/{CHECKPOINT}/state.json")
+    keep = {*state["files"], "state.json"}
+    for name in store.files(f"{out.name}/{CHECKPOINT}"):
+        if name not in keep:
+            store.delete(f"{out.name}/{CHECKPOINT}/{name}")
+
+
+def _push_run(store: StudyStore, out: Path) -> None:
+    """Rank 0, when training returns: the run folder; the store's checkpoint goes too when the run has finished."""
+    _push_run_files(store, out)
+    if not (out / CHECKPOINT).exists():
+        store.delete(f"{out.name}/{CHECKPOINT}")
+
+
+def _push_run_files(store: StudyStore, out: Path) -> None:
+    """The run folder but its checkpoint (every rank sends its own part of that), STATUS.json last."""
+    for path in sorted(out.iterdir(), key=lambda p: (p.name == "STATUS.json", p.name)):
+        if not path.name.startswith((CHECKPOINT, ".")) and path.name not in NOT_PUSHED:
+            store.push(path, f"{out.name}/{path.name}", mirror=False)
 
 
 def _start_retries() -> int:

@@ -1,5 +1,5 @@
 """Security: what arscale starts listens on loopback only. Elsewhere: crafted pickles in checkpoints are refused
-(test_train_loop), names from configs cannot leave the study folder (test_config), secrets in tracking URIs are
+(test_train_loop, test_zero_checkpoints), names from configs cannot leave the study folder (test_config), secrets in tracking URIs are
 redacted (test_tracking)."""
 
 import ipaddress
