@@ -50,6 +50,7 @@ import torch
 from armodels.files import file_sha256, read_json, write_json_atomic
 
 NAME = "checkpoint"
+CHECKPOINT_FOLDERS = (NAME, f"{NAME}.old", f"{NAME}.tmp")  # a run folder's checkpoint, whole or mid-swap
 FORMAT = "arscale-checkpoint/1"
 WRITER = ".writer"  # a token rank 0 puts in checkpoint.tmp/: a rank that reads it back writes into the same folder
 _RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")

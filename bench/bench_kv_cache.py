@@ -11,7 +11,6 @@ speed-up (the goal is ≥ 10× for 1,024 tokens); asserts nothing.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from armodels.checkpoint import CHECKPOINT_FOLDERS
 from pipelines.errors import StepStopped
 from pipelines.step import StepContext, StepFn
 from pipelines.step_status import FAILED, STOPPED, SUCCEEDED, write_finished, write_running
@@ -55,8 +56,9 @@ def execute_step(launch: StepLaunch) -> dict:
         if store:
             try:
                 # what it leaves, for the next attempt wherever it runs; kept: a checkpoint that a training worker on
-                # another node pushed there
-                store.push(tmp, tmp.name, mirror=False)
+                # another node pushed there. Checkpoints are the training step's to push (each time it saves one):
+                # this node's copy may be older than the store's.
+                store.push(tmp, tmp.name, mirror=False, exclude=CHECKPOINT_FOLDERS)
             except Exception as push_error:
                 print(f"warning: could not save {tmp.name} to {store.shown}: {one_line_error(push_error)}", flush=True)
         raise

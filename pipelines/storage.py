@@ -129,9 +129,10 @@ class StudyStore:
         infos = self.fs.get_file_info(fs.FileSelector(self._path(rel), recursive=True, allow_not_found=True))
         return [i.path[len(prefix):] for i in infos if i.type == fs.FileType.File]
 
-    def push(self, local: Path, rel: str, mirror: bool = True) -> None:
+    def push(self, local: Path, rel: str, mirror: bool = True, exclude: tuple[str, ...] = ()) -> None:
         """Copy the local folder (or file) `local` to `rel`, commit markers last. With `mirror`, files the store has
-        there and `local` lacks are removed; without, they are kept (another node may have pushed them)."""
+        there and `local` lacks are removed; without, they are kept (another node may have pushed them). Top-level
+        entries named in `exclude` are neither copied nor removed."""
         local = Path(local)
         if local.is_file():
             self._upload(local, rel)
@@ -139,8 +140,8 @@ class StudyStore:
         # markers after the files they vouch for, and the folder's own STATUS.json after everything
         files = sorted((p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()),
                        key=lambda name: (name == COMMIT_MARKERS[-1], name.rsplit("/", 1)[-1] in COMMIT_MARKERS, name))
-        files = [f for f in files if f.split("/", 1)[0] not in NOT_PUSHED]
-        stale = set(self.files(rel)) - set(files) if mirror else set()
+        files = [f for f in files if f.split("/", 1)[0] not in (*NOT_PUSHED, *exclude)]
+        stale = {f for f in self.files(rel) if f.split("/", 1)[0] not in exclude} - set(files) if mirror else set()
         for name in sorted(stale, key=lambda n: n.rsplit("/", 1)[-1] not in COMMIT_MARKERS):
             self.fs.delete_file(self._path(f"{rel}/{name}"))  # markers first: never vouching for removed files
         for name in files:

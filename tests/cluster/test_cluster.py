@@ -29,7 +29,9 @@ from tests.support.studies import MICRO_STUDY_STEPS, micro_study_yaml
 pytestmark = pytest.mark.slow
 
 # One training run, on 2 workers of 1 CPU: on a cluster of two 1-CPU nodes, one worker per node.
-MICRO_STUDY = dict(max_bytes=300000, train_bytes=100000, tokens=64000, checkpoints=20)
+# Long enough (250 steps) that `arscale jobs stop` reaches the run well before it ends; its first checkpoint comes
+# after 6 steps.
+MICRO_STUDY = dict(max_bytes=300000, train_bytes=100000, tokens=128000, checkpoints=40)
 STUDY_STEPS = len(MICRO_STUDY_STEPS)
 
 
@@ -107,7 +109,7 @@ def test_a_stopped_study_resumes_without_redoing_finished_steps(cluster, resumed
     for name, status in done.items():  # not run again: the same records
         assert f"▶ {name}" not in output
         assert store.read_json(f"{name}/STATUS.json")["started"] == status["started"]
-    assert re.search(r"resuming from the checkpoint after step \d+ of 125", output), output[-3000:]
+    assert re.search(r"resuming from the checkpoint after step \d+ of 250", output), output[-3000:]
     assert f"job {second} succeeded" in output
     assert store.exists(store.read_json("study.json")["report"])
     status = cluster.arscale("study", "status", store.uri)
