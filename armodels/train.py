@@ -32,15 +32,31 @@ from pathlib import Path
 import torch
 
 import armodels
-from armodels.checkpoint import (Checkpoint, OnFiles, gather_json, install_checkpoint_engine, load_checkpoint,
-                                 load_zero_state, remove_checkpoint, save_checkpoint, save_zero_checkpoint)
+from armodels.checkpoint import (
+    Checkpoint,
+    OnFiles,
+    gather_json,
+    install_checkpoint_engine,
+    load_checkpoint,
+    load_zero_state,
+    remove_checkpoint,
+    save_checkpoint,
+    save_zero_checkpoint,
+)
 from armodels.config_fields import added_field
 from armodels.data import TokenWindows
-from armodels.device import (DeviceError, configure_torch, default_precision, fused_adamw, local_gpus,
-                             process_group_backend, torch_device)
+from armodels.device import (
+    DeviceError,
+    configure_torch,
+    default_precision,
+    fused_adamw,
+    local_gpus,
+    process_group_backend,
+    torch_device,
+)
 from armodels.files import read_json, write_json_atomic
 from armodels.shards import load_token_stream
-from scaling.flops import training_flops
+from scaling.flops import CONVENTIONS, training_flops
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,8 @@ class TrainConfig:
     micro_batch_size: int | None = None  # per worker and micro-step; default: batch_size // workers
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_fraction: float = 0.05
+    warmup_fraction: float = 0.05  # warmup as a share of the run's steps, unless warmup_tokens is set
+    warmup_tokens: int | None = added_field(None)  # warmup as tokens: the same length for every size of a grid
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -83,6 +100,29 @@ class ModelCosts:
     params: int
     params_nonembedding: int
     flops_per_token: float  # training FLOPs per token, counted layer by layer by the family
+
+
+def flops_conventions(family: str) -> tuple[str, ...]:
+    """The FLOPs conventions (scaling.flops) that can count a `family` model's compute. "per_layer" is each family's
+    own count of what a forward and backward pass spend (logits included; MADE's one pass gives all its
+    conditionals); kaplan and chinchilla are transformer formulas, so only transformers have them."""
+    return CONVENTIONS if family == "transformer" else ("6ND", "6ND_total", "per_layer")
+
+
+def flops_per_token(family: str, config: dict, convention: str) -> float:
+    """Training FLOPs per token of a `family` model with `config`, counted in `convention`."""
+    if convention not in flops_conventions(family):
+        raise ValueError(f"the {convention} FLOPs convention does not apply to {family} models; one of "
+                         f"{', '.join(flops_conventions(family))}")
+    costs = model_costs(family, config)
+    if convention == "per_layer":
+        return costs.flops_per_token
+    shape = {}
+    if family == "transformer":
+        c = armodels.make_config(family, **config)
+        shape = dict(n_layer=c.n_layer, d_model=c.n_embd, seq_len=c.seq_len, vocab_size=c.vocab_size, n_head=c.n_head)
+    return training_flops(convention, 1, params_nonembedding=costs.params_nonembedding, params_total=costs.params,
+                          **shape)
 
 
 def model_costs(family: str, config: dict) -> ModelCosts:
@@ -133,17 +173,21 @@ class TrainRun:
     def tokens_seen(self) -> int:
         return self.steps * self.train.batch_size * self.seq_len
 
+    @property
+    def warmup_fraction(self) -> float:
+        """The share of the steps that warm up: warmup_tokens' worth of steps if set (at most half the run), else
+        train.warmup_fraction."""
+        if self.train.warmup_tokens is None:
+            return self.train.warmup_fraction
+        return min(0.5, self.train.warmup_tokens / self.tokens_seen)
+
     def costs(self) -> ModelCosts:
         return model_costs(self.family, self.model)
 
     def flops(self, convention: str, tokens: int | None = None) -> float:
-        """Training FLOPs for `tokens` (default: the whole run) in `convention`: "6ND" (non-embedding N, Kaplan
-        et al.) or "per_layer" (the family's own layer-by-layer count; for transformers scaling.flops')."""
+        """Training FLOPs for `tokens` (default: the whole run) in `convention` (one of flops_conventions(family))."""
         tokens = self.tokens_seen if tokens is None else tokens
-        costs = self.costs()
-        if convention == "per_layer":
-            return costs.flops_per_token * tokens
-        return training_flops(convention, tokens, params_nonembedding=costs.params_nonembedding)
+        return flops_per_token(self.family, self.model, convention) * tokens
 
 
 @dataclass
@@ -230,7 +274,7 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
         "name": run.name, "family": run.family, "status": outcome.status, "reason": outcome.reason,
         "steps": outcome.steps, "tokens": tokens,
         "params": model.num_params(non_embedding=False), "params_nonembedding": model.num_params(),
-        "flops_6ND": run.flops("6ND", tokens), "flops_per_layer": run.flops("per_layer", tokens),
+        **{f"flops_{convention}": run.flops(convention, tokens) for convention in flops_conventions(run.family)},
         "initial_loss": outcome.initial_loss, "final_train_loss": outcome.last_loss,
         "final_val_loss": outcome.curve.val[-1]["loss"] if outcome.curve.val and outcome.status == "ok" else None,
         "train_seconds": elapsed, "tokens_per_s": tokens / elapsed, "workers": world,
@@ -310,7 +354,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     )
     total = run.steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, total, cfg.warmup_fraction, cfg.min_lr_ratio))
+        optimizer, lambda s: lr_multiplier(s, total, run.warmup_fraction, cfg.min_lr_ratio))
     engine, _, _, _ = deepspeed.initialize(model=Objective(model), optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg, micro, accum, world, precision))
     if cfg.compile:

@@ -112,7 +112,7 @@ def plain_loop(step: TrainStepConfig, shards: Path) -> dict:
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, run.steps, cfg.warmup_fraction, cfg.min_lr_ratio))
+        optimizer, lambda s: lr_multiplier(s, run.steps, run.warmup_fraction, cfg.min_lr_ratio))
     losses, eval_seconds = [], 0.0
     start, cpu_start = time.perf_counter(), time.thread_time()  # torch computes in this thread alone (1 thread)
     for s in range(run.steps):

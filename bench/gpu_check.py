@@ -461,7 +461,7 @@ def check_plain(args, save) -> dict:
              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device == "cuda" or None)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: train.lr_multiplier(s, run.steps, cfg.warmup_fraction, cfg.min_lr_ratio))
+            optimizer, lambda s: train.lr_multiplier(s, run.steps, run.warmup_fraction, cfg.min_lr_ratio))
         loss_fn = train.Objective(model)
         if cfg.compile:
             loss_fn = torch.compile(loss_fn)

@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", help="FLOPs convention (6ND, 6ND_total, kaplan, per_layer, chinchilla); "
                                         "default: the flops column, else 6ND")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals (default 1000)")
-    p.add_argument("--holdout-top", type=int, default=1, help="largest-compute runs held out by the backtest")
+    p.add_argument("--holdout-top", type=int, default=1, help="largest compute budgets held out by the backtest "
+                                                              "(all their runs)")
+    p.add_argument("--interval", choices=("residual", "runs"), default="residual",
+                   help="bootstrap for the intervals: residual (noise estimated from the runs; default) or runs")
     p.add_argument("--predict-compute", type=float, nargs="*", default=[], metavar="C",
                    help="training FLOPs to predict the loss at")
     p.add_argument("--json", action="store_true", help="print only the fit as one JSON object")
@@ -168,7 +171,8 @@ def cmd_fit(args) -> int:
         else:  # a fit of a study's runs is logged beside them, in the study's experiment
             runs, experiment = runs_from_mlflow(args.mlflow, args.experiment)
         result = scaling.fit_runs(runs, args.form, convention=args.convention, bootstrap=args.bootstrap,
-                                  holdout_top=args.holdout_top, predict_compute=args.predict_compute)
+                                  holdout_top=args.holdout_top, predict_compute=args.predict_compute,
+                                  interval=args.interval)
     except scaling.FitInputError as e:
         raise UserError(str(e)) from None
     if args.plot:
@@ -204,25 +208,38 @@ def cmd_advise(args) -> int:
 
 
 def describe_fit(fit: dict) -> str:
-    """A fit as a few readable lines: the law with intervals, the backtest, the predictions."""
+    """A fit as a few readable lines: the law with intervals, its noise, the backtests, whether the runs determine
+    it, and the predictions (intervals only, when they do not)."""
     ci = fit.get("ci", {})
+    bound = lambda x: "unbounded" if x is None else f"{x:.4g}"  # noqa: E731 (None: an infinite end, in JSON)
 
     def value(key: str) -> str:
-        low, high = ci.get(key, (None, None))
-        interval = f" [{low:.4g}, {high:.4g}]" if low is not None else ""
-        return f"{key} = {fit[key]:.4g}{interval}"
+        interval = ci.get(key)
+        return f"{key} = {fit[key]:.4g}" + (f" [{bound(interval[0])}, {bound(interval[1])}]" if interval else "")
 
     keys = [k for k in ("E", "A", "alpha", "B", "beta") if fit.get(k) is not None]
     lines = [f"{fit['form']} fit on {fit['n_points']} runs" + (f" (FLOPs: {fit['convention']})"
                                                                  if fit.get("convention") else "")]
     lines += [f"  {value(k)}" for k in keys]
+    boot = fit.get("bootstrap") or {}
+    if fit.get("noise_sd") is not None:
+        lines.append(f"  intervals: {fit.get('ci_level', 0.9):.0%}, {fit.get('interval_method')} bootstrap; noise "
+                     f"{fit['noise_sd']:.2%} of the loss ({fit.get('noise_dof')} dof)"
+                     + (f"; {boot['failed']} of {boot['requested']} resamples failed" if boot.get("failed") else ""))
     for row in fit.get("excluded", []):
         lines.append(f"  excluded: {row}")
     backtest = fit.get("backtest")
     if backtest:
-        lines.append(f"  backtest (largest held out): mean abs. relative error {backtest['mean_abs_rel_error']:.2%}")
+        lines.append(f"  backtest (largest budget held out): mean abs. relative error "
+                     f"{backtest['mean_abs_rel_error']:.2%}")
+    rolling = [r for r in fit.get("rolling", []) if r.get("abs_rel_error") is not None]
+    if rolling:
+        lines.append("  rolling-origin: " + ", ".join(f"{r['ratio']:g}× → {r['abs_rel_error']:.2%}" for r in rolling))
+    if fit.get("unidentified"):
+        lines.append(f"  not identified: {'; '.join(fit['unidentified'])} (no point predictions)")
     for p in fit.get("predictions", []):
-        lines.append(f"  predicted loss at C={p['compute']:.3g}: {p['loss']:.4f} [{p['low']:.4f}, {p['high']:.4f}]")
+        point = f"{p['loss']:.4f} " if not fit.get("unidentified") else ""
+        lines.append(f"  predicted loss at C={p['compute']:.3g}: {point}[{bound(p['low'])}, {bound(p['high'])}]")
     return "\n".join(lines)
 
 

@@ -15,9 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 import armodels
-from armodels.train import TrainConfig
 from armodels.config_fields import OMITTED_AT_DEFAULT
+from armodels.train import TrainConfig, flops_conventions
 from pipelines.errors import UserError
+from scaling.flops import CONVENTIONS
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "text-default"
@@ -102,7 +103,8 @@ class ShardConfig(_Strict):
 
 # Keys of a size entry that belong to the study, not to the family's config.
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become folder names cannot leave the study folder
-SIZE_OPTIONS = ("name", "tokens", "lr", "num_workers", "device", "gpus_per_worker")
+SIZE_OPTIONS = ("name", "tokens", "lr", "num_workers", "device", "gpus_per_worker", "seeds", "lr_sweep", "batch_size",
+                "beta2", "warmup_tokens")
 DEVICES = ("auto", "cpu", "cuda")  # training.device; auto: GPUs when the cluster has them (armodels.device)
 
 
@@ -117,6 +119,29 @@ def check_gpus_per_worker(value: Any) -> str | None:
     return None
 
 
+def check_lr_sweep(value: Any) -> str | None:
+    """Why `value` cannot be a learning-rate sweep, or None when it can."""
+    if not isinstance(value, list) or not value:
+        return f"must be a non-empty list of learning rates (got {value!r})"
+    if not all(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 for lr in value):
+        return f"learning rates must be positive numbers (got {value!r})"
+    if len(set(value)) < len(value):
+        return f"has a learning rate twice (got {value!r})"
+    return None
+
+
+# Per-size options checked like training's: (test, what a valid value is)
+SIZE_OPTION_CHECKS = {
+    "num_workers": (lambda v: type(v) is int and v >= 1, "must be a whole number, 1 or more"),
+    "seeds": (lambda v: type(v) is int and v >= 1, "must be a whole number of seeds, 1 or more"),
+    "batch_size": (lambda v: type(v) is int and v >= 1, "must be a whole number of sequences, 1 or more"),
+    "warmup_tokens": (lambda v: type(v) is int and v >= 0, "must be a whole number of tokens, 0 or more"),
+    "lr": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "must be a positive number"),
+    "beta2": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+              "must be a number in [0, 1)"),
+}
+
+
 def model_fields(size: dict[str, Any]) -> dict[str, Any]:
     """The family's config fields of a size entry: all but the SIZE_OPTIONS."""
     return {k: v for k, v in size.items() if k not in SIZE_OPTIONS}
@@ -124,9 +149,10 @@ def model_fields(size: dict[str, Any]) -> dict[str, Any]:
 
 class GridConfig(_Strict):
     """One family trained at several sizes. A size is the family's config fields (see `armodels.build`), plus
-    optional `name` (default: family and parameter count), `tokens` (overrides the budget rule), `lr`
-    (overrides training.lr), `num_workers` (overrides training.num_workers: big runs get more workers), `device`
-    and `gpus_per_worker` (override training's: small runs share a GPU, big ones get whole GPUs)."""
+    optional `name` (default: family and parameter count), `tokens` (overrides the budget rule), `num_workers`
+    (overrides training.num_workers: big runs get more workers), `device` and `gpus_per_worker` (override
+    training's: small runs share a GPU, big ones get whole GPUs), and the per-size hyperparameters `lr`,
+    `lr_sweep`, `seeds`, `batch_size`, `beta2`, `warmup_tokens` (override training's)."""
 
     family: str = "transformer"
     # The token stream the grid models: "text" (BPE tokens) in text studies; in image studies "pixels" (8-bit
@@ -154,9 +180,11 @@ class GridConfig(_Strict):
             if name is not None and not (isinstance(name, str) and re.fullmatch(SAFE_NAME, name)):
                 raise ValueError(f"sizes.{i}.name: {name!r} names a folder: use letters, digits, '.', '_', '-' "
                                  "and start with a letter or digit")
-            workers = size.get("num_workers", 1)
-            if type(workers) is not int or workers < 1:
-                raise ValueError(f"sizes.{i}.num_workers: must be a whole number, 1 or more (got {workers!r})")
+            for key, (valid, what) in SIZE_OPTION_CHECKS.items():
+                if key in size and not valid(size[key]):
+                    raise ValueError(f"sizes.{i}.{key}: {what} (got {size[key]!r})")
+            if "lr_sweep" in size and (problem := check_lr_sweep(size["lr_sweep"])):
+                raise ValueError(f"sizes.{i}.lr_sweep: {problem}")
             if size.get("device", "auto") not in DEVICES:
                 raise ValueError(f"sizes.{i}.device: one of {', '.join(DEVICES)} (got {size['device']!r})")
             if "gpus_per_worker" in size and (problem := check_gpus_per_worker(size["gpus_per_worker"])):
@@ -183,16 +211,25 @@ class ModelsConfig(_Strict):
 
 
 # Fields of `training` that plan the runs (token budgets, workers, devices); every other one is a TrainConfig field.
-PLANNING_FIELDS = ("tokens", "tokens_per_param", "min_tokens", "max_tokens", "flops_budgets", "num_workers",
-                   "cpus_per_worker", "device", "gpus_per_worker")
+PLANNING_FIELDS = ("tokens", "tokens_per_param", "tokens_per_param_of", "min_tokens", "max_tokens", "flops_budgets",
+                   "num_workers", "cpus_per_worker", "device", "gpus_per_worker", "seeds", "lr_sweep")
 
 
 class TrainingConfig(_Strict):
-    # Token budget per size: `tokens` for all, else tokens_per_param × non-embedding params, clipped.
+    # Token budget per size: `tokens` for all, else tokens_per_param × the size's parameters (a compute-optimal
+    # design when the ratio is near the optimum: every run then sits on the compute frontier). min_tokens and
+    # max_tokens clip it; a cap that gives several sizes the same tokens turns L(C) into a fixed-data curve, so
+    # the default is no cap.
     tokens: int | None = Field(None, gt=0)
     tokens_per_param: float = Field(20.0, gt=0)
-    min_tokens: int = Field(250_000, gt=0)
-    max_tokens: int = Field(2_000_000, gt=0)
+    # which parameters tokens_per_param counts: Kaplan et al.'s non-embedding ones, or all (Hoffmann et al.)
+    tokens_per_param_of: Literal["nonembedding", "total"] = added_setting("nonembedding")
+    min_tokens: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)
+    # Noise and per-size tuning: `seeds` runs of every size (seed, seed + 1, ...); with `lr_sweep`, every size
+    # is trained at each of these learning rates and the best (lowest mean loss over seeds) enters the fits.
+    seeds: int = added_setting(1, ge=1)
+    lr_sweep: list[float] | None = added_setting(None)
     # An isoFLOP grid (Chinchilla's Approach 2): every size trained at each of these budgets (training FLOPs in
     # fit.convention), its tokens set to spend the budget; the fit step then adds isoflop, envelope and chinchilla
     flops_budgets: list[float] | None = Field(None, min_length=1)
@@ -206,6 +243,8 @@ class TrainingConfig(_Strict):
     lr: float | None = Field(None, gt=0)
     min_lr_ratio: float | None = Field(None, ge=0, le=1)
     warmup_fraction: float | None = Field(None, ge=0, lt=1)
+    warmup_tokens: int | None = added_setting(None, ge=0)  # warmup in tokens, the same for every size (replaces
+    # warmup_fraction; capped at half a run). A fraction warms a big run up for longer than a small one.
     weight_decay: float | None = Field(None, ge=0)
     beta1: float | None = Field(None, ge=0, lt=1)
     beta2: float | None = Field(None, ge=0, lt=1)
@@ -222,20 +261,23 @@ class TrainingConfig(_Strict):
     def _budget_bounds(self):
         if problem := check_gpus_per_worker(self.gpus_per_worker):
             raise ValueError(f"gpus_per_worker: {problem}")
-        if self.min_tokens > self.max_tokens:
+        if self.min_tokens and self.max_tokens and self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens {self.min_tokens} exceeds max_tokens {self.max_tokens}")
+        if self.lr_sweep is not None and (problem := check_lr_sweep(self.lr_sweep)):
+            raise ValueError(f"lr_sweep: {problem}")
         if self.flops_budgets and (min(self.flops_budgets) <= 0 or self.tokens):
             raise ValueError("flops_budgets must be positive FLOPs and replace `tokens` (leave `tokens` out)")
         return self
 
-    def train_config(self, *, tokens: int, lr: float | None, seed: int, device: str = "cpu") -> TrainConfig:
+    def train_config(self, *, tokens: int, seed: int, device: str = "cpu", **size_options: Any) -> TrainConfig:
         """The armodels.train.TrainConfig of one run: this section's training options, by name (those left out keep
-        TrainConfig's defaults), with the run's token budget, its size's lr if it has one, the study's seed and the
-        run's resolved device (on a GPU, precision left out is "auto": bf16 where the GPU has it)."""
+        TrainConfig's defaults), with the run's token budget, seed and resolved device (on a GPU, precision left
+        out is "auto": bf16 where the GPU has it), and its size's own options (lr, batch_size, ...; None: not set)."""
         options = self.model_dump(exclude=set(PLANNING_FIELDS), exclude_none=True)
         if device == "cuda":
             options = {"precision": "auto", **options, "device": device}
-        return TrainConfig(tokens=tokens, **{**options, "seed": seed, **({"lr": lr} if lr else {})})
+        own = {k: v for k, v in size_options.items() if v is not None}
+        return TrainConfig(tokens=tokens, **{**options, "seed": seed, **own})
 
 
 class EvaluationConfig(_Strict):
@@ -247,10 +289,15 @@ class EvaluationConfig(_Strict):
 
 
 class FitConfig(_Strict):
-    convention: Literal["6ND", "per_layer"] = "6ND"  # FLOPs convention of the compute fit
+    # FLOPs convention of the compute fits (scaling/flops.py). per_layer: each family's own count of what it spends,
+    # logits included (they dominate small models); the report also shows the fits under the others.
+    convention: Literal[CONVENTIONS] = "per_layer"
     bootstrap: int = Field(1000, ge=0)
-    holdout_top: int = Field(1, ge=0)
-    predict_multipliers: list[float] = [10.0, 100.0, 1000.0]  # predict loss at these × the largest compute
+    holdout_top: int = Field(1, ge=0)  # backtest: refit without the largest compute budget(s), predict them
+    predict_multipliers: list[float] = [10.0, 100.0, 1000.0]  # predict loss at these × the family's largest compute
+    # Confirmation run: after the fit, train one compute-optimal model (the grid's tokens-per-parameter rule) at
+    # `confirm` × the family's largest compute, and report its loss beside the fit's prediction.
+    confirm: float | None = added_setting(None, ge=1)
 
 
 class StudyConfig(_Strict):
@@ -281,6 +328,17 @@ class StudyConfig(_Strict):
                                  "section)")
             if grid.stream in ("vqvae", "fsq") and grid.stream not in self.image_tokenizers:
                 raise ValueError(f"models.grids.{i}.stream: {grid.stream!r} needs image_tokenizers.{grid.stream}")
+            if self.fit.convention not in flops_conventions(grid.family):
+                raise ValueError(f"fit.convention: {self.fit.convention} does not count {grid.family} models' compute; "
+                                 f"use one of {', '.join(flops_conventions(grid.family))}")
+        if self.fit.confirm is not None:
+            if self.training.tokens or self.training.flops_budgets:
+                raise ValueError("fit.confirm: a confirmation run follows the grid's tokens-per-parameter rule; it "
+                                 "needs training.tokens_per_param (not training.tokens or flops_budgets)")
+            for i, grid in enumerate(self.models.grids):
+                if not {"n_layer", "n_embd"} <= {f.name for f in fields(armodels.family_classes(grid.family)[1])}:
+                    raise ValueError(f"fit.confirm: the confirmation model is the grid's shape scaled in depth and "
+                                     f"width (n_layer, n_embd); {grid.family} (models.grids.{i}) has no such fields")
         return self
 
 

@@ -17,14 +17,18 @@ pipelines/study.py's job.
 from __future__ import annotations
 
 import glob
+import itertools
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 import armodels
 from armodels.device import DeviceError, resolve_device
 from armodels.image_tokenizer import code_stream_shape
 from armodels.images import ImageDataError, image_shape
-from armodels.train import model_costs
+from armodels.train import ModelCosts, flops_per_token, model_costs
 from pipelines.config import TEXT_STREAM, GridConfig, StudyConfig, model_fields
 from pipelines.errors import UserError
 from pipelines.executor import Executor
@@ -34,12 +38,14 @@ from pipelines.steps import corpus, evaluate, fit, images, report, text_shards, 
 from pipelines.steps.images import pixel_levels
 
 
-def token_budget(cfg: StudyConfig, params_nonembedding: int, override: int | None) -> int:
-    """Tokens for one size: its override, else training.tokens, else tokens_per_param × N_nonemb, clipped."""
+def token_budget(cfg: StudyConfig, costs: ModelCosts, override: int | None) -> int:
+    """Tokens for one size: its override, else training.tokens, else tokens_per_param × its parameters
+    (non-embedding or all: training.tokens_per_param_of), clipped to [min_tokens, max_tokens] where those are set."""
     t = cfg.training
     if override or t.tokens:
         return override or t.tokens
-    return int(min(max(t.tokens_per_param * params_nonembedding, t.min_tokens), t.max_tokens))
+    params = costs.params if t.tokens_per_param_of == "total" else costs.params_nonembedding
+    return int(min(max(t.tokens_per_param * params, t.min_tokens or 0), t.max_tokens or float("inf")))
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,9 @@ def stream_shapes(cfg: StudyConfig) -> dict[str, StreamShape]:
 def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, train.TrainStepConfig]]:
     """(grid, training-step config) for each model size of every grid; with training.flops_budgets, one per size
     and budget instead (an isoFLOP grid: each size gets the tokens that spend the budget, in the fit's convention).
-    Each run's device (training.device or the size's) is resolved against `gpus`, the GPUs of the cluster."""
+    Each of those is trained at every learning rate of its lr_sweep (names end in -lr<lr>) and with each of its
+    seeds (the study's seed, then seed + 1, ... named -s1, -s2, ...). Each run's device (training.device or the
+    size's) is resolved against `gpus`, the GPUs of the cluster."""
     t = cfg.training
     shapes = stream_shapes(cfg)
     out = []
@@ -94,20 +102,24 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
             model = {**model_fields(size), **shape.fields_for(grid.family)}
             costs = model_costs(grid.family, model)
             name = size.get("name") or f"{grid.series}-{human(costs.params_nonembedding)}"
-            budgets = {name: token_budget(cfg, costs.params_nonembedding, size.get("tokens"))}
+            budgets = {name: token_budget(cfg, costs, size.get("tokens"))}
             if t.flops_budgets:
-                per_layer = cfg.fit.convention == "per_layer"
-                per_token = costs.flops_per_token if per_layer else 6 * costs.params_nonembedding
+                per_token = flops_per_token(grid.family, model, cfg.fit.convention)
                 budgets = {f"{name}-c{c:.0e}".replace("+", ""): max(1, round(c / per_token)) for c in t.flops_budgets}
             try:
                 device = resolve_device(size.get("device") or t.device, gpus)
             except DeviceError as e:
                 raise UserError(f"models: size {name}: {e}") from None
             on_gpu = device == "cuda"
-            for run_name, tokens in budgets.items():
+            sweep = size.get("lr_sweep") or t.lr_sweep
+            lrs = {f"-lr{lr:g}": lr for lr in sweep} if sweep else {"": size.get("lr")}
+            seeds = {"" if i == 0 else f"-s{i}": cfg.seed + i for i in range(size.get("seeds") or t.seeds)}
+            for (budget_name, tokens), (lr_suffix, lr), (seed_suffix, seed) in itertools.product(
+                    budgets.items(), lrs.items(), seeds.items()):
+                run_train = t.train_config(tokens=tokens, seed=seed, device=device, lr=lr,
+                                           **{k: size.get(k) for k in ("batch_size", "beta2", "warmup_tokens")})
                 out.append((grid, train.TrainStepConfig(
-                    name=run_name, family=grid.family, model=model,
-                    train=t.train_config(tokens=tokens, lr=size.get("lr"), seed=cfg.seed, device=device),
+                    name=budget_name + lr_suffix + seed_suffix, family=grid.family, model=model, train=run_train,
                     num_workers=size.get("num_workers") or t.num_workers, cpus_per_worker=t.cpus_per_worker,
                     gpus_per_worker=(size.get("gpus_per_worker") or t.gpus_per_worker) if on_gpu else 0.0)))
     names = [c.name for _, c in out]
@@ -115,6 +127,38 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
     if repeated:
         raise UserError(f"models: several sizes are named {', '.join(repeated)}; give them distinct `name`s")
     return out
+
+
+def confirm_run(cfg: StudyConfig, grid: GridConfig, runs: list[train.TrainStepConfig]) -> train.TrainStepConfig:
+    """The confirmation run of a grid (fit.confirm = R): the grid's largest size made larger the way the grid grows,
+    to spend R to 1.15 R × the grid's largest compute (in the fit's convention) with the grid's tokens-per-parameter
+    rule. Its depth follows the grid's depth-vs-size trend (a grid of one depth keeps it; n_layer ∝ N^s fitted over
+    the sizes otherwise) and its width, in steps that the heads divide, makes up the compute; of the shapes in the
+    window, the one whose depth is nearest the trend (else the one closest to R×). One seed; its learning rate
+    comes from the fit (the lr-vs-size law, see steps/fit.py)."""
+    convention = cfg.fit.convention
+    largest = max(runs, key=lambda tc: tc.run(Path(".")).flops(convention))
+    target = cfg.fit.confirm * largest.run(Path(".")).flops(convention)
+    base = largest.model
+    sizes = {(tc.run(Path(".")).costs().params_nonembedding, tc.model["n_layer"]) for tc in runs}
+    n, depth = np.log([s[0] for s in sizes]), np.log([s[1] for s in sizes])
+    slope = np.polyfit(n, depth, 1)[0] if len(set(n)) > 1 and len(set(depth)) > 1 else 0.0
+    base_n = largest.run(Path(".")).costs().params_nonembedding
+    step = base.get("n_head", 1)  # head width must be whole
+    candidates = []
+    for n_layer in range(1, 4 * base["n_layer"] + 3):
+        for n_embd in range(step, 4 * base["n_embd"] + step, step):
+            model = {**base, "n_layer": n_layer, "n_embd": n_embd}
+            costs = model_costs(grid.family, model)
+            tc = replace(largest, model=model, train=replace(largest.train, tokens=token_budget(cfg, costs, None),
+                                                              seed=cfg.seed))
+            over = tc.run(Path(".")).flops(convention) / target
+            trend = base["n_layer"] * (costs.params_nonembedding / base_n) ** slope
+            candidates.append((abs(math.log(n_layer / trend)), over, tc))
+    window = [c for c in candidates if 1 <= c[1] < 1.15]
+    chosen = (min(window, key=lambda c: (round(c[0], 6), c[1])) if window
+              else min(candidates, key=lambda c: abs(math.log(c[1]))))[2]
+    return replace(chosen, name=f"{grid.series}-confirm-{cfg.fit.confirm:g}x")
 
 
 def train_configs(cfg: StudyConfig, gpus: float = 0.0) -> list[train.TrainStepConfig]:
@@ -181,44 +225,73 @@ def build_steps(cfg: StudyConfig, gpus: float = 0.0) -> list[Step]:
     """The study's DAG, as the list of its final steps (just the report), which reach every other step. `gpus`:
     the GPUs of the cluster it will run on (training.device auto uses them when there are any)."""
     streams = image_streams(cfg) if cfg.is_image_study else text_streams(cfg)
-    e, f = cfg.evaluation, cfg.fit
-    eval_cfg = evaluate.EvalStepConfig(**e.model_dump(), seed=cfg.seed)
+    f = cfg.fit
+    planned = grid_runs(cfg, gpus)
     trains, evals = {}, {}
-    for grid, tc in grid_runs(cfg, gpus):
+    for grid, tc in planned:
         shard_step, decoder_step = streams[grid.stream]
-        run = tc.run(Path("."))
-        flops = run.flops(f.convention)
-        trains[tc.name] = Step(
-            f"train-{tc.name}", train.train_model, tc, inputs={"shards": shard_step}, version=train.VERSION,
-            resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True,
-                                cpus_per_worker=tc.cpus_per_worker, gpus=tc.num_workers * tc.gpus_per_worker,
-                                gpus_per_worker=tc.gpus_per_worker), priority=flops,
-            describe=(f"{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
-                      f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({f.convention}); {tc.describe_workers()}"))
-        # a GPU run is evaluated and sampled on a GPU too, with the share of one that a worker of its run had
-        run_eval_cfg = replace(eval_cfg, device=tc.train.device)
-        if grid.stream == TEXT_STREAM:
-            step_fn, step_cfg = evaluate.evaluate_model, run_eval_cfg
-        else:
-            step_fn = evaluate.evaluate_image_model
-            step_cfg = evaluate.ImageEvalStepConfig(stream=grid.stream, common=run_eval_cfg)
-        eval_gpus = min(tc.gpus_per_worker, 1.0)
-        evals[tc.name] = Step(f"eval-{tc.name}", step_fn, step_cfg, version=evaluate.VERSION,
-                              resources=Resources(cpus=1, gpus=eval_gpus, gpus_per_worker=eval_gpus),
-                              inputs={"train": trains[tc.name], "shards": shard_step, "tokenizer": decoder_step},
-                              describe=f"val loss on ≤{human(e.max_tokens)} tokens, {e.samples} samples")
+        trains[tc.name] = train_step(tc, train.train_model, {"shards": shard_step}, f.convention)
+        evals[tc.name] = eval_step(cfg, grid, tc, trains[tc.name], shard_step, decoder_step)
+    # confirmation runs (fit.confirm): one per grid, trained after the fit, whose lr-vs-size law sets their lr
+    confirms = {grid.series: confirm_run(cfg, grid, [tc for g, tc in planned if g is grid])
+                 for grid in cfg.models.grids} if f.confirm is not None else {}
     fit_step = Step("fit", fit.fit_study,
-                    fit.FitStepConfig(**f.model_dump(), seed=cfg.seed, isoflop=bool(cfg.training.flops_budgets)),
+                    fit.FitStepConfig(**f.model_dump(exclude={"confirm"}), seed=cfg.seed,
+                                      isoflop=bool(cfg.training.flops_budgets),
+                                      confirm={series: fit.planned_confirm(tc, f.convention)
+                                               for series, tc in confirms.items()}),
                     inputs=evals, version=fit.VERSION,
-                    describe=f"L(C) and L(N) power laws, {f.bootstrap} bootstraps, hold out top {f.holdout_top}")
+                    describe=f"L(C) and L(N) power laws, {f.bootstrap} bootstraps, hold out top {f.holdout_top} "
+                             "budget(s)")
+    confirm_evals = {}
+    for grid in cfg.models.grids:
+        if grid.series in confirms:
+            tc = confirms[grid.series]
+            shard_step, decoder_step = streams[grid.stream]
+            confirm_train = train_step(tc, train.train_confirmation, {"shards": shard_step, "fit": fit_step},
+                                       f.convention, "confirmation run, lr from the fit's lr law; ")
+            confirm_evals[tc.name] = eval_step(cfg, grid, tc, confirm_train, shard_step, decoder_step)
+            trains[tc.name] = confirm_train
     # an image study's report also shows the data it used and each tokenizer's reconstructions
     decoders = {"images" if s.name == "images" else s.name: s for _, s in streams.values() if s.name != "tokenizer"}
     report_step = Step("report", report.write_report,
                        report.ReportStepConfig(study=cfg.name, config=cfg.stable_dump()),
                        inputs={"fit": fit_step, **{f"train-{k}": v for k, v in trains.items()},
-                               **{f"eval-{k}": v for k, v in evals.items()}, **decoders},
+                               **{f"eval-{k}": v for k, v in {**evals, **confirm_evals}.items()}, **decoders},
                        version=report.VERSION, describe="report.md with plots")
     return [report_step]
+
+
+def train_step(tc: train.TrainStepConfig, function, inputs: dict[str, Step], convention: str,
+               what: str = "") -> Step:
+    """The step that trains run `tc` with `function` (train_model, or train_confirmation for a confirmation run)."""
+    run = tc.run(Path("."))
+    flops = run.flops(convention)
+    return Step(f"train-{tc.name}", function, tc, inputs=inputs, version=train.VERSION,
+                resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True,
+                                    cpus_per_worker=tc.cpus_per_worker, gpus=tc.num_workers * tc.gpus_per_worker,
+                                    gpus_per_worker=tc.gpus_per_worker), priority=flops,
+                describe=(f"{what}{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
+                          f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({convention}); "
+                          f"{tc.describe_workers()}"))
+
+
+def eval_step(cfg: StudyConfig, grid: GridConfig, tc: train.TrainStepConfig, train_run: Step, shard_step: Step,
+              decoder_step: Step) -> Step:
+    """The step that scores run `tc` on the held-out split and samples from it."""
+    e = cfg.evaluation
+    # a GPU run is evaluated and sampled on a GPU too, with the share of one that a worker of its run had
+    run_eval_cfg = evaluate.EvalStepConfig(**e.model_dump(), seed=cfg.seed, device=tc.train.device)
+    if grid.stream == TEXT_STREAM:
+        step_fn, step_cfg = evaluate.evaluate_model, run_eval_cfg
+    else:
+        step_fn = evaluate.evaluate_image_model
+        step_cfg = evaluate.ImageEvalStepConfig(stream=grid.stream, common=run_eval_cfg)
+    eval_gpus = min(tc.gpus_per_worker, 1.0)
+    return Step(f"eval-{tc.name}", step_fn, step_cfg, version=evaluate.VERSION,
+                resources=Resources(cpus=1, gpus=eval_gpus, gpus_per_worker=eval_gpus),
+                inputs={"train": train_run, "shards": shard_step, "tokenizer": decoder_step},
+                describe=f"val loss on ≤{human(e.max_tokens)} tokens, {e.samples} samples")
 
 
 def describe_plan(executor: Executor, targets: list[Step]) -> str:

@@ -6,7 +6,8 @@
 
 Modules: `runs` (loading, hygiene), `flops` (compute conventions), `forms` (their names), `laws` and `frontier`
 (the forms), `fit` (per-form functions, `fit_runs`), `bootstrap`, `backtest`, `optimal` (compute-optimal allocation),
-`advise` (next run to train), `plots`, `optimize` (the batched L-BFGS under the fits).
+`advise` (next run to train), `selection` (forms compared by out-of-sample error), `plots`, `optimize` (the batched
+L-BFGS under the fits).
 """
 
 import importlib
@@ -17,6 +18,7 @@ _EXPORTS = {
     "Advice": "advise", "advise": "advise", "compute_optimal": "optimal",
     "Backtest": "results", "FitResult": "results", "Prediction": "results",
     "FitInputError": "runs", "load_runs_csv": "runs", "FORMS": "forms",
+    "FormComparison": "selection", "compare_forms": "selection",
     **{name: "fit" for name in ("fit_chinchilla", "fit_compute", "fit_envelope", "fit_isoflop", "fit_law",
                                 "fit_params", "fit_runs", "fit_tokens")},
 }

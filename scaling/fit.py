@@ -26,13 +26,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from scaling.backtest import ROLLING_RATIOS, rolling_origin
 from scaling.backtest import backtest as run_backtest
+from scaling.bootstrap import METHODS as BOOTSTRAP_METHODS
 from scaling.bootstrap import bootstrap as run_bootstrap
 from scaling.bootstrap import intervals
 from scaling.flops import CONVENTION_COLUMNS, CONVENTIONS, training_flops
-from scaling.forms import COMPUTE_FORMS, FORMS
+from scaling.forms import COMPUTE_FORMS, FORMS, PURE_FORMS
 from scaling.frontier import Envelope, IsoFLOP
-from scaling.laws import HUBER_DELTA, Chinchilla, PowerLaw
+from scaling.laws import HUBER_DELTA, Chinchilla, LogSumExpLaw, PowerLaw, PurePowerLaw
 from scaling.optimal import predict_at
 from scaling.results import FitResult
 from scaling.runs import FitInputError, require_columns, run_labels, usable_rows
@@ -40,17 +42,23 @@ from scaling.runs import FitInputError, require_columns, run_labels, usable_rows
 
 def fit_law(law, form: str, *, bootstrap: int = 1000, holdout_top: int = 1, predict_compute: Sequence[float] = (),
             ci_level: float = 0.9, seed: int = 0, excluded: list[dict] | None = None, convention: str | None = None,
-            labels: list[dict] | None = None, x_label: str = "compute", start: np.ndarray | None = None) -> FitResult:
-    """The steps every form shares: full fit, backtest, bootstrap, intervals and predictions.
+            labels: list[dict] | None = None, x_label: str = "compute", start: np.ndarray | None = None,
+            interval: str = "residual", backtest_ratios: Sequence[float] = ROLLING_RATIOS) -> FitResult:
+    """The steps every form shares: full fit, backtests, bootstrap, intervals, identifiability and predictions.
 
-    `law` is one of `laws.PowerLaw`, `laws.Chinchilla`, `frontier.Envelope`, `frontier.IsoFLOP`. `start`
-    warm-starts the full fit from a parameter vector instead of the grid (the advisor refits this way).
+    `law` is one of `laws.PowerLaw`, `laws.PurePowerLaw`, `laws.Chinchilla`, `frontier.Envelope`,
+    `frontier.IsoFLOP`. `start` warm-starts the full fit from a parameter vector instead of the grid (the advisor
+    refits this way). `interval`: "residual" (parametric bootstrap with the runs' noise; the allocation laws,
+    which have no residuals, fall back to "runs") or "runs" (see scaling.bootstrap). `holdout_top`: compute
+    budgets held out by the backtest; `backtest_ratios`: the rolling-origin extrapolation ratios.
     """
     if law.n_points < law.min_points:
         raise FitInputError(f"the {form} fit needs at least {law.min_points} usable runs, got {law.n_points}"
                             + (f" ({len(excluded)} excluded)" if excluded else ""))
     if not 0 < ci_level < 1:
         raise ValueError(f"ci_level must be between 0 and 1, got {ci_level}")
+    if interval not in BOOTSTRAP_METHODS:
+        raise FitInputError(f"unknown interval method {interval!r}; one of {', '.join(BOOTSTRAP_METHODS)}")
     if predict_compute and form not in COMPUTE_FORMS:
         raise FitInputError(f"predictions at a compute budget need a compute-based form "
                             f"({', '.join(COMPUTE_FORMS)}), not {form!r}")
@@ -61,22 +69,60 @@ def fit_law(law, form: str, *, bootstrap: int = 1000, holdout_top: int = 1, pred
                             f"{'; '.join(full.warnings) or 'too few distinct points'}")
     warnings = list(full.warnings)
     backtest, backtest_note = run_backtest(law, holdout_top, labels)
-    samples = run_bootstrap(law, theta, bootstrap, seed)
-    if bootstrap and samples.used < bootstrap:
-        warnings.append(f"bootstrap: {samples.used} of {bootstrap} resamples used (the others had too few "
-                        "distinct runs to fit)")
+    rolling = rolling_origin(law, backtest_ratios) if backtest_ratios else []
+    method = interval if isinstance(law, LogSumExpLaw) else "runs"
+    samples = run_bootstrap(law, theta, bootstrap, seed, method)
+    if samples.note:
+        warnings.append(samples.note)
+    if method != interval:
+        warnings.append(f"intervals by the bootstrap over runs: the {form} form has no residuals for the residual "
+                        "bootstrap (a resample that leaves a budget too few sizes fails and widens them)")
+    if bootstrap and samples.failed:
+        warnings.append(f"bootstrap: {samples.failed} of {bootstrap} resamples could not be refitted; they count as "
+                        "unknown on both sides of every interval")
     params = {name: float(v[0]) for name, v in law.values(theta).items()}
-    ci = intervals(law.values(samples.theta), ci_level) if samples.used >= 2 else {}
-    predictions = [predict_at(law, theta, samples.theta, c, ci_level) for c in predict_compute]
+    ci = intervals(law.values(samples.theta), ci_level, bootstrap) if samples.used >= 2 else {}
+    predictions = [predict_at(law, theta, samples.theta, c, ci_level, bootstrap, samples.sigma, seed)
+                   for c in predict_compute]
     for p in predictions:
-        for key, value, interval in (("loss", p.loss, (p.low, p.high)), ("n_opt", p.n_opt, p.n_opt_interval),
-                                     ("d_opt", p.d_opt, p.d_opt_interval)):
-            if value is not None and interval is not None and np.isfinite(interval[0]):
-                ci[f"{key}@{p.compute:.4g}"] = tuple(interval)
-    return FitResult(form=form, params=params, ci=ci, backtest=backtest, predictions=predictions,
-                     n_points=law.n_points, excluded=list(excluded or []), convention=convention, warnings=warnings,
-                     ci_level=ci_level, bootstrap_requested=bootstrap, bootstrap_used=samples.used,
-                     backtest_note=backtest_note, x_label=x_label, law=law, theta=theta, samples=samples.theta)
+        for key, value, interval_ in (("loss", p.loss, (p.low, p.high)), ("n_opt", p.n_opt, p.n_opt_interval),
+                                      ("d_opt", p.d_opt, p.d_opt_interval)):
+            if value is not None and interval_ is not None and not np.isnan(interval_[0]):
+                ci[f"{key}@{p.compute:.4g}"] = tuple(interval_)
+    result = FitResult(form=form, params=params, ci=ci, backtest=backtest, predictions=predictions,
+                       n_points=law.n_points, excluded=list(excluded or []), convention=convention,
+                       warnings=warnings, ci_level=ci_level, bootstrap_requested=bootstrap,
+                       bootstrap_used=samples.used, backtest_note=backtest_note, x_label=x_label, law=law,
+                       theta=theta, samples=samples.theta, interval_method=method, noise_sd=samples.noise_sd,
+                       noise_dof=samples.noise_dof, bootstrap_failed=samples.failed, rolling=rolling)
+    result.unidentified = unidentified_reasons(result)
+    return result
+
+
+EXPONENTS = ("alpha", "beta", "a", "b")
+MAX_EXPONENT_SPAN = 3.0  # an exponent whose interval spans more than 3× is not determined by the runs
+
+
+def unidentified_reasons(fit: FitResult) -> list[str]:
+    """Why the runs do not determine the fit's parameters (empty: they do): an exponent whose interval spans more
+    than 3× or reaches 0, an E whose interval reaches 0 (below 1e-3 × the fitted E or × the lowest loss: the runs
+    cannot tell it from no floor at all; use the form without E), a parameter without a finite interval, or no
+    bootstrap to tell."""
+    if fit.bootstrap_requested == 0 or fit.bootstrap_used < 2:
+        return ["no bootstrap intervals, so identifiability is not assessed"]
+    reasons = []
+    floor = float(np.min(fit.law.loss)) if fit.law is not None else 0.0  # E far below every loss is E = 0
+    for name, value in fit.params.items():
+        if not np.isfinite(value):
+            continue  # a part the law leaves undefined (e.g. an envelope's loss law): its warnings say so
+        low, high = fit.ci.get(name, (-np.inf, np.inf))
+        if not (np.isfinite(low) and np.isfinite(high)):
+            reasons.append(f"{name} has no finite {fit.ci_level:.0%} interval")
+        elif name in EXPONENTS and (low <= 0 or high / low > MAX_EXPONENT_SPAN):
+            reasons.append(f"{name}'s interval [{low:.3g}, {high:.3g}] spans more than {MAX_EXPONENT_SPAN:g}×")
+        elif name == "E" and (low < 1e-3 * value or low < 1e-3 * floor):
+            reasons.append(f"E's interval [{low:.3g}, {high:.3g}] reaches 0")
+    return reasons
 
 
 def _arrays(**arrays) -> dict[str, np.ndarray]:
@@ -163,7 +209,7 @@ def _require_budgets(law: IsoFLOP) -> None:
 
 def fit_runs(runs: pd.DataFrame, form: str, *, convention: str | None = None, bootstrap: int = 1000,
              holdout_top: int = 1, predict_compute: Sequence[float] = (), ci_level: float = 0.9,
-             seed: int = 0) -> FitResult:
+             seed: int = 0, interval: str = "residual", backtest_ratios: Sequence[float] = ROLLING_RATIOS) -> FitResult:
     """Fit `form` to a run table (see `scaling.runs`), leaving out and listing the runs it cannot use.
 
     Parameters
@@ -178,8 +224,8 @@ def fit_runs(runs: pd.DataFrame, form: str, *, convention: str | None = None, bo
         table has one, else computed from its columns. None: the ``flops`` column if there is one, else
         6ND (6ND_total without a ``params_nonembedding`` column). For chinchilla it chooses N (6ND: non-embedding, 6ND_total: all parameters) since that form
         allocates compute as C = 6·N·D.
-    bootstrap, holdout_top, predict_compute, ci_level, seed
-        As in `fit_law`.
+    bootstrap, holdout_top, predict_compute, ci_level, seed, interval, backtest_ratios
+        As in `fit_law` (holdout_top counts compute budgets).
 
     N is ``params_nonembedding`` where the table has it (Kaplan et al.'s choice: laws in non-embedding
     parameters are cleaner for small models), else ``params``.
@@ -197,22 +243,23 @@ def fit_runs(runs: pd.DataFrame, form: str, *, convention: str | None = None, bo
     # a canonical row order, so that the same runs give the same fit (bit for bit) from any source
     order = [c for c in ("params", "tokens", "loss", "run_id") if c in runs]
     runs = runs.sort_values(order, kind="stable", na_position="last").reset_index(drop=True)
-    values, convention = _fit_inputs(runs, form, convention)
+    base = PURE_FORMS.get(form, form)  # compute_pure reads what compute reads, params_pure what params reads
+    values, convention = _fit_inputs(runs, base, convention)
     keep, excluded = usable_rows(runs, values)
     kept = {name: v[keep] for name, v in values.items()}
     labels = [label for label, k in zip(run_labels(runs), keep) if k]
     options = dict(bootstrap=bootstrap, holdout_top=holdout_top, predict_compute=predict_compute,
-                   ci_level=ci_level, seed=seed)
+                   ci_level=ci_level, seed=seed, interval=interval, backtest_ratios=backtest_ratios)
     if keep.sum() == 0:
         raise FitInputError(f"the {form} fit has no usable runs ({len(excluded)} excluded: "
                             + "; ".join(f"{next(iter(e.values()))}: {e['reason']}" for e in excluded[:3])
                             + ("; …" if len(excluded) > 3 else "") + ")")
-    if form in ("compute", "params", "tokens"):
-        x_name = {"compute": "flops", "params": "params", "tokens": "tokens"}[form]
-        law = PowerLaw(kept[x_name], kept["loss"])
+    if base in ("compute", "params", "tokens"):
+        x_name = {"compute": "flops", "params": "params", "tokens": "tokens"}[base]
+        law = (PurePowerLaw if form in PURE_FORMS else PowerLaw)(kept[x_name], kept["loss"])
         x_label = {"compute": f"training FLOPs ({convention or 'flops column'})",
                    "params": f"parameters ({'non-embedding' if 'params_nonembedding' in runs else 'total'})",
-                   "tokens": "training tokens"}[form]
+                   "tokens": "training tokens"}[base]
     elif form == "chinchilla":
         law = Chinchilla(kept["params"], kept["tokens"], kept["loss"])
         x_label = f"training FLOPs ({convention})"
@@ -226,7 +273,7 @@ def fit_runs(runs: pd.DataFrame, form: str, *, convention: str | None = None, bo
                      labels=labels, x_label=x_label, **options)
     # where the left-out runs would sit on the fit's axis, so that plots can show them apart
     x_all = law.k * values["params"] * values["tokens"] if form == "chinchilla" else values[
-        {"params": "params", "tokens": "tokens"}.get(form, "flops")]
+        {"params": "params", "tokens": "tokens"}.get(base, "flops")]
     result.excluded_points = [(float(x), float(y)) for x, y in zip(x_all[~keep], values["loss"][~keep])
                               if np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0]
     return result

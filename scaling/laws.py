@@ -227,6 +227,36 @@ class PowerLaw(LogSumExpLaw):
         return self.predict(theta, self.x[rows])
 
 
+class PurePowerLaw(PowerLaw):
+    """L(x) = A·x^−α: no irreducible loss (Kaplan et al. 2020's L(C_min) and L(N) forms), for runs far above
+    their E, where E + A·x^−α cannot tell E from zero. θ = (a, α), A = exp(a)·x_ref^α as in `PowerLaw`."""
+
+    names = ("A", "alpha")
+    theta_names = ("log A (normalised x)", "alpha")
+    min_points = 3  # two parameters, plus one
+
+    def __init__(self, x: np.ndarray, loss: np.ndarray, *, x_ref: float | None = None, delta: float = HUBER_DELTA):
+        super().__init__(x, loss, x_ref=x_ref, delta=delta)
+        self.lower = np.array([-np.inf, 0.0])
+
+    def _design(self, x: np.ndarray) -> np.ndarray:
+        lx = np.log(np.asarray(x, dtype=float) / self.x_ref)
+        return np.stack([np.ones_like(lx), -lx], -1)[None]  # one term: a − α·log x̃
+
+    def starts(self):
+        alpha_axis = np.array([0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
+        a = np.log(float(np.median(self.loss)))
+        return np.array([(a, alpha) for alpha in alpha_axis]), [None, alpha_axis]
+
+    def identifiable(self, weights):
+        return np.array([len(np.unique(self.x[w > 0])) >= 2 for w in weights])
+
+    def values(self, theta):
+        a, alpha = np.atleast_2d(theta).T
+        with np.errstate(over="ignore"):
+            return {"A": np.exp(a) * self.x_ref**alpha, "alpha": alpha}
+
+
 class Chinchilla(LogSumExpLaw):
     """Approach 3 of Hoffmann et al. 2022: L(N, D) = E + A/N^α + B/D^β.
 

@@ -47,7 +47,7 @@ def plot_frontier(runs, fit: FitResult, path, *, extrapolate_to: float | None = 
         ex, el = np.array(fit.excluded_points).T
         ax.scatter(ex, el, marker="x", color="C3", zorder=3, label=f"left out ({len(ex)})")
     curve = fit.predict(grid)
-    low, high = fit.predict_interval(grid)
+    low, high = (np.where(np.isfinite(v), v, np.nan) for v in fit.predict_interval(grid))  # unbounded: not drawn
     ax.plot(grid, curve, color="C1", label=_law_label(fit))
     if np.isfinite(low).any():
         ax.fill_between(grid, low, high, color="C1", alpha=BAND_ALPHA, lw=0,
@@ -84,6 +84,8 @@ def _law_label(fit: FitResult) -> str:
                 " (compute-optimal)")
     if "E" in p and np.isfinite(p["E"]):
         return f"L = {p['E']:.3g} + {p['A']:.3g}·x^−{p['alpha']:.3f}"
+    if fit.form in ("compute_pure", "params_pure"):
+        return f"L = {p['A']:.3g}·x^−{p['alpha']:.3f}"
     return "fit"
 
 
@@ -239,5 +241,25 @@ def plot_rate_distortion(points: dict[str, tuple[list[float], list[float]]], pat
     ax.set_title(title or "rate and distortion of each token stream")
     ax.grid(True, which="both", alpha=0.3)
     if points:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_lr_sweep(curves: dict[str, tuple[list[float], list[float]]], best: dict[str, float], path, *,
+                  title: str | None = None) -> Path:
+    """Loss against learning rate (log x), one line per model size, its best learning rate marked: a best lr at
+    either end of a line means the sweep should be wider."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(curves), 1)))
+    for (label, (lrs, losses)), color in zip(curves.items(), colors):
+        ax.plot(lrs, losses, marker="o", ms=4, color=color, label=label)
+        if label in best:
+            ax.axvline(best[label], color=color, ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("validation loss (nats/token), mean over seeds")
+    ax.set_title(title or "loss vs learning rate")
+    ax.grid(True, which="both", alpha=0.3)
+    if curves:
         ax.legend(fontsize=8)
     return _save(fig, path)

@@ -14,19 +14,19 @@ import numpy as np
 import torch
 
 from armodels.bpe import BPETokenizer
-from armodels.data import TokenWindows
 from armodels.config_fields import added_field
+from armodels.data import TokenWindows
 from armodels.device import torch_device
 from armodels.evaluate import evaluate_loss
 from armodels.files import read_json, write_json_atomic
 from armodels.image_tokenizer import ImageTokenizer
 from armodels.shards import load_token_stream
-from armodels.train import TrainRun, load_model
+from armodels.train import TrainRun, flops_conventions, load_model
 from pipelines.step import StepContext
 from pipelines.steps.fit import series_of
 from pipelines.steps.images import load_split, save_image_grid
 
-VERSION = "1"
+VERSION = "2"  # 2: records carry compute in every convention, lr, seed and batch size
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,13 @@ class EvalStepConfig:
 def run_record(train_dir: Path) -> dict:
     """The fields of a training run that the fit and the report need, from its run.json and result.json."""
     run, result = TrainRun.load(train_dir / "run.json"), read_json(train_dir / "result.json")
-    keep = ("status", "reason", "params", "params_nonembedding", "tokens", "flops_6ND", "flops_per_layer",
-            "initial_loss", "final_train_loss", "train_seconds", "tokens_per_s")
+    keep = ("status", "reason", "params", "params_nonembedding", "tokens", "initial_loss", "final_train_loss",
+            "train_seconds", "tokens_per_s")
+    # compute in every convention that applies to the family, so the fit can compare them (scaling.flops)
+    flops = {f"flops_{c}": run.flops(c, result["tokens"]) for c in flops_conventions(run.family)}
     return {"run_id": run.name, "family": run.family, "seq_len": run.seq_len, "vocab_size": run.model["vocab_size"],
-            **{k: result[k] for k in keep}, "config": run.model}
+            **{k: result[k] for k in keep}, **flops, "lr": run.train.lr, "seed": run.train.seed,
+            "batch_size": run.train.batch_size, "device": result.get("device", "cpu"), "config": run.model}
 
 
 def _unfinished(ctx: StepContext, record: dict) -> dict | None:

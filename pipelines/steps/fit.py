@@ -1,23 +1,51 @@
-"""Step `fit`: for each model family, the power laws L(C) and L(N) over its runs, with bootstrap intervals, a
-backtest on the largest-compute run(s), and predictions at multiples of the study's largest compute. An isoFLOP
-grid (training.flops_budgets) adds Chinchilla's three approaches: isoflop (2), envelope (1) and chinchilla (3).
+"""Step `fit`: for each model family, the scaling laws over its runs, with what a reader needs to trust them.
 
-Outputs: runs.csv (one row per run, the input of `arscale fit --runs`), fit.json ({family: {form: fit}}) and the
-plots frontier-<family>.png, params-<family>.png, backtest-<family>.png, families.png when there are several,
-and for isoFLOP grids isoflops-<family>.png and optimal-<family>.png (N*(C), D*(C)).
+Per family (or image stream and family), from the evaluation records of its runs:
+
+1. **Which runs enter.** With an lr sweep, each size's best learning rate (lowest mean loss over its seeds); all
+   seeds of that lr enter. L(C) is fitted on the compute frontier: every budget's best size (a tokens-per-parameter
+   design has one size per budget, so all of them; an isoFLOP grid its per-budget minima). L(N) is fitted on the
+   runs at the design's tokens per parameter. runs.csv lists every run with `in_fit` and `on_frontier`.
+2. **Noise.** Seed-to-seed spread per size (where a size has several seeds); the fits' intervals come from a
+   residual bootstrap whose noise is estimated from all the runs, so they include it (scaling.bootstrap).
+3. **Forms.** L(C) with and without an irreducible loss E (and Chinchilla's L(N, D) where the design identifies
+   it), compared by out-of-sample error on held-out compute budgets (scaling.selection); the selected form makes
+   the predictions. A fit whose parameters are not identified makes none (the report says why).
+4. **FLOPs sensitivity.** The compute fit under every convention that counts the family (scaling.flops).
+5. **Learning rate.** Loss vs lr per size, the best lr per size, and a power law lr*(N) through them; it sets the
+   learning rate of the confirmation run.
+6. **Confirmation run** (fit.confirm): the prediction, with an interval for one run, at the compute of the run
+   planned at confirm × the family's largest compute; steps/train.py's train_confirmation then trains it.
+
+Outputs: runs.csv (the input of `arscale fit --runs`), fit.json ({family: {...}}, see `fit_family`), the plots
+frontier-, params-, backtest-, lr-<family>.png, families.png when there are several, and for isoFLOP grids
+isoflops- and optimal-<family>.png.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import dataclass, field
 
+import numpy as np
+import pandas as pd
+
+import scaling
 import scaling.plots
 from armodels.files import read_json, write_json_atomic
+from pipelines.progress import human
 from pipelines.step import StepContext
+from scaling.frontier import group_budgets
+from scaling.results import jsonable
 
-VERSION = "2"
-POWER_LAW_FORMS = ("compute", "params")  # fitted for every family: L(C) and L(N)
+VERSION = "3"  # 3: frontier and lr selection, seeds, form selection, FLOPs sensitivity, confirmation runs
+COMPUTE_FORMS = ("compute", "compute_pure")  # L(C) with and without E: the selection picks the predicting one
 ISOFLOP_FORMS = ("isoflop", "envelope", "chinchilla")
+SELECTION_FORMS = ("compute", "compute_pure", "chinchilla")
+SENSITIVITY_BOOTSTRAP = 200  # resamples for the fits under other conventions (their intervals only)
+BUDGET_RTOL = 0.25  # runs within this factor of compute share a budget (seeds and lrs of a size share one)
+MATCHED_RATIO_RTOL = 0.1  # L(N) uses runs within 10% of the design's median tokens per parameter
 
 
 @dataclass(frozen=True)
@@ -28,50 +56,36 @@ class FitStepConfig:
     predict_multipliers: tuple[float, ...]
     seed: int
     isoflop: bool = False  # the grid trains each size at several FLOPs budgets
+    confirm: dict = field(default_factory=dict)  # series -> planned_confirm(): the confirmation run to predict
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "predict_multipliers", tuple(self.predict_multipliers))  # a list, from the YAML
 
 
-def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
-    import pandas as pd
+def planned_confirm(tc, convention: str) -> dict:
+    """What the fit needs of a planned confirmation run (a train.TrainStepConfig): its name, size and compute."""
+    run = tc.run(".")
+    costs = run.costs()
+    return {"name": tc.name, "params": costs.params, "params_nonembedding": costs.params_nonembedding,
+            "tokens": run.tokens_seen, "compute": run.flops(convention), "multiplier": None}
 
+
+def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
     records = [read_json(d / "eval.json", "evaluation record") for _, d in sorted(ctx.inputs.items())]
-    runs = pd.DataFrame([{**r, "series": series_of(r)} for r in records]).drop(columns=["eval", "config"],
-                                                                                 errors="ignore")
-    runs["flops"] = runs[f"flops_{config.convention}"]  # the default compute column of `arscale fit --runs`
+    runs = run_table(records, config.convention)
     runs.to_csv(ctx.output / "runs.csv", index=False)
 
-    largest = runs.loc[runs["status"] == "ok", "flops"].max()
-    targets = [m * largest for m in config.predict_multipliers] if pd.notna(largest) else []
-    fits, compute_fits, summary = {}, {}, {}
-    for family, table in runs.groupby("series", sort=False):  # a family, or an image stream's family
-        fits[family] = {}
-        for form in POWER_LAW_FORMS + (ISOFLOP_FORMS if config.isoflop else ()):
-            # chinchilla counts C = 6·N·D with non-embedding N; isoflop and envelope read the `flops` column
-            convention = {"compute": config.convention, "chinchilla": "6ND"}.get(form)
-            try:
-                result = scaling.fit_runs(table, form, convention=convention, bootstrap=config.bootstrap,
-                                          holdout_top=config.holdout_top if form in POWER_LAW_FORMS else 0,
-                                          predict_compute=targets if form != "params" else (), seed=config.seed)
-            except scaling.FitInputError as e:  # too few usable runs: the report says so instead of failing
-                fits[family][form] = {"form": form, "error": str(e)}
-                ctx.log(f"{family} {form} fit not possible: {e}")
-                continue
-            fits[family][form] = result.to_dict()
-            _plot(result, table, family, targets, ctx)
-            p = result.params
-            ctx.log(f"{family} {form}: " + ", ".join(f"{k} = {v:.4g}" for k, v in p.items())
-                    + (f", backtest error {result.backtest.mean_abs_rel_error:.1%}" if result.backtest else ""))
-            summary.update({f"{family}.{form}.{k}": v for k, v in p.items()})
-            if result.backtest:
-                summary[f"{family}.{form}.backtest_abs_rel_error"] = result.backtest.mean_abs_rel_error
-            if form == "compute":
-                compute_fits[family] = result
-    if len(compute_fits) > 1:
-        scaling.plots.plot_families(compute_fits, ctx.output / "families.png",
-                                    extrapolate_to=max(targets) if targets else None)
-    write_json_atomic(ctx.output / "fit.json", fits)
+    fits, selected, summary = {}, {}, {}
+    for series, table in runs.groupby("series", sort=False):  # a family, or an image stream's family
+        fits[series], results = fit_family(series, table, config, ctx)
+        selected[series] = results.get(fits[series]["selected"])
+        summary.update(_summary(series, fits[series]))
+    comparison = compare_families(selected)
+    if comparison:
+        largest = max(r.law.axis.max() for r in selected.values() if r is not None)
+        scaling.plots.plot_families({s: r for s, r in selected.items() if r is not None}, ctx.output / "families.png",
+                                    extrapolate_to=max(config.predict_multipliers, default=1) * largest)
+    write_json_atomic(ctx.output / "fit.json", jsonable({"families": fits, "comparison": comparison}))
 
     ctx.tracker.log_metrics(summary, step=0)
     for name in ("fit.json", "runs.csv", *sorted(p.name for p in ctx.output.glob("*.png"))):
@@ -80,21 +94,261 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
     return summary
 
 
+def run_table(records: list[dict], convention: str) -> pd.DataFrame:
+    """One row per run, with `series`, `point` (runs of one size and token budget share it: they differ only in
+    lr and seed), `flops` (in the fit's convention), and `in_fit` / `on_frontier` (which runs the laws use)."""
+    runs = pd.DataFrame([{**r, "series": series_of(r)} for r in records])
+    runs["point"] = [f"{s}|{json.dumps(c, sort_keys=True)}|{t}" for s, c, t in
+                     zip(runs["series"], runs["config"], runs["tokens"])]
+    runs = runs.drop(columns=["eval", "config"], errors="ignore")
+    runs["flops"] = runs[f"flops_{convention}"]  # the default compute column of `arscale fit --runs`
+    runs["tokens_per_param"] = runs["tokens"] / runs["params"]
+    ok = runs["status"] == "ok"
+    runs["in_fit"] = False
+    for _, point in runs[ok].groupby("point", sort=False):
+        best_lr = point.groupby("lr")["loss"].mean().idxmin()
+        runs.loc[point.index[point["lr"] == best_lr], "in_fit"] = True
+    runs["on_frontier"] = False
+    for _, table in runs[runs["in_fit"]].groupby("series", sort=False):
+        budgets = group_budgets(table["flops"].to_numpy(float), BUDGET_RTOL)
+        for b in np.unique(budgets):
+            members = table[budgets == b]
+            best_point = members.groupby("point")["loss"].mean().idxmin()
+            runs.loc[members.index[members["point"] == best_point], "on_frontier"] = True
+    return runs
+
+
+def fit_family(series: str, table: pd.DataFrame, config: FitStepConfig, ctx: StepContext) -> tuple[dict, dict]:
+    """fit.json's entry of one family (design, noise, lr, the fitted forms, selection, sensitivity, confirmation),
+    and its FitResults by form."""
+    frontier = table[table["on_frontier"]]
+    chosen = table[table["in_fit"]]
+    largest = frontier["flops"].max()
+    targets = [m * largest for m in config.predict_multipliers] if pd.notna(largest) else []
+    confirm = dict(config.confirm.get(series) or {})
+    out: dict = {"design": describe_design(table, frontier, config.convention), "noise": seed_noise(chosen),
+                 "lr": lr_study(table)}
+    results = {}
+    forms = [*COMPUTE_FORMS, "params"] + (list(ISOFLOP_FORMS) if config.isoflop else [])
+    unfinished = table[table["status"] != "ok"]  # given to every fit, which lists them as left out, and why
+    for form in forms:
+        rows = {"params": matched_ratio(chosen), **dict.fromkeys(ISOFLOP_FORMS, chosen)}.get(form, frontier)
+        rows = pd.concat([rows, unfinished])
+        predict = [*targets, *([confirm["compute"]] if confirm else [])] if form != "params" else []
+        try:
+            result = scaling.fit_runs(rows, form, convention=_form_convention(form, config.convention),
+                                      bootstrap=config.bootstrap, holdout_top=config.holdout_top,
+                                      predict_compute=predict, seed=config.seed)
+        except scaling.FitInputError as e:  # too few usable runs: the report says so instead of failing
+            out[form] = {"form": form, "error": str(e)}
+            ctx.log(f"{series} {form} fit not possible: {e}")
+            continue
+        results[form] = result
+        out[form] = result.to_dict()
+        out[form]["runs"] = rows.loc[rows["status"] == "ok", "run_id"].tolist()
+        _plot(result, series, targets, ctx)
+        ctx.log(f"{series} {form}: " + ", ".join(f"{k} = {v:.4g}" for k, v in result.params.items())
+                + (f", backtest error {result.backtest.mean_abs_rel_error:.1%}" if result.backtest else "")
+                + ("" if result.identified else f"; not identified ({'; '.join(result.unidentified)})"))
+    out["selection"] = select_form(frontier, config)
+    out["selected"] = out["selection"].get("selected")
+    out["sensitivity"] = convention_sensitivity(frontier, config, out["selected"])
+    if confirm:
+        out["confirm"] = confirm_prediction(confirm, results.get(out["selected"]), out["lr"], largest)
+    if out["lr"].get("sizes"):
+        sizes = {f"{human(s['params_nonembedding'])} params": s for s in out["lr"]["sizes"]}
+        scaling.plots.plot_lr_sweep({k: (s["lrs"], s["losses"]) for k, s in sizes.items()},
+                                    {k: s["best_lr"] for k, s in sizes.items()}, ctx.output / f"lr-{series}.png",
+                                    title=f"{series}: loss vs learning rate")
+    return out, results
+
+
+def describe_design(table: pd.DataFrame, frontier: pd.DataFrame, convention: str) -> dict:
+    """The scale the fits were made at: sizes, tokens, compute, seeds, devices."""
+    ok = table[table["status"] == "ok"]
+    sizes = ok.drop_duplicates("point")
+    return {"runs": len(table), "finished": len(ok), "sizes": int(sizes["params"].nunique()),
+            "params": [float(ok["params"].min()), float(ok["params"].max())] if len(ok) else None,
+            "params_nonembedding": ([float(ok["params_nonembedding"].min()), float(ok["params_nonembedding"].max())]
+                                    if len(ok) else None),
+            "tokens": [float(ok["tokens"].min()), float(ok["tokens"].max())] if len(ok) else None,
+            "tokens_per_param": ([float(ok["tokens_per_param"].min()), float(ok["tokens_per_param"].max())]
+                                 if len(ok) else None),
+            "compute": [float(frontier["flops"].min()), float(frontier["flops"].max())] if len(frontier) else None,
+            "convention": convention, "seeds_per_size": sorted({int(n) for n in ok.groupby(["point", "lr"]).size()}),
+            "lrs_per_size": sorted({int(n) for n in ok.groupby("point")["lr"].nunique()}),
+            "devices": sorted(ok["device"].dropna().unique().tolist()) if "device" in ok else []}
+
+
+def seed_noise(chosen: pd.DataFrame) -> dict:
+    """Seed-to-seed spread of the final loss, per size with several seeds, and pooled (relative to the loss)."""
+    sizes = []
+    for point, runs in chosen.groupby("point", sort=False):
+        if len(runs) >= 2:
+            loss = runs["loss"].to_numpy(float)
+            sizes.append({"point": point, "run_ids": runs["run_id"].tolist(), "params": float(runs["params"].iloc[0]),
+                          "params_nonembedding": float(runs["params_nonembedding"].iloc[0]),
+                          "seeds": len(loss), "mean": float(loss.mean()), "sd": float(loss.std(ddof=1)),
+                          "relative_sd": float(loss.std(ddof=1) / loss.mean())})
+    if not sizes:
+        return {"sizes": [], "pooled_relative_sd": None, "dof": 0}
+    dof = sum(s["seeds"] - 1 for s in sizes)
+    pooled = math.sqrt(sum((s["seeds"] - 1) * s["relative_sd"] ** 2 for s in sizes) / dof)
+    return {"sizes": sizes, "pooled_relative_sd": pooled, "dof": dof}
+
+
+def lr_study(table: pd.DataFrame) -> dict:
+    """Per size, mean loss at each lr tried and the best lr (refined by a parabola in log lr when it is inside the
+    sweep); which best lrs sit at a sweep's edge; and the power law lr*(N) = coef · N^exponent through them (N
+    non-embedding). Without a sweep the law goes through the configured lrs (the confirmation run extrapolates it)."""
+    ok = table[table["status"] == "ok"]
+    sizes = []
+    for point, runs in ok.groupby("point", sort=False):
+        by_lr = runs.groupby("lr")["loss"].agg(["mean", "count"]).sort_index()
+        lrs, losses = by_lr.index.to_numpy(float), by_lr["mean"].to_numpy(float)
+        i = int(np.argmin(losses))
+        best = float(lrs[i])
+        if 0 < i < len(lrs) - 1:  # the vertex of the parabola through the best and its neighbours, in log lr
+            x, y = np.log(lrs[i - 1:i + 2]), losses[i - 1:i + 2]
+            c2, c1, _ = np.polyfit(x, y, 2)
+            if c2 > 0:
+                best = float(np.exp(np.clip(-c1 / (2 * c2), x[0], x[2])))
+        sizes.append({"point": point, "params_nonembedding": float(runs["params_nonembedding"].iloc[0]),
+                      "params": float(runs["params"].iloc[0]), "lrs": lrs.tolist(), "losses": losses.tolist(),
+                      "seeds": by_lr["count"].astype(int).tolist(), "best_lr": best,
+                      "at_edge": len(lrs) > 1 and i in (0, len(lrs) - 1)})
+    swept = any(len(s["lrs"]) > 1 for s in sizes)
+    out = {"swept": swept, "sizes": sizes if swept else [],
+           "at_edge": [s["point"] for s in sizes if s["at_edge"]], "law": None}
+    n = np.array([s["params_nonembedding"] for s in sizes])
+    lr = np.array([s["best_lr"] for s in sizes])
+    if len(np.unique(n)) >= 2:
+        exponent, log_coef = np.polyfit(np.log(n), np.log(lr), 1)
+        out["law"] = {"coef": float(np.exp(log_coef)), "exponent": float(exponent),
+                      "source": "lr sweep" if swept else "configured learning rates"}
+    elif len(lr):
+        out["law"] = {"coef": float(lr[0]), "exponent": 0.0, "source": "configured learning rate"}
+    return out
+
+
+def matched_ratio(chosen: pd.DataFrame) -> pd.DataFrame:
+    """The runs at the design's tokens per parameter (within 10% of the median, by non-embedding or all parameters,
+    whichever the design holds fixed), or all runs when they share one token budget: L(N) compares sizes at
+    matched data, not at a data cap that binds some of them."""
+    if len(chosen) and chosen["tokens"].max() <= (1 + MATCHED_RATIO_RTOL) * chosen["tokens"].min():
+        return chosen
+    for column in ("params_nonembedding", "params"):
+        ratio = chosen["tokens"] / chosen[column]
+        matched = (ratio / ratio.median() - 1).abs() <= MATCHED_RATIO_RTOL
+        if matched.all():
+            return chosen
+    return chosen[matched]
+
+
+def select_form(frontier: pd.DataFrame, config: FitStepConfig) -> dict:
+    """The forms side by side by out-of-sample error on held-out compute budgets; `selected` predicts."""
+    try:
+        comparison = scaling.compare_forms(frontier, SELECTION_FORMS, convention=config.convention, seed=config.seed)
+    except scaling.FitInputError as e:
+        return {"error": str(e), "selected": "compute"}
+    result = comparison.to_dict()
+    if result.get("selected") not in COMPUTE_FORMS:  # the predicting form must be one the step fitted as L(C)
+        fitted = [f for f in result.get("forms", []) if f.get("form") in COMPUTE_FORMS and f.get("error") is None]
+        result["selected"] = min(fitted, key=lambda f: f.get("mean_error", math.inf))["form"] if fitted else "compute"
+    return result
+
+
+def convention_sensitivity(frontier: pd.DataFrame, config: FitStepConfig, form: str) -> list[dict]:
+    """The selected L(C) form under each FLOPs convention the runs were counted in: exponent, 10× prediction."""
+    out = []
+    for column in sorted(c for c in frontier.columns if c.startswith("flops_")):
+        convention = column.removeprefix("flops_")
+        table = frontier.assign(flops=frontier[column])
+        if table["flops"].isna().any():
+            continue
+        largest = table["flops"].max()
+        try:
+            fit = scaling.fit_runs(table, form, bootstrap=min(config.bootstrap, SENSITIVITY_BOOTSTRAP),
+                                   holdout_top=config.holdout_top, predict_compute=[10 * largest], seed=config.seed)
+        except scaling.FitInputError as e:
+            out.append({"convention": convention, "error": str(e)})
+            continue
+        p = fit.predictions[0]
+        out.append({"convention": convention, "form": form, "alpha": fit.params["alpha"],
+                    "alpha_ci": fit.ci.get("alpha"), "E": fit.params.get("E"), "loss_at_10x": p.loss,
+                    "loss_at_10x_ci": (p.low, p.high),
+                    "backtest_error": fit.backtest.mean_abs_rel_error if fit.backtest else None,
+                    "identified": fit.identified, "compute_range": [float(table["flops"].min()), float(largest)]})
+    return out
+
+
+def confirm_prediction(confirm: dict, fit, lr: dict, largest: float) -> dict:
+    """The selected fit's prediction for the confirmation run, and the run's learning rate from the lr law."""
+    law = lr.get("law")
+    out = {**confirm, "multiplier": confirm["compute"] / largest if largest else None,
+           "lr": law["coef"] * confirm["params_nonembedding"] ** law["exponent"] if law else None,
+           "lr_source": law["source"] if law else None}
+    if fit is None:
+        return {**out, "error": "no fit to predict it from"}
+    p = next(p for p in fit.predictions if math.isclose(p.compute, confirm["compute"], rel_tol=1e-9))
+    return {**out, "form": fit.form, "predicted": p.loss, "law_interval": (p.low, p.high),
+            "run_interval": (p.run_low, p.run_high), "ci_level": fit.ci_level, "identified": fit.identified}
+
+
+def compare_families(results: dict) -> dict | None:
+    """With several families: each one's selected L(C) at the largest compute that every family reached (so none
+    extrapolates), with the law's interval, and each pair's difference, stated as one only when the two
+    intervals do not overlap (else "within noise")."""
+    results = {series: r for series, r in results.items() if r is not None}
+    if len(results) < 2:
+        return None
+    common = min(float(r.law.axis.max()) for r in results.values())
+    at = {}
+    for series, r in results.items():
+        low, high = r.predict_interval([common])
+        at[series] = {"form": r.form, "loss": float(r.predict([common])[0]), "low": float(low[0]),
+                      "high": float(high[0]), "identified": r.identified}
+    pairs = []
+    names = sorted(at, key=lambda s: at[s]["loss"])
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            separated = at[a]["high"] < at[b]["low"]  # NaN intervals compare False: not separated
+            pairs.append({"better": a, "worse": b, "difference": at[b]["loss"] - at[a]["loss"],
+                          "beyond_noise": bool(separated)})
+    return {"compute": common, "series": at, "pairs": pairs}
+
+
 def series_of(record: dict) -> str:
     """What fits and reports group runs by: the family, or in image studies `<stream>-<family>`."""
     return record.get("series") or record["family"]
 
 
-def _plot(result, runs, family: str, targets: list[float], ctx: StepContext) -> None:
+def _form_convention(form: str, convention: str) -> str | None:
+    # chinchilla allocates compute as C = 6·N·D (non-embedding N); isoflop and envelope read the `flops` column
+    return {"compute": convention, "compute_pure": convention, "chinchilla": "6ND"}.get(form)
 
+
+def _summary(series: str, fit: dict) -> dict:
+    out = {}
+    for form in (*COMPUTE_FORMS, "params", *ISOFLOP_FORMS):
+        result = fit.get(form) or {}
+        for key in ("E", "A", "alpha", "a", "b"):
+            if isinstance(result.get(key), (int, float)):
+                out[f"{series}.{form}.{key}"] = result[key]
+        if result.get("backtest"):
+            out[f"{series}.{form}.backtest_abs_rel_error"] = result["backtest"]["mean_abs_rel_error"]
+    return out
+
+
+def _plot(result, family: str, targets: list[float], ctx: StepContext) -> None:
     if result.form == "compute":
-        scaling.plots.plot_frontier(runs, result, ctx.output / f"frontier-{family}.png",
+        scaling.plots.plot_frontier(None, result, ctx.output / f"frontier-{family}.png",
                                     extrapolate_to=max(targets) if targets else None, title=f"{family}: L(C)")
         if result.backtest:
             scaling.plots.plot_backtest(result, ctx.output / f"backtest-{family}.png",
                                         title=f"{family}: backtest of L(C)")
     elif result.form == "params":
-        scaling.plots.plot_frontier(runs, result, ctx.output / f"params-{family}.png", title=f"{family}: L(N)")
+        scaling.plots.plot_frontier(None, result, ctx.output / f"params-{family}.png", title=f"{family}: L(N)")
     elif result.form == "isoflop":
         scaling.plots.plot_isoflops(result, ctx.output / f"isoflops-{family}.png",
                                     title=f"{family}: loss at fixed compute")

@@ -37,19 +37,23 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
     curves = _by_run(ctx, "train-", "curve.json")
     samples = _by_run(ctx, "eval-", "samples.json")
     fit_dir = ctx.inputs["fit"]
-    fits = read_json(fit_dir / "fit.json")
+    saved = read_json(fit_dir / "fit.json")
+    fits, comparison = saved["families"], saved.get("comparison")
     order = sorted(runs, key=lambda r: (STREAMS.index(runs[r].get("stream", "text")), series_of(runs[r]),
-                                        runs[r]["params_nonembedding"]))
+                                        runs[r]["params_nonembedding"], r))
 
     plot_learning_curves({r: (np.array([p["tokens"] for p in curves[r]["val"]]),
                               np.array([p["loss"] for p in curves[r]["val"]]))
                           for r in order if curves[r]["val"]}, ctx.output / "learning_curves.png")
     for plot in fit_dir.glob("*.png"):
         shutil.copy(plot, ctx.output / plot.name)
+    # the fit data beside the report, so a reader can re-derive every number (`arscale fit --runs runs.csv`)
+    for name in ("fit.json", "runs.csv"):
+        shutil.copy(fit_dir / name, ctx.output / name)
     provenance = {name: read_json(d / STATUS) for name, d in sorted(ctx.inputs.items())}
     images = _image_figures(ctx, runs, order) if "images" in config.config and config.config["images"] else None
     plots = {p.name for p in ctx.output.glob("*.png")}
-    text = render(config, runs, order, fits, samples, provenance, plots, images)
+    text = render(config, runs, order, fits, samples, provenance, plots, images, curves, comparison)
     (ctx.output / "report.md").write_text(text)
     # The output folder is still the step's .tmp folder here; the study prints the final path when it ends.
     ctx.log(f"wrote report.md: {len(order)} runs, {len(plots)} plots")
@@ -92,12 +96,15 @@ def _by_run(ctx: StepContext, prefix: str, filename: str) -> dict[str, dict]:
 
 
 def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, samples: dict, provenance: dict,
-           plots: set[str], images: dict | None = None) -> str:
+           plots: set[str], images: dict | None = None, curves: dict | None = None,
+           comparison: dict | None = None) -> str:
     """The report's Markdown. `images`: an image study's data source and tokenizer metrics (None for text)."""
     c = config.config
-    convention = c.get("fit", {}).get("convention", "6ND")
-    families = list(dict.fromkeys(series_of(runs[r]) for r in order))
-    ok = [r for r in order if runs[r]["status"] == "ok"]
+    convention = c.get("fit", {}).get("convention", "per_layer")
+    confirm_runs = [r for r in order if "-confirm-" in r]
+    grid = [r for r in order if r not in confirm_runs]
+    families = list(dict.fromkeys(series_of(runs[r]) for r in grid))
+    ok = [r for r in grid if runs[r]["status"] == "ok"]
     corpus = c.get("corpus", {})
     if images is None:
         data = (f"Corpus: {corpus.get('source')} (≤{human(corpus.get('max_bytes', 0))}B); tokenizer: byte-level BPE, "
@@ -108,47 +115,60 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
                 f"{c['images']['test_images']:,} test); token streams: "
                 f"{', '.join(dict.fromkeys(runs[r]['stream'] for r in order))}")
     out = [f"# Scaling study: {config.study}", "",
-           f"Generated {time.strftime('%Y-%m-%d %H:%M')} by arscale. {data}; {len(order)} runs ({len(ok)} "
-           f"finished) of {', '.join(families)}; FLOPs counted as `{convention}` (6·N·D, N = non-embedding "
-           "parameters).", ""]
-    out += [_headline(family, fits.get(family, {}).get("compute", {})) for family in families] + [""]
+           f"Generated {time.strftime('%Y-%m-%d %H:%M')} by arscale. {data}; {len(grid)} runs ({len(ok)} finished) "
+           f"of {', '.join(families)}{f' and {len(confirm_runs)} confirmation run(s)' if confirm_runs else ''}; "
+           f"FLOPs counted as `{convention}` ({CONVENTION_MEANING.get(convention, convention)}).", ""]
+    out += [_headline(family, fits.get(family, {}), runs) for family in families] + [""]
+    out += _scale_section(families, fits, convention)
+    if confirm_runs:
+        out += _confirm_section(families, fits, runs)
     if images is not None:
         out += _streams_section(runs, ok, images["tokenizers"], plots)
 
     unit = "val bits/byte" if images is None else "test bits/dim"
-    out += ["## Runs", "", "| run | family | shape | params (non-emb.) | params (total) | tokens | FLOPs (6ND) | "
-            f"FLOPs (per-layer) | val nats/token | {unit} | train s | status |",
-            "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    out += ["## Runs", "", "Runs marked † are on the compute frontier and enter L(C); ‡ enter only the fits that "
+            "use every size (L(N), isoFLOP approaches); unmarked finished runs lost their size's learning-rate sweep "
+            "or are confirmation runs, fitted by nothing.", "",
+            f"| run | family | shape | params (non-emb.) | params (total) | tokens | tokens/param | lr | seed | "
+            f"FLOPs ({convention}) | FLOPs (6ND) | val nats/token | {unit} | train s | status |",
+            "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    fitted = _fit_membership(fits)
     for r in order:
         x = runs[r]
         status = x["status"] if x["status"] == "ok" else f"**{x['status']}**: {x.get('reason')}"
-        out.append(f"| {r} | {series_of(x)} | {_shape(x.get('config', {}))} | {human(x['params_nonembedding'])} | "
-                   f"{human(x['params'])} | {human(x['tokens'])} | {x['flops_6ND']:.2e} | "
-                   f"{x['flops_per_layer']:.2e} | {_num(x.get('loss'))} | {_num(x.get('bits_per_byte'))} | "
+        mark = fitted.get(r, "")
+        out.append(f"| {r}{mark} | {series_of(x)} | {_shape(x.get('config', {}))} | "
+                   f"{human(x['params_nonembedding'])} | {human(x['params'])} | {human(x['tokens'])} | "
+                   f"{x['tokens'] / x['params']:.1f} | "
+                   f"{_general(x.get('lr'))} | {x.get('seed', '—')} | {_sci(x.get(f'flops_{convention}'))} | "
+                   f"{_sci(x.get('flops_6ND'))} | {_num(x.get('loss'))} | {_num(x.get('bits_per_byte'))} | "
                    f"{x['train_seconds']:.0f} | {status} |")
-    out += ["", "## Loss vs tokens", "", "Validation loss during training (on a subset of the validation split; the "
-            "table above scores the full held-out split).", ""]
-    if "learning_curves.png" in plots:
-        out += ["![loss vs tokens](learning_curves.png)", ""]
-    if "families.png" in plots:
-        out += ["## Families at matched compute", ""]
-        if images is not None:
-            out += ["Each stream's loss is per token of that stream (a pixel, or a code standing for a patch): "
-                    "compare streams with each other in bits/dim and bits/image (Token streams, above).", ""]
-        out += ["![families](families.png)", ""]
+    out += [""]
+    out += _noise_section(families, fits)
+    out += _lr_section(families, fits, plots)
+    out += _curves_section(runs, order, curves or {}, c, plots)
+    if comparison:
+        out += _families_section(comparison, plots, images is not None)
 
     for family in families:
         family_fits = fits.get(family, {})
         title = "## Loss vs compute" if len(families) == 1 else f"## {family}: loss vs compute"
+        largest = (family_fits.get("design", {}).get("compute") or [None, None])[1]
         out += [title, ""]
-        out += _fit_section(family_fits.get("compute", {}), f"frontier-{family}.png", plots, "C",
-                            f"training FLOPs ({convention})")
-        out += _backtest_section(family_fits.get("compute", {}), f"backtest-{family}.png", plots)
-        out += _predictions_section(family_fits.get("compute", {}),
-                                    max((runs[r][f"flops_{convention}"] for r in ok), default=None))
+        selected = family_fits.get("selected", "compute")
+        for form in ("compute", "compute_pure"):
+            fit = family_fits.get(form, {})
+            name = FORM_TITLES[form] + (" — **selected** (lowest out-of-sample error)" if form == selected else "")
+            out += [f"### {name}", ""]
+            out += _fit_section(fit, f"frontier-{family}.png" if form == "compute" else None, plots, "C",
+                                f"training FLOPs ({convention})")
+            out += _backtest_section(fit, f"backtest-{family}.png" if form == "compute" else None, plots)
+            out += _predictions_section(fit, largest)
+        out += _selection_section(family_fits.get("selection", {}))
+        out += _sensitivity_section(family_fits.get("sensitivity", []), convention)
         out += [title.replace("compute", "parameters"), ""]
         out += _fit_section(family_fits.get("params", {}), f"params-{family}.png", plots, "N",
-                            "non-embedding parameters")
+                            "non-embedding parameters, at the design's tokens per parameter")
         if "isoflop" in family_fits:
             out += ["## Compute-optimal allocation" if len(families) == 1
                     else f"## {family}: compute-optimal allocation", ""]
@@ -160,12 +180,292 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
         out += [f"- **{r}**: {runs[r]['status']} — {runs[r].get('reason')}" for r in excluded]
         out.append("")
     out += _samples_section(runs, order, samples) if images is None else _image_samples_section(runs, order, plots)
+    out += ["## Fit data", "", "`runs.csv` (every run, with `in_fit` and `on_frontier`) and `fit.json` (every fit, "
+            "its intervals, backtests, form comparison, sensitivity, learning-rate study and confirmation) sit beside "
+            "this report; `arscale fit --runs runs.csv` refits from them.", ""]
     out += ["## Provenance", "", "Each step's versioned output directory (`<step>-<hash>`; the hash covers the "
             "step's config, code version and inputs) and its MLflow run.", "",
             "| input | directory | MLflow run |", "|---|---|---|"]
     out += [f"| {name} | `{status.get('dir')}` | `{status.get('mlflow_run_id')}` |"
             for name, status in provenance.items()]
     return "\n".join(out) + "\n"
+
+
+CONVENTION_MEANING = {
+    "per_layer": "each family's own count of a forward and backward pass, logits included",
+    "6ND": "6·N·D, N = non-embedding parameters", "6ND_total": "6·N·D, N = all parameters",
+    "kaplan": "Kaplan et al. 2020: 6·N·D plus attention", "chinchilla": "Hoffmann et al. 2022, appendix F"}
+FORM_TITLES = {"compute": "L(C) = E + A·C^−α", "compute_pure": "L(C) = A·C^−α (no irreducible loss)"}
+
+
+def _fit_membership(fits: dict) -> dict[str, str]:
+    """run → † (on the compute frontier: in L(C)) or ‡ (in the other fits only)."""
+    out = {}
+    for fit in fits.values():
+        for form in ("params", "isoflop", "envelope", "chinchilla"):
+            for r in (fit.get(form) or {}).get("runs", []):
+                out[r] = "‡"
+        for r in (fit.get("compute") or {}).get("runs", []):
+            out[r] = "†"
+    return out
+
+
+def _identified(fit: dict) -> bool:
+    return not fit.get("unidentified")
+
+
+def _headline(family: str, fit: dict, runs: dict) -> str:
+    selected = fit.get("selected", "compute")
+    compute = fit.get(selected) or {}
+    if not compute or "error" in compute:
+        return f"**Fit ({family}):** not possible — {compute.get('error', 'no compute fit')}.  "
+    law = (f"L(C) = {compute['E']:.3f} + {compute['A']:.3g}·C^−{compute['alpha']:.3f}" if selected == "compute"
+           else f"L(C) = {compute['A']:.3g}·C^−{compute['alpha']:.3f}")
+    ci = compute.get("ci", {}).get("alpha")
+    line = f"**Fit ({family}, {FORM_TITLES.get(selected, selected)} selected):** {law}"
+    line += f" (α {compute.get('ci_level', 0.9):.0%} interval [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else ""
+    bt = compute.get("backtest")
+    if bt:
+        line += f"; the largest budget held out and predicted: {bt['mean_abs_rel_error']:.2%} error"
+    if not _identified(compute):
+        return line + f". **Not identified** ({'; '.join(compute['unidentified'])}): no point prediction.  "
+    confirm = fit.get("confirm") or {}
+    actual = runs.get(confirm.get("name"), {}).get("loss")
+    if confirm.get("predicted") is not None and actual is not None:
+        low, high = confirm["run_interval"]
+        inside = "inside" if low is not None and low <= actual <= high else "**outside**"
+        line += (f"; confirmation run at {confirm['multiplier']:.1f}× its largest compute: predicted "
+                 f"{confirm['predicted']:.3f} [{_num(low, 3)}, {_num(high, 3)}], actual {actual:.3f} "
+                 f"({(actual - confirm['predicted']) / actual:+.2%}, {inside} the interval)")
+    return line + ".  "
+
+
+def _scale_section(families: list[str], fits: dict, convention: str) -> list[str]:
+    """The scale the numbers were made at, and how far the predictions reach beyond it."""
+    out = ["## What these numbers rest on", "",
+           "| family | sizes | params (non-emb.) | params (total) | tokens | tokens/param | compute | seeds per size | "
+           "lrs per size | device | predictions reach |", "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|"]
+    for family in families:
+        d = fits.get(family, {}).get("design", {})
+        if not d.get("params"):
+            continue
+        reach = max([p["compute"] for p in (fits[family].get("compute") or {}).get("predictions", [])] or [0])
+        compute = d.get("compute") or [None, None]
+        out.append(f"| {family} | {d['sizes']} | {_span(d['params_nonembedding'])} | {_span(d['params'])} | "
+                   f"{_span(d['tokens'])} | {d['tokens_per_param'][0]:.1f}–{d['tokens_per_param'][1]:.1f} | "
+                   f"{_sci(compute[0])}–{_sci(compute[1])} ({convention}) | "
+                   f"{', '.join(map(str, d['seeds_per_size']))} | {', '.join(map(str, d['lrs_per_size']))} | "
+                   f"{', '.join(d.get('devices') or ['cpu'])} | "
+                   f"{f'{reach / compute[1]:,.0f}× its largest run' if reach and compute[1] else '—'} |")
+    out += ["", "These are small models trained briefly; a law fitted here describes this range. Its extrapolation "
+            "is tested below by holding out the largest compute budget, by rolling-origin backtests at growing "
+            "extrapolation ratios, and by a confirmation run where the study trains one; beyond those ratios it is "
+            "an assumption, and intervals there only account for the noise and fit uncertainty seen in this range.",
+            ""]
+    return out
+
+
+def _confirm_section(families: list[str], fits: dict, runs: dict) -> list[str]:
+    out = ["## Confirmation run", "", "After the fit, one model planned at the grid's tokens-per-parameter rule and "
+           "confirm × the family's largest compute, trained at the learning rate of the fitted lr-vs-size law; the "
+           "prediction (made before it trained, recorded in fit.json) beside what it reached. The run interval "
+           "includes the seed noise of one run; the law interval is the fit's uncertainty of the mean.", "",
+           "| family | run | params (non-emb.) | tokens | × largest compute | lr | predicted | run interval | "
+           "law interval | actual | error | inside |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for family in families:
+        conf = fits.get(family, {}).get("confirm")
+        if not conf:
+            continue
+        actual = runs.get(conf["name"], {}).get("loss")
+        predicted = conf.get("predicted") if conf.get("identified", True) else None
+        run_low, run_high = conf.get("run_interval") or (None, None)
+        law_low, law_high = conf.get("law_interval") or (None, None)
+        error = (actual - predicted) / actual if actual is not None and predicted is not None else None
+        inside = "—" if actual is None or run_low is None else ("yes" if run_low <= actual <= run_high else "**no**")
+        out.append(f"| {family} | {conf['name']} | {human(conf['params_nonembedding'])} | {human(conf['tokens'])} | "
+                   f"{conf['multiplier']:.2f}× | {_general(conf.get('lr'))} | {_num(predicted)} | "
+                   f"[{_num(run_low)}, {_num(run_high)}] | [{_num(law_low)}, {_num(law_high)}] | {_num(actual)} | "
+                   f"{'—' if error is None else f'{error:+.2%}'} | {inside} |")
+        if conf.get("identified") is False:
+            out.append("| | the fit is not identified: no point prediction | | | | | | | | | | |")
+    return out + [""]
+
+
+def _noise_section(families: list[str], fits: dict) -> list[str]:
+    rows = [(family, s) for family in families for s in fits.get(family, {}).get("noise", {}).get("sizes", [])]
+    if not rows:
+        return ["## Noise", "", "Every size has one seed, so seed-to-seed noise is not measured here; the fits' "
+                "intervals estimate noise from their residuals only.", ""]
+    out = ["## Noise", "", "Final validation loss across seeds (same size and hyperparameters; the initialisation and "
+           "the order of the training data differ).", "",
+           "| family | size (non-emb. params) | seeds | mean loss | sd | relative sd |", "|---|--:|--:|--:|--:|--:|"]
+    rows.sort(key=lambda fs: (fs[0], fs[1]["params"]))
+    out += [f"| {family} | {human(s['params_nonembedding'])} | {s['seeds']} | {s['mean']:.4f} | {s['sd']:.4f} | "
+            f"{s['relative_sd']:.2%} |" for family, s in rows]
+    for family in families:
+        noise = fits.get(family, {}).get("noise", {})
+        if noise.get("pooled_relative_sd") is not None:
+            out.append(f"\n{family}: pooled seed noise {noise['pooled_relative_sd']:.2%} of the loss "
+                       f"({noise['dof']} degrees of freedom). Differences below about twice this are noise.")
+    return out + [""]
+
+
+def _lr_section(families: list[str], fits: dict, plots: set[str]) -> list[str]:
+    out = []
+    for family in families:
+        lr = fits.get(family, {}).get("lr", {})
+        law = lr.get("law")
+        if lr.get("swept"):
+            out += [f"**{family}**: best learning rate per size (lowest mean loss over seeds; refined by a parabola "
+                    "in log lr when inside the sweep).", "", "| size (non-emb. params) | lrs tried | best lr | "
+                    "loss at best | at the sweep's edge |", "|--:|---|--:|--:|---|"]
+            out += [f"| {human(s['params_nonembedding'])} | {', '.join(_general(v) for v in s['lrs'])} | "
+                    f"{_general(s['best_lr'])} | {min(s['losses']):.4f} | "
+                    f"{'**yes**: widen the sweep' if s['at_edge'] else 'no'} |"
+                    for s in lr["sizes"]]
+            out.append("")
+            if f"lr-{family}.png" in plots:
+                out += [f"![loss vs lr](lr-{family}.png)", ""]
+        if law:
+            out += [f"{family}: lr*(N) = {law['coef']:.3g}·N^{law['exponent']:+.3f} (N non-embedding), through the "
+                    f"{law['source']}; it sets the confirmation run's learning rate.", ""]
+    return ["## Learning rate", "", *out] if out else []
+
+
+def _curves_section(runs: dict, order: list[str], curves: dict, config: dict, plots: set[str]) -> list[str]:
+    training = config.get("training", {})
+    windows = training.get("eval_windows") or 64
+    seq_len = config.get("models", {}).get("seq_len")
+    gaps = [curves[r]["val"][-1]["loss"] - runs[r]["loss"] for r in order
+            if runs[r].get("loss") is not None and curves.get(r, {}).get("val")]
+    out = ["## Loss vs tokens", "", f"Validation loss during training, each point on the same {windows} windows "
+           f"({windows * seq_len:,} tokens) of the validation split" if seq_len else
+           f"Validation loss during training, on {windows} windows of the validation split"]
+    if gaps:
+        out[-1] += (f"; the table above scores up to {human(config.get('evaluation', {}).get('max_tokens', 0))} "
+                    f"tokens of it, and the curves' last points sit {min(gaps):+.3f} to {max(gaps):+.3f} nats from "
+                    "those scores (the windows are a harder-than-average sample).")
+    out.append("")
+    if "learning_curves.png" in plots:
+        out += ["![loss vs tokens](learning_curves.png)", ""]
+    return out
+
+
+def _families_section(comparison: dict, plots: set[str], image_study: bool) -> list[str]:
+    out = ["## Families at matched compute", ""]
+    if image_study:
+        out += ["Each stream's loss is per token of that stream (a pixel, or a code standing for a patch): compare "
+                "streams with each other in bits/dim and bits/image (Token streams, above).", ""]
+    out += [f"Each family's selected L(C) at {comparison['compute']:.3e} FLOPs, the largest compute every family "
+            "reached (no extrapolation), with the law's interval. A difference is stated only where the intervals "
+            "do not overlap.", "", "| family | loss | interval |", "|---|--:|--:|"]
+    out += [f"| {s} | {v['loss']:.4f} | [{_num(v['low'])}, {_num(v['high'])}] |"
+            for s, v in sorted(comparison["series"].items(), key=lambda kv: kv[1]["loss"])]
+    out.append("")
+    for p in comparison.get("pairs", []):
+        verdict = (f"{p['better']} is lower than {p['worse']} by {p['difference']:.3f} nats/token" if p["beyond_noise"]
+                   else f"{p['better']} and {p['worse']}: within noise ({p['difference']:.3f} nats/token apart)")
+        out.append(f"- {verdict}")
+    out.append("")
+    if "families.png" in plots:
+        out += ["![families](families.png)", ""]
+    return out
+
+
+def _fit_section(fit: dict, plot: str | None, plots: set[str], symbol: str, meaning: str) -> list[str]:
+    if not fit or "error" in fit:
+        return [f"Fit not possible: {fit.get('error', 'not run')}", ""]
+    method = {"residual": "residual bootstrap (noise estimated from the runs, seeds included)",
+              "runs": "bootstrap over runs"}.get(fit.get("interval_method"), "bootstrap")
+    noise = f"; residual noise {fit['noise_sd']:.2%} of the loss" if fit.get("noise_sd") is not None else ""
+    law = f"E + A·{symbol}^−α" if "E" in fit and fit.get("E") is not None else f"A·{symbol}^−α"
+    lines = [f"L({symbol}) = {law}, {symbol} = {meaning}; fitted on {fit['n_points']} runs (Huber loss on log L; "
+             f"{fit.get('ci_level', 0.9):.0%} intervals by {method}{noise}).", "",
+             "| parameter | value | interval |", "|---|--:|--:|"]
+    for key in ("E", "A", "alpha"):
+        if fit.get(key) is None:
+            continue
+        low, high = fit.get("ci", {}).get(key) or (None, None)
+        interval = f"[{low:.4g}, {high:.4g}]" if low is not None and high is not None else "unbounded"
+        lines.append(f"| {key} | {fit[key]:.4g} | {interval} |")
+    lines.append("")
+    if fit.get("runs"):
+        lines += [f"Runs: {', '.join(fit['runs'])}.", ""]
+    if fit.get("unidentified"):
+        lines += [f"**Not identified**: {'; '.join(fit['unidentified'])}. Its point predictions are not shown.", ""]
+    if plot and plot in plots:
+        lines += [f"![{meaning}]({plot})", ""]
+    lines += [f"> warning: {w}\n" for w in fit.get("warnings", [])]
+    return lines
+
+
+def _backtest_section(fit: dict, plot: str | None, plots: set[str]) -> list[str]:
+    bt, rolling = fit.get("backtest"), fit.get("rolling") or []
+    if not bt and not rolling:
+        return [f"No backtest: {fit['backtest_note']}", ""] if fit.get("backtest_note") else []
+    lines = ["#### Backtests", "", "The fit repeated without the largest compute budget (all its runs), which it then "
+             "predicts; and rolling-origin: fitted only on runs up to 1/r of the largest compute, predicting the "
+             "largest budget.", ""]
+    if bt:
+        lines += ["| held-out run compute | actual loss | predicted | abs. relative error |", "|--:|--:|--:|--:|"]
+        for x, actual, predicted, err in zip(bt["x"], bt["actual"], bt["predicted"], bt["abs_rel_error"]):
+            lines.append(f"| {x:.3e} | {actual:.4f} | {predicted:.4f} | {err:.2%} |")
+        lines.append("")
+    if rolling:
+        lines += ["| extrapolation asked | actual ratio | runs fitted | abs. relative error |", "|--:|--:|--:|--:|"]
+        for r in rolling:
+            err = r.get("abs_rel_error", r.get("mean_abs_rel_error"))
+            if err is None:
+                lines.append(f"| {r.get('ratio')}× | — | — | {r.get('note') or r.get('reason') or 'not possible'} |")
+            else:
+                lines.append(f"| {r.get('ratio')}× | {_num(r.get('ratio_actual'), 1)}× | {r.get('n_runs', '—')} | "
+                             f"{err:.2%} |")
+        lines.append("")
+    if plot and plot in plots:
+        lines += [f"![backtest]({plot})", ""]
+    return lines
+
+
+def _selection_section(selection: dict) -> list[str]:
+    forms = selection.get("forms") or []
+    if not forms:
+        return [f"Form comparison not possible: {selection['error']}", ""] if selection.get("error") else []
+    out = ["### Which form extrapolates best", "", "Each form refitted without the largest budget and at each "
+           "rolling-origin cut, on the same budgets; lower mean out-of-sample error wins.", "",
+           "| form | parameters | held-out largest budget | rolling-origin errors | mean | identified |",
+           "|---|--:|--:|---|--:|---|"]
+    for f in forms:
+        if f.get("error"):
+            out.append(f"| {f['form']} | — | — | {f['error']} | — | — |")
+            continue
+        rolling = ", ".join(f"{r.get('ratio')}×: {r['abs_rel_error']:.2%}" for r in f.get("rolling", [])
+                            if r.get("abs_rel_error") is not None) or "—"
+        out.append(f"| {f['form']}{' (selected)' if f['form'] == selection.get('selected') else ''} | "
+                   f"{f.get('n_params', '—')} | {_percent2(f.get('backtest_error'))} | {rolling} | "
+                   f"{_percent2(f.get('mean_error'))} | {'yes' if f.get('identified') else 'no'} |")
+    return out + [""]
+
+
+def _sensitivity_section(rows: list[dict], convention: str) -> list[str]:
+    if not rows:
+        return []
+    form = FORM_TITLES.get(rows[0].get("form", "compute"), "L(C)")
+    out = ["### FLOPs convention", "", f"The selected fit, {form}, with compute counted each way "
+           "(scaling/flops.py): the exponent depends on what is counted, most for small models whose logits "
+           "dominate.", "",
+           "| convention | α | α interval | loss at 10× the largest run | interval | held-out budget error |",
+           "|---|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        name = f"{r['convention']}{' (used)' if r['convention'] == convention else ''}"
+        if r.get("error"):
+            out.append(f"| {name} | — | — | — | — | {r['error']} |")
+            continue
+        ci = r.get("alpha_ci") or (None, None)
+        low, high = r.get("loss_at_10x_ci") or (None, None)
+        loss = _num(r["loss_at_10x"]) if r.get("identified") else "not identified"
+        out.append(f"| {name} | {r['alpha']:.3f} | [{_num(ci[0], 3)}, {_num(ci[1], 3)}] | {loss} | "
+                   f"[{_num(low)}, {_num(high)}] | {_percent2(r.get('backtest_error'))} |")
+    return out + [""]
 
 
 def _streams_section(runs: dict, ok: list[str], tokenizers: dict, plots: set[str]) -> list[str]:
@@ -204,54 +504,6 @@ def _image_samples_section(runs: dict, order: list[str], plots: set[str]) -> lis
     return ["## Samples", "", *lines] if lines else []
 
 
-def _headline(family: str, compute: dict) -> str:
-    if not compute or "error" in compute:
-        return f"**Fit ({family}):** not possible — {compute.get('error', 'no compute fit')}.  "
-    ci = compute.get("ci", {}).get("alpha")
-    interval = f" (α interval [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else ""
-    line = f"**Fit ({family}):** L(C) = {compute['E']:.3f} + {compute['A']:.3g}·C^−{compute['alpha']:.3f}{interval}"
-    bt = compute.get("backtest")
-    if bt:
-        line += f"; backtest on the largest run: {bt['mean_abs_rel_error']:.2%} error"
-    preds = compute.get("predictions") or []
-    if preds:
-        p = preds[-1]
-        line += f"; predicted loss at {p['compute']:.2e} FLOPs: {p['loss']:.3f} [{p['low']:.3f}, {p['high']:.3f}]"
-    return line + ".  "
-
-
-def _fit_section(fit: dict, plot: str, plots: set[str], symbol: str, meaning: str) -> list[str]:
-    if not fit or "error" in fit:
-        return [f"Fit not possible: {fit.get('error', 'not run')}", ""]
-    lines = [f"L({symbol}) = E + A·{symbol}^−α, {symbol} = {meaning}; fitted on {fit['n_points']} runs "
-             "(Huber loss on log L, bootstrap over runs).", "",
-             "| parameter | value | bootstrap interval |", "|---|--:|--:|"]
-    for key in ("E", "A", "alpha"):
-        low, high = fit.get("ci", {}).get(key, (None, None))
-        interval = f"[{low:.4g}, {high:.4g}]" if low is not None else "—"
-        lines.append(f"| {key} | {fit[key]:.4g} | {interval} |")
-    lines.append("")
-    if plot in plots:
-        lines += [f"![{meaning}]({plot})", ""]
-    lines += [f"> warning: {w}\n" for w in fit.get("warnings", [])]
-    return lines
-
-
-def _backtest_section(fit: dict, plot: str, plots: set[str]) -> list[str]:
-    bt = fit.get("backtest")
-    if not bt:
-        return []
-    lines = ["### Backtest", "", "The fit repeated without the largest-compute run(s), which it then predicts: how "
-             "far its extrapolation can be trusted.", "",
-             "| held-out run compute | actual loss | predicted | abs. relative error |", "|--:|--:|--:|--:|"]
-    for x, actual, predicted, err in zip(bt["x"], bt["actual"], bt["predicted"], bt["abs_rel_error"]):
-        lines.append(f"| {x:.3e} | {actual:.4f} | {predicted:.4f} | {err:.2%} |")
-    lines.append("")
-    if plot in plots:
-        lines += [f"![backtest]({plot})", ""]
-    return lines
-
-
 def _allocation_section(family: str, fits: dict, plots: set[str]) -> list[str]:
     """Chinchilla's three approaches side by side: N*(C) ∝ C^a, D*(C) ∝ C^b, and what each predicts."""
     out = ["How to split a compute budget between parameters and tokens, by Chinchilla's three approaches "
@@ -276,14 +528,16 @@ def _allocation_section(family: str, fits: dict, plots: set[str]) -> list[str]:
 
 
 def _predictions_section(fit: dict, largest: float | None) -> list[str]:
-    if not fit.get("predictions") or not largest:
+    if not fit.get("predictions") or not largest or "error" in fit:
         return []
     level = fit.get("ci_level", 0.9)
-    lines = ["### Predictions", "", f"| compute | × largest run | predicted loss | {level:.0%} bootstrap interval |",
-             "|--:|--:|--:|--:|"]
+    lines = ["#### Predictions", "", f"| compute | × this family's largest run | predicted loss | {level:.0%} interval "
+             "(law) | for one run |", "|--:|--:|--:|--:|--:|"]
     for p in fit["predictions"]:
-        lines.append(f"| {p['compute']:.3e} | {p['compute'] / largest:,.0f}× | {p['loss']:.4f} | "
-                     f"[{p['low']:.4f}, {p['high']:.4f}] |")
+        loss = _num(p["loss"]) if _identified(fit) else "not identified"
+        lines.append(f"| {p['compute']:.3e} | {p['compute'] / largest:,.1f}× | {loss} | "
+                     f"[{_num(p.get('low'))}, {_num(p.get('high'))}] | [{_num(p.get('run_low'))}, "
+                     f"{_num(p.get('run_high'))}] |")
     return lines + [""]
 
 
@@ -308,6 +562,22 @@ def _shape(config: dict) -> str:
 
 def _num(x, digits: int = 4) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _percent2(x) -> str:
+    return "—" if x is None else f"{x:.2%}"
+
+
+def _general(x) -> str:
+    return "—" if x is None else f"{x:.3g}"
+
+
+def _sci(x) -> str:
+    return "—" if x is None else f"{x:.2e}"
+
+
+def _span(pair) -> str:
+    return "—" if not pair else f"{human(pair[0])}–{human(pair[1])}"
 
 
 def _percent(x) -> str:

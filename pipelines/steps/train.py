@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from armodels.checkpoint import NAME as CHECKPOINT
@@ -105,6 +105,19 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     ctx.tracker.flush()
     return {"status": result["status"], "reason": result["reason"], "tokens": result["tokens"],
             "final_train_loss": result["final_train_loss"]}
+
+
+def train_confirmation(config: TrainStepConfig, ctx: StepContext) -> dict:
+    """Step `train-<series>-confirm-<R>x`: a confirmation run, planned before the fit (its shape and tokens) and
+    trained after it, at the learning rate the fit's lr-vs-size law gives for its size (fit.json)."""
+    series = config.name.rsplit("-confirm-", 1)[0]
+    fits = read_json(ctx.inputs["fit"] / "fit.json", "fit results")["families"]
+    planned = fits.get(series, {}).get("confirm") or {}
+    lr = planned.get("lr")
+    if not lr:
+        raise RunFailure(f"the fit gives no learning rate for the confirmation run of {series}")
+    ctx.log(f"confirmation run: lr {lr:.3g} from the fit ({planned.get('lr_source', 'lr law')})")
+    return train_model(replace(config, train=replace(config.train, lr=lr)), ctx)
 
 
 def _train_worker(loop_config: dict) -> None:

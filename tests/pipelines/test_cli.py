@@ -8,11 +8,13 @@ from tests.support.cli import arscale, one_line_error
 def test_dry_run_prints_the_plan_with_sizes_and_flops(tmp_path):
     r = arscale("study", "run", "--dry-run", "--out", tmp_path / "s")
     assert r.returncode == 0, r.stderr
-    for step in ("corpus-", "tokenizer-", "shards-", "train-transformer-12.5k-", "train-transformer-789k-",
-                 "eval-transformer-789k-", "fit-", "report-"):
+    for step in ("corpus-", "tokenizer-", "shards-", "train-transformer-6.3k-", "train-transformer-6.3k-s2-",
+                 "train-transformer-98.9k-", "eval-transformer-98.9k-", "fit-", "train-transformer-confirm-4x-",
+                 "eval-transformer-confirm-4x-", "report-"):
         assert step in r.stdout
-    assert "transformer, 789k params (non-emb), 2.0M tokens, 9.48e+12 FLOPs (6ND)" in r.stdout
-    assert r.stdout.count("run (pending)") == 15
+    assert "transformer, 98.9k params (non-emb), 3.5M tokens, 4.08e+12 FLOPs (per_layer)" in r.stdout
+    assert "confirmation run, lr from the fit's lr law" in r.stdout
+    assert r.stdout.count("run (pending)") == 3 + 2 * 12 + 1 + 2 + 1
     assert not (tmp_path / "s").exists()  # a dry run writes nothing
 
 

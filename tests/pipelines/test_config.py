@@ -1,10 +1,10 @@
 import pytest
 
+from armodels.train import ModelCosts
 from pipelines.config import PRESETS_DIR, load_config
 from pipelines.errors import UserError
-from pipelines.step import topological_order
 from pipelines.plan import build_steps, token_budget, train_configs
-from scaling.flops import transformer_nonembedding_params
+from pipelines.step import topological_order
 
 
 def write(tmp_path, text):
@@ -22,19 +22,28 @@ def test_presets_are_valid(preset):
     assert path.parent == PRESETS_DIR and cfg.models.grids
 
 
-def test_default_study_spans_thirty_fold_in_non_embedding_params():
+def test_default_study_is_designed_for_the_fit():
+    """Compute-optimal runs (20 tokens per parameter, no caps: distinct tokens per size) spanning over 30x in
+    compute, seeds to measure noise, and a confirmation run at 4x."""
     cfg, _ = load_config(None)
-    params = [t.run(".").costs().params_nonembedding for t in train_configs(cfg)]
-    assert len(params) >= 5 and max(params) / min(params) >= 30
-    assert params[-1] == transformer_nonembedding_params(4, 128)
+    runs = [t.run(".") for t in train_configs(cfg)]
+    compute = sorted({r.flops(cfg.fit.convention) for r in runs})
+    assert len(compute) >= 6 and compute[-1] / compute[0] >= 30
+    assert all(t.train.tokens == int(20 * r.costs().params) for t, r in zip(train_configs(cfg), runs))
+    assert len(runs) > len(compute)  # extra seeds
+    assert cfg.fit.confirm >= 4 and cfg.fit.convention == "per_layer"
 
 
-def test_token_budget_rule():
-    cfg, _ = load_config("text-default")
-    assert token_budget(cfg, 12_480, None) == 500_000  # 20 × 12.5k = 250k, raised to min_tokens
-    assert token_budget(cfg, 788_736, None) == 2_000_000  # capped at max_tokens
-    assert token_budget(cfg, 788_736, 123) == 123
-    assert [t.name for t in train_configs(cfg)][:2] == ["transformer-12.5k", "transformer-55.8k"]
+def test_token_budget_rule(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL + "training:\n  min_tokens: 500000\n  max_tokens: 2000000\n"))[0]
+    small, big = ModelCosts(49_344, 12_480, 1.0), ModelCosts(936_000, 788_736, 1.0)
+    assert token_budget(cfg, small, None) == 500_000  # 20 × 12.5k = 250k, raised to min_tokens
+    assert token_budget(cfg, big, None) == 2_000_000  # capped at max_tokens
+    assert token_budget(cfg, big, 123) == 123
+    uncapped = load_config(write(tmp_path, MINIMAL))[0]  # no caps by default
+    assert token_budget(uncapped, big, None) == 20 * 788_736
+    total = load_config(write(tmp_path, MINIMAL + "training:\n  tokens_per_param_of: total\n"))[0]
+    assert token_budget(total, small, None) == 20 * 49_344
 
 
 @pytest.mark.parametrize("text, message", [

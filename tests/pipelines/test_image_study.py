@@ -61,7 +61,7 @@ def test_every_step_ran_and_each_stream_has_its_shape(study):
 @pytest.mark.slow
 def test_fits_compare_streams_and_the_report_shows_images(study):
     out, _ = study
-    fits = json.loads((step_dir(out, "fit") / "fit.json").read_text())
+    fits = json.loads((step_dir(out, "fit") / "fit.json").read_text())["families"]
     assert set(fits) == {"pixels-gated_pixelcnn", "vqvae-transformer", "fsq-transformer"}
     assert "error" not in fits["pixels-gated_pixelcnn"]["compute"]  # four sizes: a law can be fitted
     assert "at least 4 usable runs, got 1" in fits["fsq-transformer"]["compute"]["error"]

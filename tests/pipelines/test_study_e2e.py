@@ -41,10 +41,10 @@ def test_every_step_ran(study):
 
 def test_fit_has_a_backtest_and_predictions(study):
     out, _, _ = study
-    fit = json.loads((step_dir(out, "fit") / "fit.json").read_text())["transformer"]
+    fit = json.loads((step_dir(out, "fit") / "fit.json").read_text())["families"]["transformer"]
     compute = fit["compute"]
     assert compute["n_points"] == 5 and compute["alpha"] > 0
-    assert {"E", "A", "alpha"} <= set(compute["ci"])
+    assert {"E", "alpha"} <= set(compute["ci"]) and ("A" in compute["ci"] or not compute["identified"])
     assert len(compute["backtest"]["abs_rel_error"]) == 1
     assert len(compute["predictions"]) == 3
     assert any("unstable" in json.dumps(row) for row in compute["excluded"])
@@ -54,12 +54,14 @@ def test_fit_has_a_backtest_and_predictions(study):
 def test_report_has_plots_and_names_the_diverged_run(study):
     out, _, _ = study
     report = (out / "report" / "report.md").read_text()
-    for section in ("## Runs", "## Loss vs tokens", "## Loss vs compute", "### Backtest", "### Predictions",
-                    "## Samples", "## Provenance"):
+    for section in ("## What these numbers rest on", "## Runs", "## Noise", "## Loss vs tokens", "## Loss vs compute",
+                    "#### Backtests", "#### Predictions", "### Which form extrapolates best", "### FLOPs convention",
+                    "## Samples", "## Fit data", "## Provenance"):
         assert section in report
     for png in ("learning_curves.png", "frontier-transformer.png", "backtest-transformer.png"):
         assert f"]({png})" in report and (out / "report" / png).stat().st_size > 10_000
     assert "**unstable**: diverged — loss became nan" in report
+    assert (out / "report" / "fit.json").is_file() and (out / "report" / "runs.csv").is_file()  # the fit data
 
 
 def test_every_run_is_in_mlflow(study):
@@ -114,8 +116,8 @@ def test_the_fit_can_be_rebuilt_from_mlflow_alone(study):
     out, _, _ = study
     runs, experiment = runs_from_mlflow(f"sqlite:///{out}/mlflow.db")
     assert experiment == "text-tiny" and len(runs) == 6
-    refit = scaling.fit_runs(runs, "compute", convention="6ND", bootstrap=0, holdout_top=0)
-    saved = json.loads((step_dir(out, "fit") / "fit.json").read_text())["transformer"]["compute"]
+    refit = scaling.fit_runs(runs, "compute", convention="per_layer", bootstrap=0, holdout_top=0)
+    saved = json.loads((step_dir(out, "fit") / "fit.json").read_text())["families"]["transformer"]["compute"]
     assert refit.n_points == 5 and any("unstable" in json.dumps(row) for row in refit.excluded)
     for key in ("E", "A", "alpha"):
         assert refit.params[key] == pytest.approx(saved[key], rel=1e-6)
@@ -137,6 +139,7 @@ def isoflop_study(study, tiny_config):
     data["name"] = "text-isoflop-e2e"
     data["models"]["grids"] = [{"family": "transformer", "sizes": ISOFLOP_SIZES}]
     data["training"].update(tokens=None, flops_budgets=[2e8, 6e8])
+    data["fit"]["convention"] = "6ND"  # the budgets are in 6ND
     outcomes = run_study(StudyConfig.model_validate(data), path, out)
     return out, outcomes
 
@@ -147,9 +150,11 @@ def test_an_isoflop_study_skips_the_shared_steps_and_fits_all_three_approaches(i
     assert sum(n.startswith("train-") and o.state == "succeeded" for n, o in outcomes.items()) == 6
     study = json.loads((out / STUDY_FILE).read_text())
     fit_dir = step_dir(out, "fit")
-    fits = json.loads((fit_dir / "fit.json").read_text())["transformer"]
-    for form in ("compute", "params", "isoflop", "envelope", "chinchilla"):
+    fits = json.loads((fit_dir / "fit.json").read_text())["families"]["transformer"]
+    for form in ("isoflop", "envelope", "chinchilla"):
         assert "error" not in fits[form], (form, fits[form])
+    # L(C) is fitted on the frontier: two budgets give two points, too few for a law, and the fit says so
+    assert "at least 4 usable runs, got 2" in fits["compute"]["error"]
     assert fits["isoflop"]["n_points"] == 6 and fits["isoflop"]["predictions"]
     report = (out / study["report"]).read_text()
     assert "## Compute-optimal allocation" in report and "![isoFLOP curves](isoflops-transformer.png)" in report
@@ -181,7 +186,8 @@ def test_every_form_fits_the_study_runs_from_mlflow(isoflop_study, form):
         assert set(fit["ci"]) >= {k for k in ("E", "A", "alpha") if k in fit}
     if form in ("compute", "chinchilla"):
         p = fit["predictions"][0]
-        assert p["compute"] == 1e10 and p["low"] <= p["loss"] <= p["high"]
+        # an end is None (unbounded) where too many resamples could not be refitted: 6 runs, 5 parameters
+        assert p["compute"] == 1e10 and (p["low"] or 0) <= p["loss"] <= (p["high"] or float("inf"))
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("text-isoflop-e2e")
     logged = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'fit-{form}'")

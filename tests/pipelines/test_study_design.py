@@ -1,0 +1,175 @@
+"""A study's design from its config: seeds, learning-rate sweeps, per-size hyperparameters, token budgets without
+caps, the confirmation run; and how the fit step picks the runs each law uses. Planning only (no training)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from armodels.train import TrainConfig, TrainRun
+from pipelines.config import load_config
+from pipelines.errors import UserError
+from pipelines.plan import build_steps, confirm_run, grid_runs, train_configs
+from pipelines.step import topological_order
+from pipelines.steps.fit import lr_study, matched_ratio, run_table, seed_noise
+
+GRID = """name: s
+models:
+  seq_len: 32
+  grids:
+    - family: transformer
+      sizes:
+        - {n_layer: 1, n_embd: 16, n_head: 2, seeds: 3}
+        - {n_layer: 2, n_embd: 32, n_head: 2, batch_size: 8, beta2: 0.99, warmup_tokens: 4096}
+training:
+  tokens_per_param: 20
+  tokens_per_param_of: total
+"""
+
+
+def load(tmp_path, text):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return load_config(str(path))[0]
+
+
+def test_seeds_and_per_size_options_reach_the_runs(tmp_path):
+    cfg = load(tmp_path, GRID)
+    runs = {tc.name: tc for tc in train_configs(cfg)}
+    assert list(runs) == ["transformer-3.2k", "transformer-3.2k-s1", "transformer-3.2k-s2", "transformer-24.9k"]
+    assert [runs[n].train.seed for n in list(runs)[:3]] == [0, 1, 2]
+    big = runs["transformer-24.9k"].train
+    assert (big.batch_size, big.beta2, big.warmup_tokens) == (8, 0.99, 4096)
+    assert runs["transformer-3.2k"].train.batch_size == TrainConfig(tokens=1).batch_size
+    # no caps: each size's tokens follow 20 × all its parameters
+    for tc in runs.values():
+        run = tc.run(".")
+        assert tc.train.tokens == int(20 * run.costs().params)
+
+
+def test_warmup_tokens_set_the_same_warmup_for_every_size():
+    model = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 300, "seq_len": 32}
+    short, long = (TrainRun("transformer", model, TrainConfig(tokens=t, batch_size=4, warmup_tokens=1280), "a", "b")
+                   for t in (12_800, 128_000))
+    assert short.warmup_fraction * short.steps == pytest.approx(10)
+    assert long.warmup_fraction * long.steps == pytest.approx(10)
+    assert TrainRun("transformer", model, TrainConfig(tokens=1280, batch_size=4, warmup_tokens=10**6), "a",
+                    "b").warmup_fraction == 0.5  # capped at half the run
+
+
+def test_an_lr_sweep_trains_every_size_at_every_lr_and_seed(tmp_path):
+    cfg = load(tmp_path, GRID.replace("  tokens_per_param_of: total\n", "  lr_sweep: [0.001, 0.004]\n  seeds: 2\n"))
+    names = [tc.name for tc in train_configs(cfg)]
+    assert names[:6] == ["transformer-3.2k-lr0.001", "transformer-3.2k-lr0.001-s1", "transformer-3.2k-lr0.001-s2",
+                         "transformer-3.2k-lr0.004", "transformer-3.2k-lr0.004-s1", "transformer-3.2k-lr0.004-s2"]
+    assert len(names) == 6 + 4  # the second size has the study's 2 seeds
+    assert {tc.train.lr for tc in train_configs(cfg)} == {0.001, 0.004}
+
+
+def test_the_confirmation_run_is_planned_at_r_times_the_largest_compute(tmp_path):
+    cfg = load(tmp_path, GRID + "fit:\n  confirm: 4\n")
+    planned = grid_runs(cfg)
+    tc = confirm_run(cfg, cfg.models.grids[0], [t for _, t in planned])
+    largest = max(t.run(".").flops("per_layer") for _, t in planned)
+    run = tc.run(".")
+    assert tc.name == "transformer-confirm-4x"
+    assert 4 <= run.flops("per_layer") / largest < 4 * 1.15
+    assert tc.train.tokens == int(20 * run.costs().params)  # the grid's rule, so it lies on the same frontier
+    assert tc.model["n_embd"] % tc.model["n_head"] == 0 and tc.model["n_layer"] >= 2
+    steps = {s.name: s for s in topological_order(build_steps(cfg))}
+    assert "fit" in steps["train-transformer-confirm-4x"].inputs  # trained after the fit, which sets its lr
+    assert "eval-transformer-confirm-4x" in steps["report"].inputs
+    assert "eval-transformer-confirm-4x" not in steps["fit"].inputs  # the fit never sees it
+    assert steps["fit"].config.confirm["transformer"]["compute"] == pytest.approx(run.flops("per_layer"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("training:\n  seeds: 0\n", r"training\.seeds: Input should be greater than or equal to 1"),
+    ("training:\n  lr_sweep: []\n", r"training\.lr_sweep: must be a non-empty list"),
+    ("training:\n  lr_sweep: [0.01, -1]\n", r"training\.lr_sweep: learning rates must be positive"),
+    ("fit:\n  confirm: 0.5\n", r"fit\.confirm: Input should be greater than or equal to 1"),
+    ("fit:\n  convention: chinchilla\n", r"fit\.convention: chinchilla does not count rnn models' compute"),
+    ("fit:\n  convention: flops\n", r"fit\.convention: Input should be"),
+    ("training:\n  flops_budgets: [1.0e+9, 3.0e+9]\nfit:\n  confirm: 4\n", r"fit\.confirm: .*tokens_per_param"),
+])
+def test_bad_design_settings_give_one_line_naming_the_key(tmp_path, extra, message):
+    text = "name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hidden: 8}]}]\n" + extra
+    with pytest.raises(UserError, match=message) as e:
+        load(tmp_path, text)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("size, message", [
+    ("{n_layer: 1, seeds: 0}", r"sizes\.0\.seeds: must be a whole number of seeds"),
+    ("{n_layer: 1, lr_sweep: []}", r"sizes\.0\.lr_sweep: must be a non-empty list"),
+    ("{n_layer: 1, batch_size: 2.5}", r"sizes\.0\.batch_size: must be a whole number"),
+    ("{n_layer: 1, beta2: 1.5}", r"sizes\.0\.beta2: must be a number in \[0, 1\)"),
+])
+def test_bad_size_options_give_one_line(tmp_path, size, message):
+    with pytest.raises(UserError, match=message):
+        load(tmp_path, f"name: s\nmodels:\n  grids: [{{sizes: [{size}]}}]\n")
+
+
+def test_confirm_needs_a_family_it_can_scale(tmp_path):
+    with pytest.raises(UserError, match=r"fit\.confirm: .*wavenet .* has no such fields"):
+        load(tmp_path, "name: s\nmodels:\n  grids: [{family: wavenet, sizes: [{channels: 8}]}]\nfit: {confirm: 4}\n")
+
+
+# ---- which runs the laws use (pipelines/steps/fit.py), on records shaped like eval.json
+
+
+def record(run_id, n, tokens, lr, seed, loss, family="transformer"):
+    return {"run_id": run_id, "family": family, "status": "ok", "params": n, "params_nonembedding": n // 2,
+            "tokens": tokens, "flops_per_layer": 6.0 * n * tokens, "flops_6ND": 3.0 * n * tokens, "lr": lr,
+            "seed": seed, "loss": loss, "device": "cpu", "config": {"n": n}}
+
+
+def sweep_records():
+    """Two sizes, three lrs, two seeds each: the small size's best lr is the middle one, the big one's the largest."""
+    out = []
+    for n, losses in ((1000, {1e-3: 4.0, 2e-3: 3.8, 4e-3: 3.9}), (4000, {1e-3: 3.6, 2e-3: 3.5, 4e-3: 3.4})):
+        for lr, loss in losses.items():
+            for seed in (0, 1):
+                out.append(record(f"m{n}-lr{lr:g}-s{seed}", n, 20 * n, lr, seed, loss + 0.01 * seed))
+    return out
+
+
+def test_each_size_enters_at_its_best_lr_with_all_its_seeds():
+    runs = run_table(sweep_records(), "per_layer")
+    chosen = runs[runs["in_fit"]]
+    assert sorted(chosen["run_id"]) == ["m1000-lr0.002-s0", "m1000-lr0.002-s1", "m4000-lr0.004-s0",
+                                        "m4000-lr0.004-s1"]
+    assert chosen["on_frontier"].all()  # one size per budget: all of them are the frontier
+    noise = seed_noise(chosen)
+    assert [s["seeds"] for s in noise["sizes"]] == [2, 2]
+    assert noise["sizes"][0]["sd"] == pytest.approx(0.01 / math.sqrt(2))
+    assert noise["dof"] == 2 and noise["pooled_relative_sd"] > 0
+
+
+def test_lr_study_refines_inside_the_sweep_and_flags_its_edge():
+    study = lr_study(run_table(sweep_records(), "per_layer"))
+    small, big = study["sizes"]
+    assert 1e-3 < small["best_lr"] < 4e-3 and not small["at_edge"]  # the parabola's vertex, inside
+    assert big["best_lr"] == 4e-3 and big["at_edge"]
+    assert study["at_edge"] == [big["point"]]
+    law = study["law"]
+    assert law["source"] == "lr sweep" and law["exponent"] > 0  # the bigger size wants the larger lr here
+    assert law["coef"] * 2000 ** law["exponent"] == pytest.approx(big["best_lr"], rel=1e-6)
+
+
+def test_an_isoflop_budget_puts_only_its_best_size_on_the_frontier():
+    records = [record("small", 1000, 40_000, 1e-3, 0, 3.9), record("mid", 2000, 20_000, 1e-3, 0, 3.7),
+               record("big", 4000, 10_000, 1e-3, 0, 3.8), record("next", 4000, 100_000, 1e-3, 0, 3.3)]
+    runs = run_table(records, "per_layer")
+    assert sorted(runs.loc[runs["on_frontier"], "run_id"]) == ["mid", "next"]
+    assert runs["in_fit"].all()
+
+
+def test_l_of_n_uses_the_runs_at_the_designs_tokens_per_parameter():
+    records = [record(f"r{n}", n, 20 * n // 2, 1e-3, 0, 4.0 - n / 1e4) for n in (1000, 2000, 4000, 8000)]
+    records.append(record("capped", 16000, 20 * 8000 // 2, 1e-3, 0, 3.0))  # a capped run: far fewer tokens
+    chosen = run_table(records, "per_layer")
+    kept = matched_ratio(chosen)
+    assert isinstance(kept, pd.DataFrame) and sorted(kept["run_id"]) == ["r1000", "r2000", "r4000", "r8000"]
