@@ -77,13 +77,14 @@ def _error_at(form: dict, ratio: float) -> float | None:
 
 
 def _collinear(runs: pd.DataFrame) -> str | None:
-    """Why L(N, D) cannot be identified on these runs, or None: N and D collinear (one tokens-per-parameter)."""
+    """Why L(N, D) cannot be identified on these runs, or None: each size has one token budget (D a function of N,
+    as in a tokens-per-parameter design), so A/N^α and B/D^β cannot be told apart."""
     n_column = "params_nonembedding" if "params_nonembedding" in runs.columns else "params"  # the N chinchilla fits
     if not {n_column, "tokens"} <= set(runs.columns):
         return None
     ok = runs[(runs["status"] == "ok") & (runs["loss"] > 0)] if "status" in runs else runs
-    ratio = (ok["tokens"] / ok[n_column]).to_numpy(float)
-    if len(ratio) and ratio.max() / ratio.min() < 1.5:
-        return ("every run has the same tokens per parameter (within 1.5×), so N and D are collinear and "
+    pairs = ok[[n_column, "tokens"]].drop_duplicates().sort_values(n_column)
+    if len(pairs) and pairs[n_column].is_unique and pairs["tokens"].is_monotonic_increasing:
+        return ("each size was trained at one token budget that grows with its size, so N and D move together and "
                 "L(N, D) = E + A/N^α + B/D^β is not identified; an isoFLOP grid identifies it")
     return None

@@ -431,7 +431,8 @@ def _selection_section(selection: dict) -> list[str]:
     if not forms:
         return [f"Form comparison not possible: {selection['error']}", ""] if selection.get("error") else []
     out = ["### Which form extrapolates best", "", "Each form refitted without the largest budget and at each "
-           "rolling-origin cut, on the same budgets; lower mean out-of-sample error wins.", "",
+           "rolling-origin cut, on the same budgets; the mean is over the cuts every fitted form could be refitted "
+           "at, and among the identified forms the lowest mean predicts.", "",
            "| form | parameters | held-out largest budget | rolling-origin errors | mean | identified |",
            "|---|--:|--:|---|--:|---|"]
     for f in forms:

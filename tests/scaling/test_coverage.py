@@ -91,7 +91,7 @@ def test_compare_forms_picks_the_form_that_extrapolates():
     with_floor = scaling.compare_forms(table(lambda c: 2.5 + 3e3 * c**-0.3), convention=None)
     assert pure.selected == "compute_pure" and with_floor.selected == "compute"
     chinchilla = next(f for f in pure.to_dict()["forms"] if f["form"] == "chinchilla")
-    assert "N and D are collinear" in chinchilla["error"]  # one tokens-per-parameter: L(N, D) not identified
+    assert "N and D move together" in chinchilla["error"]  # one tokens-per-parameter: L(N, D) not identified
     compute = next(f for f in with_floor.forms if f["form"] == "compute")
     assert compute["n_params"] == 3 and len(compute["rolling"]) == 3 and compute["mean_error"] < 0.01
 
