@@ -159,6 +159,9 @@ class GridConfig(_Strict):
     # values in raster order), "vqvae" or "fsq" (the code grid of that image tokenizer, in raster order).
     stream: Literal["text", "pixels", "vqvae", "fsq"] = TEXT_STREAM
     sizes: list[dict[str, Any]] = Field(min_length=1)
+    # Overrides training.tokens_per_param for this grid: families differ in how many tokens a parameter is worth
+    # (a PixelCNN over pixels wants far more than a transformer over codes).
+    tokens_per_param: float | None = added_setting(None, gt=0)
 
     @property
     def series(self) -> str:

@@ -38,14 +38,16 @@ from pipelines.steps import corpus, evaluate, fit, images, report, text_shards, 
 from pipelines.steps.images import pixel_levels
 
 
-def token_budget(cfg: StudyConfig, costs: ModelCosts, override: int | None) -> int:
-    """Tokens for one size: its override, else training.tokens, else tokens_per_param × its parameters
-    (non-embedding or all: training.tokens_per_param_of), clipped to [min_tokens, max_tokens] where those are set."""
+def token_budget(cfg: StudyConfig, grid: GridConfig, costs: ModelCosts, override: int | None) -> int:
+    """Tokens for one size of `grid`: its override, else training.tokens, else tokens_per_param (the grid's, else
+    training's) × its parameters (non-embedding or all: training.tokens_per_param_of), clipped to
+    [min_tokens, max_tokens] where those are set."""
     t = cfg.training
     if override or t.tokens:
         return override or t.tokens
     params = costs.params if t.tokens_per_param_of == "total" else costs.params_nonembedding
-    return int(min(max(t.tokens_per_param * params, t.min_tokens or 0), t.max_tokens or float("inf")))
+    ratio = grid.tokens_per_param or t.tokens_per_param
+    return int(min(max(ratio * params, t.min_tokens or 0), t.max_tokens or float("inf")))
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
             model = {**model_fields(size), **shape.fields_for(grid.family)}
             costs = model_costs(grid.family, model)
             name = size.get("name") or f"{grid.series}-{human(costs.params_nonembedding)}"
-            budgets = {name: token_budget(cfg, costs, size.get("tokens"))}
+            budgets = {name: token_budget(cfg, grid, costs, size.get("tokens"))}
             if t.flops_budgets:
                 per_token = flops_per_token(grid.family, model, cfg.fit.convention)
                 budgets = {f"{name}-c{c:.0e}".replace("+", ""): max(1, round(c / per_token)) for c in t.flops_budgets}
@@ -150,7 +152,7 @@ def confirm_run(cfg: StudyConfig, grid: GridConfig, runs: list[train.TrainStepCo
         for n_embd in range(step, 4 * base["n_embd"] + step, step):
             model = {**base, "n_layer": n_layer, "n_embd": n_embd}
             costs = model_costs(grid.family, model)
-            tc = replace(largest, model=model, train=replace(largest.train, tokens=token_budget(cfg, costs, None),
+            tc = replace(largest, model=model, train=replace(largest.train, tokens=token_budget(cfg, grid, costs, None),
                                                               seed=cfg.seed))
             over = tc.run(Path(".")).flops(convention) / target
             trend = base["n_layer"] * (costs.params_nonembedding / base_n) ** slope

@@ -36,14 +36,19 @@ def test_default_study_is_designed_for_the_fit():
 
 def test_token_budget_rule(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL + "training:\n  min_tokens: 500000\n  max_tokens: 2000000\n"))[0]
+    grid = cfg.models.grids[0]
     small, big = ModelCosts(49_344, 12_480, 1.0), ModelCosts(936_000, 788_736, 1.0)
-    assert token_budget(cfg, small, None) == 500_000  # 20 × 12.5k = 250k, raised to min_tokens
-    assert token_budget(cfg, big, None) == 2_000_000  # capped at max_tokens
-    assert token_budget(cfg, big, 123) == 123
+    assert token_budget(cfg, grid, small, None) == 500_000  # 20 × 12.5k = 250k, raised to min_tokens
+    assert token_budget(cfg, grid, big, None) == 2_000_000  # capped at max_tokens
+    assert token_budget(cfg, grid, big, 123) == 123
     uncapped = load_config(write(tmp_path, MINIMAL))[0]  # no caps by default
-    assert token_budget(uncapped, big, None) == 20 * 788_736
+    assert token_budget(uncapped, grid, big, None) == 20 * 788_736
     total = load_config(write(tmp_path, MINIMAL + "training:\n  tokens_per_param_of: total\n"))[0]
-    assert token_budget(total, small, None) == 20 * 49_344
+    assert token_budget(total, grid, small, None) == 20 * 49_344
+    # a grid's own ratio overrides training's, for that grid only
+    per_grid = load_config(write(tmp_path, MINIMAL.replace("{family:", "{tokens_per_param: 100, family:")))[0]
+    assert token_budget(per_grid, per_grid.models.grids[0], big, None) == 100 * 788_736
+    assert token_budget(per_grid, grid, big, None) == 20 * 788_736
 
 
 @pytest.mark.parametrize("text, message", [
