@@ -21,6 +21,9 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 END_OF_DOCUMENT = "<|endoftext|>"
+# The HF trainer allocates for the whole vocabulary up front (about 70 bytes a token: 10^12 aborts the interpreter);
+# a million is beyond any model's vocabulary, and token ids stay 32-bit.
+MAX_VOCAB_SIZE = 1_000_000
 # Bytes that are not UTF-8 come back from `bytes.decode(..., "surrogateescape")` as these lone surrogates.
 _ESCAPED_BYTES = re.compile("([\udc80-\udcff]+)")
 
@@ -150,10 +153,15 @@ class BPETokenizer:
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # the Rust library raises a plain Exception on malformed JSON
-            raise ValueError(f"{path} is not a valid tokenizer file ({str(e).splitlines()[0]})") from None
+            raise ValueError(f"{path} is not a valid tokenizer file ({str(e).splitlines()[0]}); train one with "
+                             "`arscale tokenizer train bpe`") from None
         meta_path = path.with_name("meta.json")
         if meta_path.is_file():
-            meta = BPEMeta(**json.loads(meta_path.read_text()))
+            meta = _read_meta(meta_path)
+            # the hash names the tokenizer in manifests: a tokenizer.json swapped under it would decode to garbage
+            if content_hash(tokenizer) != meta.sha256:
+                raise ValueError(f"{path} is not the tokenizer its meta.json records (its sha256 differs): it was "
+                                 "changed or replaced; restore it, or train the tokenizer again")
         else:  # a plain HF tokenizer.json: derive what we need
             eod = tokenizer.token_to_id(END_OF_DOCUMENT)
             if eod is None:
@@ -162,16 +170,48 @@ class BPETokenizer:
         return cls(tokenizer, meta)
 
 
+def _read_meta(path: Path) -> BPEMeta:
+    """meta.json as BPEMeta; ValueError names the file and what is wrong."""
+    try:
+        d = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    kinds = {"vocab_size": (int, "a whole number"), "special_tokens": (list, "a list"),
+             "eod_id": (int, "a whole number"), "sha256": (str, "a string"), "training": (dict, "an object")}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must hold a JSON object with {', '.join(kinds)}; restore it, or train the "
+                         "tokenizer again")
+    unknown, missing = sorted(set(d) - set(kinds)), [k for k in kinds if k not in d and k != "training"]
+    wrong = [k for k, (kind, _) in kinds.items() if k in d and (not isinstance(d[k], kind) or isinstance(d[k], bool))]
+    if unknown or missing or wrong:
+        problem = (f"unknown key {', '.join(unknown)}" if unknown else f"missing key {', '.join(missing)}" if missing
+                   else f"{wrong[0]} must be {kinds[wrong[0]][1]}")
+        raise ValueError(f"{path} is not a tokenizer's meta.json ({problem}); restore it, or train the tokenizer "
+                         "again")
+    return BPEMeta(**d)
+
+
+def vocab_size_problem(vocab_size: int, n_special: int = 1) -> str | None:
+    """Why `vocab_size` cannot be trained (it must leave room for a merge beside the 256 bytes and the special
+    tokens, and be at most MAX_VOCAB_SIZE), or None when it can."""
+    minimum = 256 + n_special + 1
+    if vocab_size < minimum:
+        return f"{vocab_size:,} is too small: byte-level BPE needs at least {minimum} (256 bytes, the special tokens " \
+               "and a merge)"
+    if vocab_size > MAX_VOCAB_SIZE:
+        return f"{vocab_size:,} is too large: use at most {MAX_VOCAB_SIZE:,} tokens"
+    return None
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, *, special_tokens: tuple[str, ...] = (END_OF_DOCUMENT,),
               training_info: dict | None = None) -> BPETokenizer:
     """Train a byte-level BPE tokenizer on `texts`.
 
-    `vocab_size` counts the 256 bytes and the special tokens, so it must exceed 256 + len(special_tokens); it is a
-    ceiling (a small corpus may yield fewer merges).
+    `vocab_size` counts the 256 bytes and the special tokens, so it must exceed 256 + len(special_tokens), and is at
+    most MAX_VOCAB_SIZE; it is a ceiling (a small corpus may yield fewer merges).
     """
-    minimum = 256 + len(special_tokens) + 1
-    if vocab_size < minimum:
-        raise ValueError(f"vocab_size {vocab_size} is too small: byte-level BPE needs at least {minimum}")
+    if problem := vocab_size_problem(vocab_size, len(special_tokens)):
+        raise ValueError(f"vocab_size {problem}")
     tokenizer = Tokenizer(models.BPE())
     # No prefix space and no offset trimming: the byte-level mapping alone, so decode(encode(x)) == x.
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

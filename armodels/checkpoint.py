@@ -55,9 +55,10 @@ FORMAT = "arscale-checkpoint/1"
 WRITER = ".writer"  # a token rank 0 puts in checkpoint.tmp/: a rank that reads it back writes into the same folder
 _RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_")
 
-# Called on every rank that wrote checkpoint files, with the folder being written and the names (relative to it)
-# of the files that rank wrote, before state.json exists: a study in an object store uploads them there.
-OnFiles = Callable[[Path, list[str]], None]
+# Called on every rank that wrote checkpoint files, with the folder being written, the names (relative to it) of
+# the files that rank wrote, and the checkpoint's step, before state.json exists: a study in an object store
+# uploads them there.
+OnFiles = Callable[[Path, list[str], int], None]
 
 
 def file_rank(name: str) -> int | None:
@@ -132,7 +133,7 @@ def save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(_write_error(tmp, e)) from None
     if on_files:
-        on_files(tmp, sorted(files))
+        on_files(tmp, sorted(files), step)
     try:
         write_json_atomic(tmp / "state.json", {"format": FORMAT, "step": step, "files": files,
                                                "aliases": aliases, **state})
@@ -197,7 +198,7 @@ def save_zero_checkpoint(out_dir: Path, step: int, engine, state: dict, client_s
 
     if on_files:
         try:
-            on_files(tmp, sorted(mine))
+            on_files(tmp, sorted(mine), step)
         except Exception as e:
             problem = f"could not upload the checkpoint files of {tmp} ({type(e).__name__}: {str(e).strip()[:200]})"
         _raise_first(gather_json(problem), OSError)  # and every rank's files are in the store before state.json

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -130,12 +131,20 @@ class ImageTokenizer:
         if file_sha256(weights) != d.get("weights_sha256"):
             raise ValueError(f"{weights} is corrupt (its sha256 differs from {DESCRIPTION}); train or copy it again")
         try:
+            state = load_safetensors(weights.read_bytes())
+        except SafetensorError as e:  # truncated or garbled, though its checksum was made to match
+            raise ValueError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0]}); train or "
+                             "copy the tokenizer again") from None
+        try:
             model = KINDS[d["kind"]][1](make_config(d["kind"], d["config"]))
-            model.load_state_dict(load_safetensors(weights.read_bytes()))
+            model.load_state_dict(state)
             tokenizer = cls(d["kind"], model, tuple(d["image_shape"]), d.get("meta", {}))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"{directory / DESCRIPTION} does not match its weights or is incomplete "
                              f"({str(e).splitlines()[0]})") from None
+        if d.get("sha256", tokenizer.sha256) != tokenizer.sha256:  # code shards name the tokenizer by it
+            raise ValueError(f"{directory / DESCRIPTION} records sha256 {str(d['sha256'])[:12]}…, but its config and "
+                             f"weights make {tokenizer.sha256[:12]}…: it was edited; train or copy it again")
         return tokenizer
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:

@@ -221,12 +221,21 @@ def read_manifest(directory: Path) -> Manifest:
     if manifest.format not in FORMATS or manifest.layout not in (DOCUMENTS, PACKED):
         raise ValueError(f"{path} has format {manifest.format!r}, layout {manifest.layout!r}: this version of "
                          f"arscale reads {', '.join(FORMATS)} with layout {DOCUMENTS} or {PACKED}")
+    for shard in manifest.shards:
+        name = shard.file
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"{path} names a shard file {name!r} outside its folder: a manifest may name only files "
+                             "in its own folder; re-make the shards")
     return manifest
 
 
 def verified_shard(directory: Path, shard: ShardInfo, verify: bool = True) -> Path:
-    """The path of a shard listed in a manifest, after checking that it is there and (with `verify`) intact."""
+    """The path of a shard listed in a manifest, after checking that it is there, inside the shard folder (a
+    symlink may not lead out of it) and (with `verify`) intact."""
     path = Path(directory) / shard.file
+    if not path.resolve().is_relative_to(Path(directory).resolve()):
+        raise ValueError(f"{path} leads outside {directory} (a symlink): a manifest may name only files in its own "
+                         "folder; re-make the shards")
     if not path.is_file():
         raise FileNotFoundError(f"{path} is listed in the manifest but missing; re-run the shard step")
     if verify and file_sha256(path) != shard.sha256:

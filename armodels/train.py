@@ -85,8 +85,9 @@ class TrainConfig:
     # workers and precision that saved it; armodels.checkpoint)
 
     def __post_init__(self) -> None:
-        if self.tokens < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"tokens, batch_size and lr must be positive: {self}")
+        for name in ("tokens", "batch_size", "lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive (got {getattr(self, name)!r})")
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
         if self.device not in ("cpu", "cuda"):

@@ -12,6 +12,11 @@ run goes on from its checkpoint.
 
 Stopping a job sends SIGINT, which the study takes as Ctrl-C: running steps save a checkpoint, and Ray waits
 for that (RAY_JOB_STOP_WAIT_TIME_S) before it kills what is left.
+
+No credentials travel with a job: its entrypoint, metadata and runtime environment (env_vars included) are shown
+to anyone who can reach the cluster's dashboard (`ray job list`, the Jobs API). So a storage URI with credentials
+in it (s3://KEY:SECRET@bucket, ?secret_key=...) is refused, and the nodes use their own: their environment
+(AWS_* variables), ~/.aws, or an instance role.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from pathlib import Path
 from cluster.client import job_client, reaching
 from pipelines.config import load_config
 from pipelines.errors import RunFailure, UserError
-from pipelines.executor import STEP_STOP_GRACE_S
+from pipelines.executor import STOP_GRACE_ENV, stop_grace_s
 from pipelines.progress import duration
 from pipelines.storage import StudyStore, is_uri, join_uri
+from pipelines.tracking import redact_uri, uri_secrets, without_credentials
 
 CONFIG_NAME = "study.yaml"  # the config's name in the job's working_dir
 PACKAGES = ("pipelines", "armodels", "scaling", "cluster")
@@ -52,6 +58,12 @@ class Submission:
 def study_location(storage: str | None, study: str) -> str:
     """Where the job keeps the study: STORAGE/<study>, a path every node sees or an object-store URI."""
     if storage and is_uri(storage):
+        if uri_secrets(storage):
+            raise UserError(f"--storage {redact_uri(storage)} holds credentials, and a job's command line and metadata "
+                            "are shown to anyone who can reach the cluster's dashboard: give the nodes the store's "
+                            "credentials instead (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in their "
+                            "environment, ~/.aws, or an instance role) and use --storage "
+                            f"{without_credentials(storage)}")
         StudyStore(storage)  # an unknown scheme is an error here, before anything is sent
         return join_uri(storage, study)
     return str(Path(storage or "studies").expanduser().absolute() / study)
@@ -66,9 +78,10 @@ def runtime_env(working_dir: Path) -> dict:
         "working_dir": str(working_dir),
         "py_modules": [str(_package_dir(name)) for name in PACKAGES],
         "excludes": EXCLUDES,
-        # Read by the job's supervisor: stop = Ctrl-C, and time for the study to save its checkpoints.
-        "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT",
-                     "RAY_JOB_STOP_WAIT_TIME_S": str(int(STEP_STOP_GRACE_S) + 30)},
+        # Read by the job's supervisor: stop = Ctrl-C, and time for the study to save its checkpoints (the
+        # submitter's $ARSCALE_STOP_GRACE_S, passed on to the study).
+        "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", STOP_GRACE_ENV: f"{stop_grace_s():g}",
+                     "RAY_JOB_STOP_WAIT_TIME_S": str(int(stop_grace_s()) + 30)},
     }
 
 
@@ -78,18 +91,24 @@ def prepare(config: str | None, storage: str | None):
     return cfg, path, study_location(storage, cfg.name)
 
 
+def job_request(cfg, path: Path, out: str, staging: Path) -> dict:
+    """The arguments of `JobSubmissionClient.submit_job` for the study (its config copied into `staging`): all
+    of it is shown to whoever reaches the dashboard, so nothing secret goes in (see the module's docstring)."""
+    shutil.copyfile(path, Path(staging) / CONFIG_NAME)
+    return {"entrypoint": entrypoint(out), "runtime_env": runtime_env(Path(staging)),
+            "submission_id": f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}",
+            "metadata": {"arscale.study": cfg.name, "arscale.out": str(out), "arscale.config": str(path)}}
+
+
 def submit(config: str | None, url: str, storage: str | None) -> Submission:
     """Submit the study as a job; returns at once."""
     cfg, path, out = prepare(config, storage)
     client = job_client(url)
-    job_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     with tempfile.TemporaryDirectory(prefix="arscale-job-") as staging:
-        shutil.copyfile(path, Path(staging) / CONFIG_NAME)
+        request = job_request(cfg, path, out, Path(staging))
         with reaching(url):
-            client.submit_job(entrypoint=entrypoint(out), runtime_env=runtime_env(Path(staging)),
-                              submission_id=job_id, metadata={"arscale.study": cfg.name, "arscale.out": str(out),
-                                                              "arscale.config": str(path)})
-    return Submission(job_id, cfg.name, str(out), url)
+            client.submit_job(**request)
+    return Submission(request["submission_id"], cfg.name, str(out), url)
 
 
 def list_jobs(url: str) -> str:
@@ -152,7 +171,7 @@ def stop(url: str, job_id: str, timeout: float | None = None) -> str:
         return info.status.value
     with reaching(url):
         client.stop_job(job_id)
-        deadline = time.monotonic() + (timeout or STEP_STOP_GRACE_S + 60)
+        deadline = time.monotonic() + (timeout or stop_grace_s() + 60)
         while (status := client.get_job_status(job_id).value) not in TERMINAL:
             if time.monotonic() > deadline:
                 raise RunFailure(f"job {job_id} is still {status} after the stop request; "

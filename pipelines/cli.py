@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -165,6 +166,10 @@ def cmd_report(args) -> int:
 def cmd_fit(args) -> int:
     if args.bootstrap < 0 or args.holdout_top < 0:
         raise UserError("--bootstrap and --holdout-top must be 0 or more")
+    bad = [c for c in args.predict_compute if not (math.isfinite(c) and c > 0)]
+    if bad:
+        raise UserError(f"--predict-compute takes training FLOPs, which are positive numbers (got {bad[0]:g}), "
+                        "e.g. 1e18")
     try:
         if args.runs:
             runs, experiment = scaling.load_runs_csv(args.runs), args.experiment or "arscale-fits"

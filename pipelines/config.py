@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 import armodels
+from armodels.bpe import MAX_VOCAB_SIZE
 from armodels.config_fields import OMITTED_AT_DEFAULT
 from armodels.train import TrainConfig, flops_conventions
 from pipelines.errors import UserError
@@ -93,7 +94,8 @@ TEXT_STREAM, IMAGE_STREAMS = "text", ("pixels", "vqvae", "fsq")
 
 
 class TokenizerConfig(_Strict):
-    vocab_size: int = Field(1024, ge=258)  # 256 bytes + end-of-document + at least one merge
+    # 256 bytes + end-of-document + at least one merge; at most what the BPE trainer can allocate for
+    vocab_size: int = Field(1024, ge=258, le=MAX_VOCAB_SIZE)
     train_bytes: int = Field(8_000_000, gt=0)  # BPE is trained on a sample of the training split this large
 
 
@@ -132,6 +134,7 @@ def check_lr_sweep(value: Any) -> str | None:
 
 # Per-size options checked like training's: (test, what a valid value is)
 SIZE_OPTION_CHECKS = {
+    "tokens": (lambda v: type(v) is int and v >= 1, "must be a whole number of tokens, 1 or more"),
     "num_workers": (lambda v: type(v) is int and v >= 1, "must be a whole number, 1 or more"),
     "seeds": (lambda v: type(v) is int and v >= 1, "must be a whole number of seeds, 1 or more"),
     "batch_size": (lambda v: type(v) is int and v >= 1, "must be a whole number of sequences, 1 or more"),
@@ -140,6 +143,21 @@ SIZE_OPTION_CHECKS = {
     "beta2": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
               "must be a number in [0, 1)"),
 }
+
+
+def field_type_problem(value: Any, hint: Any) -> str | None:
+    """What `value` must be to fill a family config field of type `hint`, where pydantic's lax mode would convert it
+    silently (true as 1, 2.0 as 2), or None when it may."""
+    if hint is int and type(value) is not int:
+        return "must be a whole number"
+    if hint is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "must be a number"
+    if hint is bool and type(value) is not bool:
+        return "must be true or false"
+    if get_origin(hint) is tuple and get_args(hint)[:1] == (int,) and (
+            not isinstance(value, (list, tuple)) or any(type(v) is not int for v in value)):
+        return "must be a list of whole numbers"
+    return None
 
 
 def model_fields(size: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +192,7 @@ class GridConfig(_Strict):
             raise ValueError(f"unknown family {self.family!r}; one of {', '.join(armodels.families())}")
         config_class = armodels.family_classes(self.family)[1]
         known = {f.name for f in fields(config_class)}
+        hints = get_type_hints(config_class)
         if armodels.is_image_family(self.family) and self.stream not in IMAGE_STREAMS:
             raise ValueError(f"{self.family} models images (height × width), not token streams; use it in an "
                              "image study's pixels, vqvae or fsq stream")
@@ -199,6 +218,8 @@ class GridConfig(_Strict):
                 if key not in known:
                     raise ValueError(f"sizes.{i}.{key}: {self.family} has no such field; its fields: "
                                      f"{', '.join(sorted(known - set(set_by_study)))}")
+                if problem := field_type_problem(model[key], hints[key]):
+                    raise ValueError(f"sizes.{i}.{key}: {problem} (got {model[key]!r})")
             try:
                 TypeAdapter(config_class).validate_python(model)
             except ValidationError as e:
@@ -297,7 +318,8 @@ class FitConfig(_Strict):
     convention: Literal[CONVENTIONS] = "per_layer"
     bootstrap: int = Field(1000, ge=0)
     holdout_top: int = Field(1, ge=0)  # backtest: refit without the largest compute budget(s), predict them
-    predict_multipliers: list[float] = [10.0, 100.0, 1000.0]  # predict loss at these × the family's largest compute
+    # predict loss at these × the family's largest compute
+    predict_multipliers: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = [10.0, 100.0, 1000.0]
     # Confirmation run: after the fit, train one compute-optimal model (the grid's tokens-per-parameter rule) at
     # `confirm` × the family's largest compute, and report its loss beside the fit's prediction.
     confirm: float | None = added_setting(None, ge=1)

@@ -6,7 +6,7 @@ concurrently; the executor admits a step when the CPUs and GPUs it declares are 
 
 Stopping (Ctrl-C, SIGTERM): the executor writes the file `STOP` in the study folder; long steps (training) look
 for it, save a checkpoint in their .tmp dir and end as failed-with-checkpoint; the executor waits for them
-(up to STEP_STOP_GRACE_S) before it cancels what is left. A second Ctrl-C cancels at once.
+(up to $ARSCALE_STOP_GRACE_S, 120 s by default) before it cancels what is left. A second Ctrl-C cancels at once.
 
 A study kept in an object store (pipelines.storage) runs the same way in a local scratch folder, and the executor
 counts a step the store holds as finished as done.
@@ -14,6 +14,7 @@ counts a step the store holds as finished as done.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +22,32 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.admission import ClusterRoom
-from pipelines.errors import StepStopped
+from pipelines.errors import StepStopped, UserError
+from pipelines.ray_connect import task_env
 from pipelines.step import Step, config_dict, topological_order
 from pipelines.step_runner import StepLaunch, execute_step, one_line_error
-from pipelines.step_status import STATUS, STOP_FILE, SUCCEEDED, ensure_failed, step_state
+from pipelines.step_status import STATUS, STOP_FILE, SUCCEEDED, ensure_failed, finish_commit, step_state
 from pipelines.storage import StudyStore
-from pipelines.tracking import NullStudyTracking, StudyTracking
+from pipelines.tracking import NullStudyTracking, StudyTracking, redact_text
 
-STEP_STOP_GRACE_S = 120.0  # how long running steps get to save a checkpoint when the study is stopped
+STEP_STOP_GRACE_S = 120.0  # how long running steps get to save a checkpoint when the study is stopped (default)
+STOP_GRACE_ENV = "ARSCALE_STOP_GRACE_S"
+
+
+def stop_grace_s() -> float:
+    """How long running steps get to save a checkpoint when the study is stopped: $ARSCALE_STOP_GRACE_S, else
+    STEP_STOP_GRACE_S. A scheduler's own grace (KubeRay's terminationGracePeriodSeconds, the lead time of SLURM's
+    --signal) must exceed it by the study's own stopping, about 30 s."""
+    text = os.environ.get(STOP_GRACE_ENV)
+    if not text:
+        return STEP_STOP_GRACE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UserError(f"${STOP_GRACE_ENV} must be a number of seconds, 0 or more (got {text!r})")
+    return value
 
 
 @dataclass
@@ -48,6 +67,7 @@ class Executor:
         self.tracking = tracking or NullStudyTracking()
         self.log = log or (lambda msg: print(msg, flush=True))
         self.store = store  # the object store that keeps the study (root is then its local scratch folder)
+        self.stop_grace_s = stop_grace_s()
 
     def plan(self, targets: list[Step]) -> list[tuple[Step, dict]]:
         """Each step in order with its current status record (state: succeeded, failed, pending, ...)."""
@@ -63,6 +83,9 @@ class Executor:
     def run(self, targets: list[Step]) -> dict[str, Outcome]:
         import ray
 
+        for step in topological_order(targets):
+            if finish_commit(self.root, step.dirname):
+                self.log(f"finished the commit of {step.dirname} (its process died just before the rename)")
         plan = self.plan(targets)
         outcomes: dict[str, Outcome] = {}
         pending: list[Step] = []
@@ -115,8 +138,8 @@ class Executor:
             if self.store:
                 self._track(self.store.write_text, STOP_FILE, "")  # for steps on nodes without this folder
             self.log(f"stopping: {len(running)} running step(s) save a checkpoint first "
-                     f"(up to {STEP_STOP_GRACE_S:.0f}s; Ctrl-C again to stop at once)")
-            deadline = time.monotonic() + STEP_STOP_GRACE_S
+                     f"(up to {self.stop_grace_s:.0f}s; Ctrl-C again to stop at once)")
+            deadline = time.monotonic() + self.stop_grace_s
             try:
                 while running and time.monotonic() < deadline:
                     done, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -173,7 +196,7 @@ class Executor:
         launch = StepLaunch(step.fn, step.config, step.name, step.dirname, self.root, inputs, self.tracking.uri, run_id,
                             self.store.uri if self.store else None)
         ref = remote.options(num_cpus=cpus, num_gpus=gpus, name=f"step:{step.name}", max_retries=0,
-                             **placement).remote(launch)
+                             runtime_env={"env_vars": task_env()}, **placement).remote(launch)
         return ref, run_id
 
     def _collect(self, ref, step: Step, seconds: float, run_id: str | None) -> Outcome:
@@ -212,14 +235,14 @@ class Executor:
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            self.log(f"warning: {fn.__qualname__} failed ({type(e).__name__}: {str(e).strip()[:200]}); "
+            self.log(f"warning: {fn.__qualname__} failed ({type(e).__name__}: {redact_text(str(e)).strip()[:200]}); "
                      "the study goes on")
             return None
 
 
 def _ray_error_line(e: Exception) -> str:
     """Ray's own errors (worker died, out of memory) carry long messages; keep the first meaningful line."""
-    for line in str(e).splitlines():
+    for line in redact_text(str(e)).splitlines():
         if line.strip() and not line.startswith("Traceback"):
             return f"{type(e).__name__}: {line.strip()}"
     return type(e).__name__

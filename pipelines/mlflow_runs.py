@@ -2,6 +2,9 @@
 
 A study's evaluation steps log each run's whole record (sizes, tokens, FLOPs, losses, status) to their MLflow
 runs, so the table a study's fit used can be rebuilt from the tracking store alone.
+
+A URI may hold secrets (`https://user:password@host`, `?token=...`): what is printed or recorded shows it through
+`redact_uri`, and MLflow's own errors, which quote the URI whole, through `hide_secrets` (pipelines.tracking).
 """
 
 from __future__ import annotations
@@ -9,12 +12,39 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.errors import UserError
-from pipelines.tracking import artifact_location, redact_uri
+from pipelines.errors import RunFailure, UserError
+from pipelines.tracking import artifact_location, hide_secrets, redact_uri
 
 EVAL_FILTER = "tags.`arscale.step` LIKE 'eval-%'"
+
+
+@contextmanager
+def _mlflow_errors(uri: str):
+    """MLflow's errors as one line with the URI's secrets hidden: MLflow quotes the URI whole in its messages
+    (an unsupported scheme, a failed request). A URI MLflow rejects is the user's to fix (exit 2)."""
+    try:
+        yield
+    except (UserError, RunFailure):
+        raise
+    except Exception as e:
+        message = hide_secrets((str(e).strip().splitlines() or [""])[0].strip(), uri)
+        kind = UserError if getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE" else RunFailure
+        raise kind(f"MLflow at {redact_uri(uri)}: {type(e).__name__}: {message}") from None
+
+
+def _existing_store(uri: str) -> None:
+    """Commands that only read runs need a store that is there: MLflow would make an empty SQLite database (and a
+    folder for it) at a mistyped path, and the command would then report no runs."""
+    if not uri.startswith("sqlite://"):
+        return
+    path = uri.removeprefix("sqlite://").split("?", 1)[0]
+    path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db, sqlite:////abs.db
+    if path and path != ":memory:" and not Path(path).is_file():
+        raise UserError(f"MLflow store {path} does not exist (from {redact_uri(uri)}); give the mlflow.db of a study, "
+                        "e.g. --mlflow sqlite:///studies/NAME/mlflow.db")
 
 
 def _client(uri: str):
@@ -29,6 +59,12 @@ def _client(uri: str):
 def runs_from_mlflow(uri: str, experiment: str | None = None):
     """One row per run of a study (the newest evaluation of each), as `scaling.fit_runs` expects, and the name of
     the experiment they came from."""
+    _existing_store(uri)
+    with _mlflow_errors(uri):
+        return _runs_from_mlflow(uri, experiment)
+
+
+def _runs_from_mlflow(uri: str, experiment: str | None):
     import pandas as pd
 
     client = _client(uri)
@@ -65,7 +101,13 @@ def runs_from_mlflow(uri: str, experiment: str | None = None):
 
 
 def log_fit(uri: str, experiment: str, result, *, source: str, plot: Path | None = None) -> str:
-    """Log a fit as its own MLflow run: its settings as params, its numbers as metrics, fit.json as artifact."""
+    """Log a fit as its own MLflow run: its settings as params, its numbers as metrics, fit.json as artifact.
+    `source` (a file, or the URI the runs came from) is recorded in the tag arscale.fit_source, its secrets hidden."""
+    with _mlflow_errors(uri):
+        return _log_fit(uri, experiment, result, source=redact_uri(source) if "://" in source else source, plot=plot)
+
+
+def _log_fit(uri: str, experiment: str, result, *, source: str, plot: Path | None) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(uri)
@@ -76,7 +118,8 @@ def log_fit(uri: str, experiment: str, result, *, source: str, plot: Path | None
         experiment_id = found.experiment_id if found else client.create_experiment(
             experiment, artifact_location=artifact_location(uri, db_folder))
     except Exception as e:
-        raise UserError(f"MLflow at {redact_uri(uri)} is unreachable ({type(e).__name__}); the fit was not logged") from None
+        raise UserError(f"MLflow at {redact_uri(uri)} is unreachable ({type(e).__name__}); the fit was not logged"
+                        ) from None
     fit = result.to_dict()
     run = client.create_run(experiment_id, run_name=f"fit-{result.form}",
                             tags={"arscale.fit_source": source, "arscale.form": result.form})

@@ -32,9 +32,25 @@ def token_source() -> str | None:
     return str(path) if path.is_file() and path.read_text().strip() else None
 
 
+def secure_token_file() -> None:
+    """Make the token file readable by its owner only, saying so when it was not: Ray writes a token it generates
+    with the umask's mode (0644: readable by every user of the machine)."""
+    path = token_path()
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        path.chmod(0o600)
+        print(f"note: {path} (Ray's auth token) was readable by other users (mode {mode:o}); made it 0600",
+              file=sys.stderr)
+
+
 def ensure_token() -> str:
     """The token's source, after writing a new random token to token_path() if there is none (as
-    `ray get-auth-token --generate` does, which refuses a $RAY_AUTH_TOKEN_PATH that does not exist yet)."""
+    `ray get-auth-token --generate` does, which refuses a $RAY_AUTH_TOKEN_PATH that does not exist yet). An
+    existing token file is made private first."""
+    secure_token_file()
     source = token_source()
     if source:
         return source

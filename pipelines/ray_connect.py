@@ -23,6 +23,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     """
     import ray
 
+    ray_auth.secure_token_file()
     if ray.is_initialized():
         return ""
     address = address or os.environ.get("RAY_ADDRESS")
@@ -39,7 +40,18 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     else:
         context = ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
                            dashboard_host="127.0.0.1", **common)
+    ray_auth.secure_token_file()  # one Ray may have just generated
     return f"http://{context.dashboard_url}" if getattr(context, "dashboard_url", None) else ""
+
+
+def task_env() -> dict[str, str]:
+    """Environment variables for the tasks a command starts on the connected cluster (Ray passes them on to the
+    tasks and actors those start): this cluster's address. Ray's own helpers in them (Ray Train's placement-group
+    cleaner asks Ray's state API) otherwise look for "the" Ray of this machine, and fail with a traceback when
+    another arscale command runs its own Ray beside this one ("Found multiple active Ray instances")."""
+    import ray
+
+    return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
 
 
 def cluster_gpus() -> float:

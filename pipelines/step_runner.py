@@ -7,7 +7,6 @@ the inputs its node lacks (and what an earlier attempt left) before it runs, and
 
 from __future__ import annotations
 
-import os
 import shutil
 import traceback
 from dataclasses import dataclass
@@ -17,8 +16,9 @@ from typing import Any
 from armodels.checkpoint import CHECKPOINT_FOLDERS
 from pipelines.errors import StepStopped
 from pipelines.step import StepContext, StepFn
-from pipelines.step_status import FAILED, STOPPED, SUCCEEDED, write_finished, write_running
+from pipelines.step_status import FAILED, STOPPED, commit, write_finished, write_running
 from pipelines.storage import StudyStore
+from pipelines.tracking import redact_text
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def execute_step(launch: StepLaunch) -> dict:
     try:
         summary = launch.fn(launch.config, ctx) or {}
     except BaseException as e:  # KeyboardInterrupt included: the record must say the step did not finish
-        (tmp / "error.log").write_text(traceback.format_exc())
+        (tmp / "error.log").write_text(redact_text(traceback.format_exc()))
         write_finished(tmp, record, STOPPED if isinstance(e, StepStopped) else FAILED, error=one_line_error(e))
         if store:
             try:
@@ -62,10 +62,9 @@ def execute_step(launch: StepLaunch) -> dict:
             except Exception as push_error:
                 print(f"warning: could not save {tmp.name} to {store.shown}: {one_line_error(push_error)}", flush=True)
         raise
-    write_finished(tmp, record, SUCCEEDED, summary=summary)
     if final.exists():  # left by hand without a success record (step_state ignores it): replace it
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    commit(tmp, final, record, summary)
     if store:
         store.push(final, launch.dirname)
         store.delete(tmp.name)
@@ -73,5 +72,6 @@ def execute_step(launch: StepLaunch) -> dict:
 
 
 def one_line_error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    """The error's first line, fit for logs and records (URIs in it redacted)."""
+    text = redact_text(str(e)).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from pipelines.errors import UserError
-from pipelines.tracking import redact_uri
+from pipelines.tracking import hide_secrets, redact_uri
 
 SCRATCH_ENV = "ARSCALE_SCRATCH"
 COMMIT_MARKERS = ("state.json", "STATUS.json")  # each vouches for the files beside it, so it is copied after them
@@ -60,7 +60,8 @@ class StudyStore:
         try:
             self.fs, self.base = fs.FileSystem.from_uri(self.uri)
         except Exception as e:  # pyarrow raises ArrowInvalid, OSError or ValueError for an unknown scheme
-            raise UserError(f"{self.shown}: not a storage URI pyarrow can open ({str(e).strip()}); use a path, or "
+            why = hide_secrets(str(e).strip(), self.uri)  # pyarrow quotes the URI whole
+            raise UserError(f"{self.shown}: not a storage URI pyarrow can open ({why}); use a path, or "
                             "s3://bucket/prefix, gs://bucket/prefix, ...") from None
         self.base = self.base.rstrip("/")
 
@@ -87,7 +88,8 @@ class StudyStore:
                 f.write(b"")
             self.fs.delete_file(probe)
         except Exception as e:
-            raise UserError(f"storage {self.shown} cannot be written ({str(e).strip().splitlines()[0]}); check the "
+            raise UserError(f"storage {self.shown} cannot be written "
+                            f"({hide_secrets(str(e).strip().splitlines()[0], self.uri)}); check the "
                             "URI, that the bucket exists and the credentials") from None
 
     def exists(self, rel: str) -> bool:

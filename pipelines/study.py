@@ -4,7 +4,11 @@ with one study per folder at a time (StudyLock), study.json describing it, and S
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -20,13 +24,14 @@ from pipelines.plan import build_steps, corpus_config, describe_plan
 from pipelines.progress import duration
 from pipelines.ray_connect import cluster_gpus, connect
 from pipelines.step import Step, topological_order
-from pipelines.step_status import process_alive
+from pipelines.step_status import process_alive, process_start
 from pipelines.steps import corpus
 from pipelines.storage import StudyStore, is_uri
 from pipelines.tracking import StudyTracking, redact_uri, resolve_tracking_uri
 
 STUDY_FILE = "study.json"
 LOCK_FILE = ".lock"
+STORE_LOCK = "LOCK.json"  # the lease of a study kept in an object store (StoreLock)
 
 
 def check_output_dir(out: Path) -> None:
@@ -54,25 +59,128 @@ def check_corpus(cfg: StudyConfig) -> None:
 
 
 class StudyLock:
-    """One running study per folder: a lock file with the owner's host and pid (stale locks are taken over)."""
+    """One driver per study folder: `.lock` there, held with flock for the driver's whole life (the kernel lets go
+    when the process ends, however it ends) and naming its holder: host, pid, the process's start time.
+
+    Taken when no process holds it. A record left by a process of this host that is gone (or whose pid now belongs
+    to another process) is taken over; one left by another host is refused, as this host cannot tell whether that
+    driver still runs (on a shared filesystem where flock does not reach across hosts)."""
 
     def __init__(self, out: Path):
         self.path = out / LOCK_FILE
+        self.fd: int | None = None
 
     def __enter__(self):
-        if self.path.is_file():
-            try:
-                owner = read_json(self.path)
-            except ValueError:
-                owner = {}
-            if owner.get("host") == socket.gethostname() and process_alive(owner.get("pid")):
-                raise UserError(f"study {self.path.parent} is already running (pid {owner['pid']}); "
-                                "wait for it or stop it first")
-        write_json_atomic(self.path, {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            for _ in range(20):  # the holder may have just taken it and not yet written its name
+                if holder:
+                    break
+                time.sleep(0.05)
+                holder = _lock_holder(fd)
+            os.close(fd)
+            raise UserError(f"study {self.path.parent} is already running ({_describe(holder)}); wait for it or stop "
+                            "it first") from None
+        holder = _lock_holder(fd)
+        if holder and not self._stale(holder):
+            os.close(fd)
+            if holder.get("host") == socket.gethostname():
+                raise UserError(f"study {self.path.parent} is already running ({_describe(holder)}); wait for it or "
+                                "stop it first")
+            raise UserError(f"study {self.path.parent} is locked by {_describe(holder)}; if that run is over, "
+                            f"delete {self.path} and run again")
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": process_start(os.getpid()),
+              "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
         return self
 
+    @staticmethod
+    def _stale(holder: dict) -> bool:
+        """Whether a lock record (whose flock nobody holds) was left by a process of this host that is gone."""
+        if holder.get("host") != socket.gethostname():
+            return False
+        pid, started = holder.get("pid"), holder.get("process_start")
+        return not process_alive(pid) or (started is not None and process_start(pid) != started)
+
     def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+        os.ftruncate(self.fd, 0)  # an empty lock file is a free one; the file stays, as others may have it open
+        os.close(self.fd)  # lets go of the flock
+
+
+class StoreLock:
+    """One driver per study in an object store, across clusters: a lease, the object LOCK.json beside the study's
+    steps naming its holder and when the lease ends. The driver renews it every TTL_S / 3 while it runs; a lease
+    that ran out (its driver died) is taken over. Object stores have no atomic create that pyarrow can ask for, so
+    a driver that finds the lease free writes its own, waits SETTLE_S for any driver that raced it to write too,
+    and keeps the lease only if its own record is the one the store then holds (the others refuse to start)."""
+
+    TTL_S = 60.0
+    SETTLE_S = 2.0
+
+    def __init__(self, store: StudyStore):
+        self.store = store
+        self.record = {"owner": secrets.token_hex(8), "host": socket.gethostname(), "pid": os.getpid(),
+                       "since": time.time()}
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def __enter__(self):
+        held = self.store.read_json(STORE_LOCK)
+        if held and held.get("expires", 0) > time.time():
+            raise UserError(f"study {self.store.shown} is already running ({_describe(held)}, lease renewed until "
+                            f"{time.strftime('%H:%M:%S', time.localtime(held['expires']))}); wait for it or stop it "
+                            f"first (a driver that died lets its lease run out within {self.TTL_S:.0f}s)")
+        self._write()
+        time.sleep(self.SETTLE_S)
+        now = self.store.read_json(STORE_LOCK) or {}
+        if now.get("owner") != self.record["owner"]:
+            raise UserError(f"study {self.store.shown} was started by another driver at the same time "
+                            f"({_describe(now)}); wait for it or stop it first")
+        self._renewer = threading.Thread(target=self._renew, name="store-lock", daemon=True)
+        self._renewer.start()
+        return self
+
+    def _write(self) -> None:
+        self.store.write_text(STORE_LOCK, json.dumps({**self.record, "expires": time.time() + self.TTL_S}))
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.TTL_S / 3):
+            try:
+                self._write()
+            except Exception:  # a store outage: the next renewal may get through before the lease runs out
+                pass
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._renewer:
+            self._renewer.join()
+        try:
+            if (self.store.read_json(STORE_LOCK) or {}).get("owner") == self.record["owner"]:
+                self.store.delete(STORE_LOCK)
+        except Exception:  # the lease runs out by itself
+            pass
+
+
+def _lock_holder(fd: int) -> dict:
+    """The record in an open lock file ({} when empty or unreadable)."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "by another process"
+    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder["since"])) if holder.get("since") else "?"
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {since}"
 
 
 def run_study(cfg: StudyConfig, config_path: Path, out: Path | str, *, dry_run: bool = False,
@@ -95,7 +203,7 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path | str, *, dry_run: 
     check_corpus(cfg)
     if store:
         store.check()
-    with StudyLock(out):
+    with StudyLock(out), (StoreLock(store) if store else contextlib.nullcontext()):
         if store:
             store.pull_study_files(out)
         try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pipelines.errors import UserError
 
@@ -27,8 +29,8 @@ def resolve_tracking_uri(cli_uri: str | None, study_dir: Path) -> str:
     return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(study_dir).resolve()}/mlflow.db"
 
 
-def redact_uri(uri: str) -> str:
-    """`uri` fit for logs, reports and study.json: a password or token in it is replaced by ***."""
+def _redact_parsed(uri: str) -> str:
+    """`uri` with the password of its user info and the values of its secret options (token=...) as ***."""
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(uri)
@@ -41,6 +43,77 @@ def redact_uri(uri: str) -> str:
     if netloc == parts.netloc and hidden == pairs:
         return uri  # nothing to hide (and sqlite:////abs/path must keep its slashes)
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(hidden, safe="*"), parts.fragment))
+
+
+def _userinfo(uri: str) -> str | None:
+    """The `user:password` before the '@' of `uri`, or None. Also where an unencoded '/' in the password (AWS secret
+    keys have them) makes URL parsers take it for the start of the path, and so miss it: `s3://KEY:abc/def@bucket`."""
+    _, sep, rest = uri.partition("://")
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+    if not sep or "@" not in rest:
+        return None
+    authority = rest.split("/", 1)[0]
+    if "@" in authority:
+        return authority.rsplit("@", 1)[0]
+    _, colon, after = authority.partition(":")
+    return rest.split("@", 1)[0] if colon and not after.isdigit() else None  # digits: a port, the '@' in the path
+
+
+def _options(uri: str) -> list[tuple[str, bool]]:
+    """The options of `uri` as written (`key=value`), each with whether redact_uri hides its value."""
+    query = urlsplit(uri).query
+    pairs = [pair for pair in query.split("&") if pair]
+    return [(pair, _redact_parsed(f"x://h/?{pair}") != f"x://h/?{pair}") for pair in pairs]
+
+
+def uri_secrets(uri: str) -> list[str]:
+    """The secrets written into `uri`, as written and decoded: the password of its user info (the whole user info
+    when it has no password: a token as user name) and the values of the options redact_uri hides (token=...)."""
+    info = _userinfo(uri)
+    found = [info.partition(":")[2] or info] if info else []
+    found += [pair.partition("=")[2] for pair, secret in _options(uri) if secret]
+    return [s for s in {*found, *(unquote(s.replace("+", " ")) for s in found)} if s]
+
+
+def hide_secrets(text: str, uri: str) -> str:
+    """`text` (an error message quoting `uri`, say) with the secrets of `uri` replaced by ***."""
+    text = text.replace(uri, redact_uri(uri))
+    for secret in sorted(uri_secrets(uri), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` fit for logs, messages and records (study.json, tags, job metadata): the password of its user info, the
+    whole user info when URL parsers miss the password (an unencoded '/' in it) or it has none (a token as user
+    name), and the values of its secret options (token=..., secret_key=...) replaced by ***."""
+    info = _userinfo(uri)
+    if info and urlsplit(uri).password is None:
+        uri = uri.replace(f"{info}@", "***@", 1)
+    return _redact_parsed(uri)
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` with its user info and the options redact_uri hides left out."""
+    info = _userinfo(uri)
+    if info:
+        uri = uri.replace(f"{info}@", "", 1)
+    base, fragment = uri.split("#", 1)[0].split("?", 1)[0], urlsplit(uri).fragment
+    kept = [pair for pair, secret in _options(uri) if not secret]
+    return base + (f"?{'&'.join(kept)}" if kept else "") + (f"#{fragment}" if fragment else "")
+
+
+_URI_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str) -> str:
+    """`text` (an error message, a log line, a command) with every URI in it redacted (redact_uri)."""
+    def redact(match: re.Match) -> str:
+        uri = match.group(0)
+        uri, tail = uri.rstrip(".,;:)]}"), uri[len(uri.rstrip(".,;:)]}")):]  # punctuation after a URI ends it
+        return redact_uri(uri) + tail
+
+    return _URI_IN_TEXT.sub(redact, text)
 
 
 def artifact_location(uri: str, folder: Path) -> str | None:

@@ -101,13 +101,16 @@ def fit_law(law, form: str, *, bootstrap: int = 1000, holdout_top: int = 1, pred
 
 EXPONENTS = ("alpha", "beta", "a", "b")
 MAX_EXPONENT_SPAN = 3.0  # an exponent whose interval spans more than 3× is not determined by the runs
+# A fitted exponent above this is a step inside the runs' range (the loss flat on one side of it), not a power law
+# they show: published scaling exponents are below 1 (allocation exponents below 1 by construction).
+MAX_EXPONENT = 2.0
 
 
 def unidentified_reasons(fit: FitResult) -> list[str]:
     """Why the runs do not determine the fit's parameters (empty: they do): an exponent whose interval spans more
-    than 3× or reaches 0, an E whose interval reaches 0 (below 1e-3 × the fitted E or × the lowest loss: the runs
-    cannot tell it from no floor at all; use the form without E), a parameter without a finite interval, or no
-    bootstrap to tell."""
+    than 3× or reaches 0, or that is above MAX_EXPONENT (a step, not a power law), an E whose interval reaches 0
+    (below 1e-3 × the fitted E or × the lowest loss: the runs cannot tell it from no floor at all; use the form
+    without E), a parameter without a finite interval, or no bootstrap to tell."""
     if fit.bootstrap_requested == 0 or fit.bootstrap_used < 2:
         return ["no bootstrap intervals, so identifiability is not assessed"]
     reasons = []
@@ -120,6 +123,9 @@ def unidentified_reasons(fit: FitResult) -> list[str]:
             reasons.append(f"{name} has no finite {fit.ci_level:.0%} interval")
         elif name in EXPONENTS and (low <= 0 or high / low > MAX_EXPONENT_SPAN):
             reasons.append(f"{name}'s interval [{low:.3g}, {high:.3g}] spans more than {MAX_EXPONENT_SPAN:g}×")
+        elif name in EXPONENTS and value > MAX_EXPONENT:
+            reasons.append(f"{name} = {value:.3g} is above {MAX_EXPONENT:g}: the loss drops as a step inside the "
+                           "runs' range, not as a power law")
         elif name == "E" and (low < 1e-3 * value or low < 1e-3 * floor):
             reasons.append(f"E's interval [{low:.3g}, {high:.3g}] reaches 0")
     return reasons

@@ -22,12 +22,30 @@ import torch.nn.functional as F
 
 from armodels.sampling import Decoder, RecomputeDecoder, sample
 
+# Bounds on the sizes in a config: far beyond any model trained today, yet small enough that counting a model's
+# parameters from its config (some counts loop over layers or draw per-unit masks) stays instant, so a size mistyped
+# by a few zeros is refused in one line instead of exhausting memory while a study is planned.
+MAX_WIDTH = 1_000_000  # widths, channels, vocabularies, context lengths, kernels
+MAX_DEPTH = 10_000  # layers
 
-def check_positive(config: object, *names: str) -> None:
-    """Raise ValueError naming every field of `config` among `names` that is below 1."""
-    bad = [f"{name}={getattr(config, name)}" for name in names if getattr(config, name) < 1]
-    if bad:
-        raise ValueError(f"{type(config).__name__} sizes must be positive: {', '.join(bad)}")
+
+def check_sizes(config: object, *names: str, low: int = 1, high: int = MAX_WIDTH) -> None:
+    """Raise ValueError naming the first field of `config` among `names` that is not a whole number from `low` to
+    `high` (booleans are not numbers here)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"{name}: must be a whole number from {low} to {high:,} (got {value!r})")
+
+
+def check_size_list(config: object, name: str, *, total: int = MAX_WIDTH) -> None:
+    """Raise ValueError unless the field `name` of `config` is 1 to MAX_DEPTH whole numbers, each 1 or more, that add
+    up to at most `total`."""
+    values = getattr(config, name)
+    if (not values or len(values) > MAX_DEPTH or any(isinstance(v, bool) or v < 1 for v in values)
+            or sum(values) > total):
+        raise ValueError(f"{name}: must be a list of 1 to {MAX_DEPTH:,} whole numbers, each 1 or more, adding up to "
+                         f"at most {total:,} (got {values!r})")
 
 
 def freeze_tuples(config: object) -> None:
@@ -52,7 +70,7 @@ class ImageConfig:
         return self.height * self.width
 
     def __post_init__(self) -> None:
-        check_positive(self, "height", "width")
+        check_sizes(self, "height", "width")
         if self.vocab_size < 2:
             raise ValueError(f"images need at least 2 levels, got vocab_size={self.vocab_size}")
 

@@ -14,9 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from armodels.models.base import ARModel, ImageConfig, check_positive
-from armodels.models.layers import (MaskedConv2d, image_input, raster_mask, raster_taps, rows_above_mask,
-                                    rows_above_taps)
+from armodels.models.base import MAX_DEPTH, ARModel, ImageConfig, check_sizes
+from armodels.models.layers import MaskedConv2d, image_input, raster_mask, raster_taps, rows_above_mask, rows_above_taps
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,8 @@ class GatedPixelCNNConfig(ImageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "channels", "n_layers", "kernel")
+        check_sizes(self, "channels", "kernel")
+        check_sizes(self, "n_layers", high=MAX_DEPTH)  # the count loops over layers
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd, got {self.kernel}")
 

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from armodels.models.base import ARModel, check_positive
+from armodels.models.base import ARModel, check_sizes
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class HistogramConfig:
     any_order: ClassVar[bool] = True  # no position depends on another
 
     def __post_init__(self) -> None:
-        check_positive(self, "vocab_size", "seq_len")
+        check_sizes(self, "vocab_size", "seq_len")
         if self.pseudocount <= 0:
             raise ValueError(f"pseudocount must be positive, got {self.pseudocount}")
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from armodels.models.base import ARModel, ImageConfig, check_positive, freeze_tuples
+from armodels.models.base import MAX_DEPTH, ARModel, ImageConfig, check_size_list, check_sizes, freeze_tuples
 from armodels.models.layers import MaskedLinear
 
 
@@ -36,9 +36,8 @@ class MADEConfig(ImageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         freeze_tuples(self)
-        check_positive(self, "orderings")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"MADE needs at least one hidden layer of positive width, got {self.hidden}")
+        check_sizes(self, "orderings", high=MAX_DEPTH)
+        check_size_list(self, "hidden")  # counting parameters draws every hidden unit's degree
 
     # ---- size and cost ----
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from armodels.models.base import ARModel, check_positive
+from armodels.models.base import ARModel, check_sizes
 from armodels.models.pixelcnn import PixelCNNConfig, PixelCNNTrunk
 
 
@@ -24,7 +24,7 @@ class MixtureOfLogisticsConfig(PixelCNNConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "n_mixtures")
+        check_sizes(self, "n_mixtures")
 
     @property
     def trunk_outputs(self) -> int:

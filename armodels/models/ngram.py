@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from armodels.models.base import ARModel, check_positive
+from armodels.models.base import ARModel, check_sizes
 
 MAX_TABLE = 2**25
 
@@ -32,7 +32,8 @@ class NGramConfig:
     any_order: ClassVar[bool] = True  # contexts follow the ordering
 
     def __post_init__(self) -> None:
-        check_positive(self, "vocab_size", "seq_len", "order")
+        check_sizes(self, "vocab_size", "seq_len")
+        check_sizes(self, "order", high=64)  # a table of 2^63 entries is already far beyond MAX_TABLE
         if self.smoothing not in ("kneser_ney", "add_k"):
             raise ValueError(f"smoothing must be 'kneser_ney' or 'add_k', got {self.smoothing!r}")
         if self.k <= 0 or not 0 < self.discount <= 1:

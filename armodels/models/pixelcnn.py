@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from armodels.models.base import ARModel, ImageConfig, check_positive
+from armodels.models.base import MAX_DEPTH, ARModel, ImageConfig, check_sizes
 from armodels.models.layers import MaskedConv2d, image_input, raster_mask, raster_taps
 
 
@@ -26,9 +26,10 @@ class PixelCNNConfig(ImageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "channels", "first_kernel", "kernel")
-        if self.n_layers < 0 or self.first_kernel % 2 == 0 or self.kernel % 2 == 0:
-            raise ValueError(f"need n_layers >= 0 and odd kernels: {self}")
+        check_sizes(self, "channels", "first_kernel", "kernel")
+        check_sizes(self, "n_layers", low=0, high=MAX_DEPTH)
+        if self.first_kernel % 2 == 0 or self.kernel % 2 == 0:
+            raise ValueError(f"kernels must be odd, got first_kernel={self.first_kernel}, kernel={self.kernel}")
 
     @property
     def trunk_outputs(self) -> int:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from armodels.models.base import ARModel, check_positive
+from armodels.models.base import MAX_DEPTH, ARModel, check_sizes
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 GATES = {"lstm": 4, "gru": 3}  # weight matrices per layer and direction
@@ -27,7 +27,8 @@ class RNNConfig:
     dropout: float = 0.0  # between layers
 
     def __post_init__(self) -> None:
-        check_positive(self, "vocab_size", "seq_len", "n_layer", "n_embd", "hidden")
+        check_sizes(self, "vocab_size", "seq_len", "n_embd", "hidden")
+        check_sizes(self, "n_layer", high=MAX_DEPTH)  # the count loops over layers
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from armodels.models.base import ARModel
+from armodels.models.base import MAX_DEPTH, ARModel, check_sizes
 from scaling.flops import transformer_flops_per_token, transformer_nonembedding_params
 
 
@@ -37,8 +37,8 @@ class TransformerConfig:
     any_order: bool = False  # adds an embedding of the position to predict, so orderings other than raster work
 
     def __post_init__(self) -> None:
-        if min(self.vocab_size, self.seq_len, self.n_layer, self.n_head, self.n_embd) < 1:
-            raise ValueError(f"transformer sizes must be positive: {self}")
+        check_sizes(self, "vocab_size", "seq_len", "n_head", "n_embd")
+        check_sizes(self, "n_layer", high=MAX_DEPTH)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 

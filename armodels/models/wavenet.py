@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from armodels.models.base import ARModel, check_positive, freeze_tuples
+from armodels.models.base import MAX_DEPTH, MAX_WIDTH, ARModel, check_size_list, check_sizes, freeze_tuples
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,8 @@ class WaveNetConfig:
 
     def __post_init__(self) -> None:
         freeze_tuples(self)
-        check_positive(self, "vocab_size", "seq_len", "channels", "skip_channels", "kernel_size")
-        if not self.dilations or min(self.dilations) < 1:
-            raise ValueError(f"dilations must be positive, got {self.dilations}")
+        check_sizes(self, "vocab_size", "seq_len", "channels", "skip_channels", "kernel_size")
+        check_size_list(self, "dilations", total=MAX_WIDTH * MAX_DEPTH)  # each dilation a width, one per layer
 
     @property
     def receptive_field(self) -> int:

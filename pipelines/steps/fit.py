@@ -39,7 +39,7 @@ from pipelines.step import StepContext
 from scaling.frontier import group_budgets
 from scaling.results import jsonable
 
-VERSION = "3"  # 3: frontier and lr selection, seeds, form selection, FLOPs sensitivity, confirmation runs
+VERSION = "4"  # 3: frontier, lr selection, seeds, forms, FLOPs sensitivity, confirmation runs; 4: steep exponents
 COMPUTE_FORMS = ("compute", "compute_pure")  # L(C) with and without E: the selection picks the predicting one
 ISOFLOP_FORMS = ("isoflop", "envelope", "chinchilla")
 SELECTION_FORMS = ("compute", "compute_pure", "chinchilla")

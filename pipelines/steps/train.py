@@ -14,17 +14,20 @@ with a message saying so.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from armodels.checkpoint import NAME as CHECKPOINT
 from armodels.checkpoint import is_plain_name
 from armodels.config_fields import added_field
 from armodels.device import process_group_backend
-from armodels.files import read_json, write_json_atomic
+from armodels.files import file_sha256, read_json, write_json_atomic
 from armodels.shards import read_manifest
 from armodels.train import TrainConfig, TrainRun, train
 from pipelines.errors import RunFailure, StepStopped
@@ -68,7 +71,9 @@ class TrainStepConfig:
 
 def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.rendezvous import BoundRendezvousConfig  # imports ray.train, as the lines above
 
     run = config.run(ctx.inputs["shards"])
     vocab = read_manifest(run.train_shards).vocab_size
@@ -84,7 +89,7 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
                            "store_uri": ctx.store.uri if ctx.store else None},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=run.train.device == "cuda",
                                      resources_per_worker=config.worker_resources),
-        torch_config=TorchConfig(backend=process_group_backend(run.train.device)),
+        torch_config=BoundRendezvousConfig(backend=process_group_backend(run.train.device)),
         run_config=RunConfig(name=config.name, storage_path=str(ctx.output / "ray-train"),
                              failure_config=FailureConfig(max_failures=WORKER_RESTARTS,
                                                           controller_failure_limit=_start_retries()),
@@ -121,7 +126,7 @@ def train_confirmation(config: TrainStepConfig, ctx: StepContext) -> dict:
 
 
 def _train_worker(loop_config: dict) -> None:
-    """Runs on each Ray Train worker; torch.distributed is already set up by Ray Train."""
+    """Runs on each Ray Train worker; torch.distributed is already set up (pipelines.rendezvous)."""
     import ray.train
     import torch
 
@@ -146,8 +151,8 @@ def _train_worker(loop_config: dict) -> None:
 
     # checkpoints outlive this node: every rank uploads the checkpoint files it wrote (under ZeRO, its partition),
     # then rank 0 the state.json that vouches for them all
-    push_files = (lambda folder, names: _push_checkpoint_files(store, out, folder, names)) if store else None
-    push_state = (lambda: _push_checkpoint_state(store, out)) if store and rank == 0 else None
+    push_files = partial(_push_checkpoint_files, store, out) if store else None
+    push_state = partial(_push_checkpoint_state, store, out) if store and rank == 0 else None
     try:
         train(run, out, on_metrics=on_metrics, should_stop=StopSignal(Path(loop_config["stop_file"]), store),
               on_checkpoint=push_state, on_checkpoint_files=push_files)
@@ -157,56 +162,113 @@ def _train_worker(loop_config: dict) -> None:
         tracker.flush()
 
 
+# A run's checkpoints in the object store: each in its own generation folder, `checkpoint/gen-<step>/`, and the
+# pointer `checkpoint/state.json` (the checkpoint's state, plus the names of its generation and of the one before).
+# A new generation is written beside the one the pointer names, and the pointer is switched only once every file
+# of the new one is there: a node that dies mid-push leaves the pointer on a whole checkpoint. The last two
+# generations are kept, so a damaged one (a file that fails its checksum) falls back to the one before.
+STORE_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # between tries of a push to the store: 31 s in all
+
+
+def _generation(step: int) -> str:
+    return f"gen-{step:09d}"
+
+
+def _retried(what: str, fn, *args) -> bool:
+    """Call `fn(*args)`, retrying with backoff while the store fails; False, with a warning, when it never
+    succeeded: training goes on, and the store keeps its last whole checkpoint."""
+    for wait in (*STORE_RETRY_WAITS_S, None):
+        try:
+            fn(*args)
+            return True
+        except Exception as e:
+            if wait is None:
+                print(f"warning: could not {what} ({type(e).__name__}: {str(e).strip()[:200]}); training goes on, "
+                      "and the store keeps its last whole checkpoint", flush=True)
+                return False
+            time.sleep(wait)
+    return False
+
+
 def _pull_checkpoint(store: StudyStore, out: Path) -> None:
     """Replace this node's checkpoint of the run by the store's when the store's is newer, or when this node's is
-    missing or lacks files (other nodes' ZeRO partitions). The workers of a node share `out`: one at a time."""
+    missing or lacks files (other nodes' ZeRO partitions): the generation the store's pointer names, else, when
+    that one cannot be fetched whole, the one before. The workers of a node share `out`: one at a time."""
     import fcntl
 
-    remote = store.read_json(f"{out.name}/{CHECKPOINT}/state.json")
-    if not remote or not isinstance(remote.get("files"), dict) or not all(map(is_plain_name, remote["files"])):
-        return  # nothing there, or not a checkpoint (loading tells what is wrong with one here)
+    base = f"{out.name}/{CHECKPOINT}"
+    pointer = store.read_json(f"{base}/state.json")
+    if not pointer:
+        return
+    # a pointer names generations; a store written before generations holds the files beside it
+    sources = [f"{base}/{g}" for g in (pointer.get("generation"), pointer.get("previous")) if is_plain_name(g)]
     with open(out.parent / f".{out.name}.checkpoint-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         local = next((d for d in (out / CHECKPOINT, out / f"{CHECKPOINT}.old") if (d / "state.json").is_file()), None)
-        if local:
-            state = read_json(local / "state.json", "checkpoint state")
-            if state.get("step", -1) >= remote.get("step", 0) and all((local / n).is_file() for n in state["files"]):
+        local_state = read_json(local / "state.json", "checkpoint state") if local else None
+        for source in sources or [base]:
+            remote = store.read_json(f"{source}/state.json") if sources else pointer
+            if not remote or not isinstance(remote.get("files"), dict) or not all(map(is_plain_name, remote["files"])):
+                continue  # not a checkpoint (loading tells what is wrong with one here)
+            if local_state and local_state.get("step", -1) >= remote.get("step", 0) and \
+                    all((local / n).is_file() for n in local_state["files"]):
                 return
-        partial = out / f"{CHECKPOINT}.pull-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            store.pull_into(f"{out.name}/{CHECKPOINT}", partial, [*remote["files"], "state.json"])
-        except OSError as e:  # the store's copy is incomplete: keep what this node has
+            partial = out / f"{CHECKPOINT}.pull-{os.getpid()}"
             shutil.rmtree(partial, ignore_errors=True)
-            print(f"warning: could not fetch the checkpoint of {out.name} from {store.shown} ({e})", flush=True)
+            try:
+                store.pull_into(source, partial, [*remote["files"], "state.json"])
+                damaged = [n for n, digest in remote["files"].items() if file_sha256(partial / n) != digest]
+            except OSError as e:  # the store's copy is incomplete
+                damaged = [f"{type(e).__name__}: {str(e).strip()[:200]}"]
+            if damaged:
+                shutil.rmtree(partial, ignore_errors=True)
+                print(f"warning: the checkpoint {source} in {store.shown} is damaged ({', '.join(damaged)}); "
+                      "trying the one before", flush=True)
+                continue
+            for old in (out / CHECKPOINT, out / f"{CHECKPOINT}.old", out / f"{CHECKPOINT}.tmp"):
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(partial, out / CHECKPOINT)
             return
-        for old in (out / CHECKPOINT, out / f"{CHECKPOINT}.old", out / f"{CHECKPOINT}.tmp"):
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(partial, out / CHECKPOINT)
 
 
-def _push_checkpoint_files(store: StudyStore, out: Path, folder: Path, names: list[str]) -> None:
-    """Every rank, while a checkpoint is written: the files it wrote, where the checkpoint will be in the store.
-    Nothing vouches for them until state.json follows, and those of the checkpoint before are left alone: they
-    have other names (armodels.checkpoint), except at zero_stage 0, whose two files are replaced in place: then
-    the store holds no checkpoint (rather than a torn one) until the new state.json is there."""
-    current = store.read_json(f"{out.name}/{CHECKPOINT}/state.json") or {}
-    if set(names) & set(current.get("files") or {}):
-        store.delete(f"{out.name}/{CHECKPOINT}/state.json")
+def _push_checkpoint_files(store: StudyStore, out: Path, folder: Path, names: list[str], step: int) -> None:
+    """Every rank, while a checkpoint is written: the files it wrote, into the store's folder of this checkpoint's
+    generation. Nothing points at them until rank 0 switches the pointer (_push_checkpoint_state)."""
+    generation = f"{out.name}/{CHECKPOINT}/{_generation(step)}"
     for name in names:
-        store.push(folder / name, f"{out.name}/{CHECKPOINT}/{name}")
+        _retried(f"upload {name} of checkpoint {generation} to {store.shown}", store.push, folder / name,
+                 f"{generation}/{name}")
 
 
 def _push_checkpoint_state(store: StudyStore, out: Path) -> None:
-    """Rank 0, once a checkpoint is complete and every rank's files are in the store: the run's other files, then
-    the checkpoint's state.json, which makes the store's copy the new checkpoint; then the files of the one before."""
+    """Rank 0, once a checkpoint is complete and every rank has pushed its files: the run's other files, the
+    checkpoint's state.json into its generation, then, when every file it lists is in the store, the pointer,
+    which makes it the store's checkpoint; generations older than the one before are removed."""
     state = read_json(out / CHECKPOINT / "state.json", "checkpoint state")
-    _push_run_files(store, out)
-    store.push(out / CHECKPOINT / "state.json", f"{out.name}/{CHECKPOINT}/state.json")
-    keep = {*state["files"], "state.json"}
-    for name in store.files(f"{out.name}/{CHECKPOINT}"):
-        if name not in keep:
-            store.delete(f"{out.name}/{CHECKPOINT}/{name}")
+    base, generation = f"{out.name}/{CHECKPOINT}", _generation(state["step"])
+    _retried(f"upload the files of {out.name} to {store.shown}", _push_run_files, store, out)
+    if not _retried(f"upload checkpoint {base}/{generation}", store.push, out / CHECKPOINT / "state.json",
+                    f"{base}/{generation}/state.json"):
+        return
+    try:
+        missing = {*state["files"], "state.json"} - set(store.files(f"{base}/{generation}"))
+    except Exception as e:
+        missing = {f"the listing ({type(e).__name__})"}
+    if missing:
+        print(f"warning: checkpoint {base}/{generation} lacks {', '.join(sorted(missing))} in {store.shown}; the "
+              "store keeps its last whole checkpoint", flush=True)
+        return
+    current = (store.read_json(f"{base}/state.json") or {}).get("generation")
+    previous = current if current != generation else None
+    pointer = json.dumps({**state, "generation": generation, "previous": previous})
+    if not _retried(f"switch the checkpoint of {out.name} in {store.shown}", store.write_text, f"{base}/state.json",
+                    pointer):
+        return
+    try:
+        for name in {f.split("/", 1)[0] for f in store.files(base)} - {"state.json", generation, previous}:
+            store.delete(f"{base}/{name}")
+    except Exception:  # left for the next checkpoint to remove
+        pass
 
 
 def _push_run(store: StudyStore, out: Path) -> None:

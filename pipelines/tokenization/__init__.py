@@ -4,6 +4,7 @@
     corpus_to_shards.py      `arscale tokenize`: a corpus into Parquet token shards on Ray actors, resumable
     shards_to_documents.py   `arscale detokenize`: shards back to the exact bytes of their documents
     commands.py              the parsers and handlers of those commands (and of the image tokenizers')
+    outputs.py               their --out folders: new or empty, written beside and renamed into place when complete
 
 The study's `shards` step (pipelines/steps/text_shards.py) runs corpus_to_shards in its own process; the encoding
 of one piece of a corpus is armodels.piece_encoder.

@@ -9,21 +9,26 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from armodels.bpe import END_OF_DOCUMENT, BPETokenizer, train_bpe
+from armodels.bpe import END_OF_DOCUMENT, BPETokenizer, train_bpe, vocab_size_problem
 from armodels.corpus_readers import CorpusPlan, iter_docs
 from pipelines.errors import UserError
 from pipelines.tokenization.corpus_to_shards import TokenizeSettings, plan_inputs
+from pipelines.tokenization.outputs import check_new_output, new_output
 
 SAMPLE_PIECE_BYTES = 1 << 20  # a training sample is made of pieces this large, spread evenly over the corpus
 
 
 def train_bpe_on_corpus(settings: TokenizeSettings, vocab_size: int, out: Path, *, special_tokens: list[str],
                         sample_bytes: int) -> BPETokenizer:
-    """Train byte-level BPE on the inputs, or on an even sample of about `sample_bytes` when they are larger."""
+    """Train byte-level BPE on the inputs, or on an even sample of about `sample_bytes` when they are larger, into
+    `out` (new or empty; it appears only when the tokenizer is saved)."""
     if sample_bytes < 1:
         raise UserError(f"--sample-bytes must be positive, got {sample_bytes}")
-    plan = plan_inputs(None, settings, piece_bytes=SAMPLE_PIECE_BYTES)
     specials = (END_OF_DOCUMENT, *[t for t in special_tokens if t != END_OF_DOCUMENT])
+    if problem := vocab_size_problem(vocab_size, len(specials)):  # before reading: the trainer aborts on huge ones
+        raise UserError(f"--vocab-size {problem}")
+    check_new_output(out)
+    plan = plan_inputs(None, settings, piece_bytes=SAMPLE_PIECE_BYTES)
     used = {"documents": 0, "bytes": 0}
 
     def texts() -> Iterator[str]:
@@ -41,7 +46,8 @@ def train_bpe_on_corpus(settings: TokenizeSettings, vocab_size: int, out: Path, 
         tokenizer = train_bpe(texts(), vocab_size, special_tokens=specials, training_info=training)
     except ValueError as e:
         raise UserError(str(e)) from None
-    tokenizer.save(Path(out))
+    with new_output(Path(out)) as tmp:
+        tokenizer.save(tmp)
     return tokenizer
 
 

@@ -21,6 +21,7 @@ from pipelines.errors import UserError
 from pipelines.progress import plural
 from pipelines.tokenization.bpe_training import train_bpe_on_corpus
 from pipelines.tokenization.corpus_to_shards import DEFAULT_EXTENSIONS, TokenizeSettings, tokenize_corpus
+from pipelines.tokenization.outputs import check_new_output, new_output
 from pipelines.tokenization.shards_to_documents import detokenize
 
 
@@ -33,7 +34,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                                      "it is larger than --sample-bytes. Writes tokenizer.json and meta.json.")
     _add_inputs(p)
     p.add_argument("--vocab-size", type=int, required=True, help="at most this many tokens (bytes and specials count)")
-    p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write")
+    p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write (new or empty)")
     p.add_argument("--special-tokens", nargs="*", default=[], metavar="TOKEN",
                    help="more special tokens (after <|endoftext|>, which is always the first)")
     p.add_argument("--sample-bytes", type=int, default=100_000_000,
@@ -52,7 +53,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="the split named in the manifest (default: all); image data sets: the split to "
                                    "read (default: train)")
     p.add_argument("--limit", type=int, help="image tokenizers: encode only the first N images")
-    p.add_argument("--out", type=Path, required=True, help="shard directory (also where a killed run resumes)")
+    p.add_argument("--out", type=Path, required=True, help="shard directory, new or empty (or where a killed run "
+                                                           "resumes)")
     p.add_argument("--workers", type=int, help="Ray workers, one core each (default: every CPU of the cluster)")
     p.add_argument("--shard-tokens", type=int, default=1_000_000, help="about this many tokens per shard")
     p.add_argument("--seq-len", type=int, help="write packed rows of this many tokens instead of one per document")
@@ -68,7 +70,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                                    "shards of an image tokenizer decode to <doc_id>.png files and grid.png (the "
                                    "first 64 images).")
     p.add_argument("shards", type=Path, help="shard directory (holds manifest.json)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder to write, new or empty")
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the copy kept with the shards)")
     p.add_argument("--files", action="store_true", help="one file per document instead of documents.parquet")
     p.set_defaults(handler=cmd_detokenize)
@@ -142,7 +144,7 @@ def _add_image_trainers(train, common: argparse.ArgumentParser) -> None:
         p.add_argument("--split", default="train", help="split of a named data set to train on (default: train)")
         p.add_argument("--limit", type=int, help="train on the first N images only")
         p.add_argument("--column", default="image", help="Parquet: the column of encoded images (default: image)")
-        p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write")
+        p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write (new or empty)")
         p.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
         p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
         p.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (default: 0.002)")
@@ -170,9 +172,10 @@ def cmd_train_image(args) -> int:
     settings = {name: value for name in ("hidden", "downsample", "codebook_size", "levels")
                 if (value := getattr(args, name, None)) is not None}
     try:
-        make_config(args.kind, settings)  # bad settings fail now, not after loading the data
+        make_config(args.kind, settings)  # bad settings and outputs fail now, not after loading the data
         if args.steps < 1 or args.batch_size < 1 or args.lr <= 0:
             raise ValueError("--steps and --batch-size must be positive and --lr above 0")
+        check_new_output(args.out)
         train = load_images(args.data, split=args.split, limit=args.limit, column=args.column)
         has_test = args.data in NAMED and args.split != "test"
         test = load_images(args.data, split="test") if has_test else None
@@ -180,7 +183,8 @@ def cmd_train_image(args) -> int:
         raise UserError(str(e)) from None
     tokenizer = train_image_tokenizer(args.kind, train, config=settings, steps=args.steps, batch_size=args.batch_size,
                                       lr=args.lr, seed=args.seed, test=test)
-    tokenizer.save(args.out)
+    with new_output(args.out) as tmp:
+        tokenizer.save(tmp)
     m, h, w = tokenizer.meta["metrics"], *tokenizer.grid_shape
     print(f"{args.kind} tokenizer: {tokenizer.codebook_size:,} codes, {h}×{w} grid per image "
           f"({m['bits_per_image']:.0f} bits/image), trained on {train.source} ({args.steps} steps, "
@@ -212,6 +216,7 @@ def _tokenize_images(args) -> int:
 
     if len(args.input) != 1 or args.seq_len:
         raise UserError("an image tokenizer takes one --input (a data set name or a path) and no --seq-len")
+    check_new_output(args.out)  # before the encoding
     tokenizer = _load_image_tokenizer(args.tokenizer)
     try:
         images = load_images(args.input[0], split=args.split or "train", limit=args.limit,
@@ -221,8 +226,9 @@ def _tokenize_images(args) -> int:
     if images.shape != tokenizer.image_shape:
         raise UserError(f"{images.source}: images are {'×'.join(map(str, images.shape))} but the tokenizer "
                         f"{args.tokenizer} takes {'×'.join(map(str, tokenizer.image_shape))} (H×W×C)")
-    manifest = write_code_shards(tokenizer, images, args.out, split=args.split or "train",
-                                 shard_tokens=args.shard_tokens)
+    with new_output(args.out) as tmp:
+        manifest = write_code_shards(tokenizer, images, tmp, split=args.split or "train",
+                                     shard_tokens=args.shard_tokens)
     h, w = tokenizer.grid_shape
     print(f"{manifest.documents:,} images of {images.source} → {manifest.tokens:,} codes ({h}×{w} per image, "
           f"{tokenizer.codebook_size:,} symbols) in {len(manifest.shards)} shards → {args.out}")
@@ -233,6 +239,7 @@ def _detokenize_images(args) -> int:
 
     tokenizer_dir = args.tokenizer or args.shards / TOKENIZER_COPY
     tokenizer = _load_image_tokenizer(tokenizer_dir)
+    check_new_output(args.out)  # before the decoding
     try:
         if read_manifest(args.shards).tokenizer_sha256 != tokenizer.sha256:
             raise UserError(f"the tokenizer {tokenizer_dir} is not the one that made {args.shards}; pass --tokenizer "
@@ -240,10 +247,10 @@ def _detokenize_images(args) -> int:
         images = tokenizer.decode(read_code_grids(args.shards, tokenizer.grid_shape))
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    args.out.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        save_png(args.out / f"{i:06d}.png", image)
-    if len(images):
-        save_png(args.out / "grid.png", image_grid(images[:64]))
+    with new_output(args.out) as tmp:
+        for i, image in enumerate(images):
+            save_png(tmp / f"{i:06d}.png", image)
+        if len(images):
+            save_png(tmp / "grid.png", image_grid(images[:64]))
     print(f"{len(images):,} images → {args.out} (PNG files, and grid.png of the first {min(64, len(images))})")
     return 0

@@ -9,6 +9,8 @@ write the shards themselves.
 Resuming: each finished piece's shards are renamed into place first and then appended to `.progress.jsonl` in the
 output folder, and `manifest.json` is written only when every shard is done. A run that is killed and started again with
 the same inputs and settings keeps the shards in the journal whose checksums still match and encodes only the rest.
+The output folder must be new or empty, or hold one of those two files (an earlier run's): a folder of other files is
+refused before anything in it is touched.
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ from armodels.bpe import BPETokenizer
 from armodels.corpus_readers import BadInput, CorpusPlan, Piece, ReadOptions, find_files, plan_corpus, sample_docs
 from armodels.files import file_sha256, write_json_atomic
 from armodels.piece_encoder import EncodeOptions, PieceResult, RoundTripError, bytes_per_token, encode_piece
-from armodels.shards import (FORMAT, MANIFEST, TOKENIZER_COPY, Manifest, ShardInfo, read_manifest, shard_index,
-                             token_dtype)
+from armodels.shards import (
+    FORMAT,
+    MANIFEST,
+    TOKENIZER_COPY,
+    Manifest,
+    ShardInfo,
+    read_manifest,
+    shard_index,
+    token_dtype,
+)
 from pipelines.errors import RunFailure, UserError
 from pipelines.progress import ThroughputProgress
 from pipelines.ray_connect import connect
+from pipelines.tokenization.outputs import check_new_output
 
 JOURNAL = ".progress.jsonl"
 DEFAULT_EXTENSIONS = (".txt", ".jsonl", ".parquet", ".py", ".md")
@@ -109,8 +120,10 @@ def _check_settings(settings: TokenizeSettings, workers: int | None) -> None:
 def load_tokenizer(directory: Path) -> BPETokenizer:
     try:
         return BPETokenizer.load(Path(directory))
-    except (FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:
         raise UserError(f"{e} (train one with `arscale tokenizer train bpe`)") from None
+    except ValueError as e:  # says what to do
+        raise UserError(str(e)) from None
 
 
 def find_inputs(settings: TokenizeSettings, exclude: Path | None = None) -> list[Path]:
@@ -189,6 +202,9 @@ class Journal:
             raise UserError(f"cannot create the output folder {self.directory} ({e.strerror})") from None
         if not os.access(self.directory, os.W_OK):
             raise UserError(f"the output folder {self.directory} is not writable")
+        if not (self.directory / MANIFEST).exists() and not self.path.exists():
+            # not an earlier run's output (it would hold one of them): the files there are someone else's
+            check_new_output(self.directory, or_else=", or the output of a run of this command to resume")
         earlier = self._from_manifest() if (self.directory / MANIFEST).exists() else self._from_journal()
         kept = {i: r for i, r in earlier.items() if i < n_pieces and all(map(self._intact, r.shards))}
         for stray in self.directory.glob(".shard-*.tmp"):  # half-written by a killed worker
@@ -243,7 +259,8 @@ class Journal:
 
     def _intact(self, shard: ShardInfo) -> bool:
         path = self.directory / shard.file
-        return path.is_file() and file_sha256(path) == shard.sha256
+        mine = path.parent == self.directory and not path.is_symlink()  # a shard this command wrote, in its folder
+        return mine and path.is_file() and file_sha256(path) == shard.sha256
 
     @staticmethod
     def _entry(index: int, result: PieceResult) -> dict:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from armodels.shards import TOKENIZER_COPY, iter_documents_with_ids, read_manifest
 from pipelines.errors import UserError
 from pipelines.tokenization.corpus_to_shards import load_tokenizer
+from pipelines.tokenization.outputs import new_output
 
 DETOKENIZED_ROWS = 1024  # documents per row group of detokenized Parquet
 
@@ -23,7 +24,7 @@ def detokenize(shards: Path, out: Path, *, tokenizer_dir: Path | None = None, as
     """Decode a shard set back to the exact bytes of its documents; returns how many were written.
 
     Default: `documents.parquet` (doc_id, text as binary: any bytes, and `arscale tokenize --column text` reads it);
-    `as_files`: one file per document, `<doc_id>.txt`.
+    `as_files`: one file per document, `<doc_id>.txt`. `out` must be new or empty; it appears only when complete.
     """
     try:
         manifest = read_manifest(Path(shards))
@@ -33,13 +34,12 @@ def detokenize(shards: Path, out: Path, *, tokenizer_dir: Path | None = None, as
     if tokenizer.meta.sha256 != manifest.tokenizer_sha256:
         raise UserError(f"the tokenizer {tokenizer_dir or Path(shards) / TOKENIZER_COPY} is not the one that made "
                         f"{shards}; pass --tokenizer with the right one")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     docs = ((doc_id, tokenizer.decode_bytes(tokens)) for doc_id, tokens in iter_documents_with_ids(Path(shards)))
-    try:
-        return _write_files(docs, out) if as_files else _write_parquet(docs, out / "documents.parquet")
-    except ValueError as e:  # a shard that is corrupt
-        raise UserError(str(e)) from None
+    with new_output(Path(out)) as tmp:  # a shard found corrupt half-way leaves no output
+        try:
+            return _write_files(docs, tmp) if as_files else _write_parquet(docs, tmp / "documents.parquet")
+        except ValueError as e:  # a shard that is corrupt, or a manifest that names a file outside its folder
+            raise UserError(str(e)) from None
 
 
 def _write_files(docs: Iterator[tuple[int, bytes]], out: Path) -> int:

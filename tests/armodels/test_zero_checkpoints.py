@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def store_hooks(store: StudyStore, out: Path, rank: int) -> dict:
     fetch the store's checkpoint, upload each rank's checkpoint files, then rank 0 the state.json."""
     out.mkdir(parents=True, exist_ok=True)
     _pull_checkpoint(store, out)
-    return {"on_checkpoint_files": lambda folder, names: _push_checkpoint_files(store, out, folder, names),
+    return {"on_checkpoint_files": partial(_push_checkpoint_files, store, out),
             "on_checkpoint": (lambda: _push_checkpoint_state(store, out)) if rank == 0 else None}
 
 
@@ -263,10 +264,14 @@ def test_without_a_shared_disk_every_rank_sends_its_partition_to_the_store(zero_
     stopped, _, resumed, unshared = zero_runs["store"]
     assert result(stopped)["status"] == "interrupted" and result(stopped)["steps"] == STOP_AFTER
     listing = sorted(json.loads((root / "store-listing.json").read_text()))
-    step = f"run/checkpoint/step-{STOP_AFTER}/"
-    assert [n for n in listing if n.startswith("run/checkpoint/")] == [
-        "run/checkpoint/state.json", step + "mp_rank_00_model_states.pt",
-        step + "zero_pp_rank_0_mp_rank_00_optim_states.pt", step + "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    # each checkpoint a generation of its own, the last two kept, and the pointer
+    generations = sorted({n.split("/")[2] for n in listing if n.startswith("run/checkpoint/gen-")})
+    assert len(generations) == 2 and generations[-1] == f"gen-{STOP_AFTER:09d}" and "run/checkpoint/state.json" in listing
+    latest = f"run/checkpoint/{generations[-1]}/"
+    assert [n for n in listing if n.startswith(latest)] == [
+        latest + "state.json", *(f"{latest}step-{STOP_AFTER}/{name}" for name in (
+            "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt"))]
     # rank 1's partition went to the store only; rank 0's folder has the checkpoint but for it
     assert not list((root / "store-a" / "node1" / "run").rglob("*.pt"))
     assert len(list((root / "store-a" / "node0" / "run" / "checkpoint").rglob("*.pt"))) == 2

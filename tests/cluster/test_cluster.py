@@ -55,6 +55,12 @@ def test_up_starts_two_nodes_on_loopback_with_a_new_token(cluster):
     assert [n["role"] for n in state["nodes"]] == ["head", "worker"]
     assert state["address"].startswith("127.0.0.1:") and state["dashboard_url"].startswith("http://127.0.0.1:")
     assert state["token"] == str(cluster.token)  # generated, as there was none
+    # what `down` checks before it signals a process or removes a folder (tests/faults/test_cluster_down_pid_reuse.py)
+    assert re.fullmatch(r"[0-9a-f]{32}", state["id"]) and state["boot_id"]
+    for node in state["nodes"]:
+        assert node["processes"] and {r["pid"] for r in node["processes"]} <= set(node["pids"])
+        assert all(r["cmdline"] and r["start"] > 0 for r in node["processes"])
+    assert (Path(state["temp_root"]) / ".arscale-cluster").read_text() == state["id"]
     assert re.fullmatch(r"[0-9a-f]{64}", cluster.token.read_text()) and cluster.token.stat().st_mode & 0o077 == 0
     status = cluster.arscale("cluster", "status")
     assert status.returncode == 0, status.stdout + status.stderr
@@ -197,8 +203,10 @@ def test_errors_name_the_problem_and_the_fix(cluster, tmp_path):
 def test_a_cluster_that_died_is_reported_and_cleared(cluster, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    gone = {**cluster.state, "nodes": [{**n, "session": 2**22 + i} for i, n in enumerate(cluster.state["nodes"])],
-            "temp_root": str(tmp_path / "ray")}  # sessions no process has
+    # sessions no process has, no process recorded, another cluster's id: a cluster whose processes have all ended
+    gone = {**cluster.state, "id": "0" * 32, "temp_root": str(tmp_path / "ray"),
+            "nodes": [{**n, "session": 2**22 + i, "pids": [], "processes": []}
+                      for i, n in enumerate(cluster.state["nodes"])]}
     (home / "cluster.json").write_text(json.dumps(gone))
     one_line_error(cluster.arscale("cluster", "status", ARSCALE_HOME=str(home)), 1,
                    "is gone (its processes have ended)")

@@ -1,6 +1,8 @@
 """The cluster templates: each parses, has the fields its tool requires, and the study commands it holds run (with
 --dry-run) against this checkout. The GPU variants (a gpu worker group, --gres, GPU instance types, the CUDA image)
-and the GPU preset they run are checked the same way."""
+and the GPU preset they run are checked the same way. Preemption: each gives a stopped study the time to save its
+checkpoints (the executor's STEP_STOP_GRACE_S) and retries or requeues it; the pieces that pass the signal on (the
+SLURM scripts' trap, the KubeRay head's preStop hook, cluster/drain.py) run here on real processes."""
 
 from __future__ import annotations
 
@@ -8,14 +10,36 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
+import pytest
 import yaml
+
+from cluster import drain
+from pipelines.executor import STEP_STOP_GRACE_S
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "cluster" / "templates"
+# How long a stopped study may take: its steps' checkpoint grace, then the driver's own stopping.
+STOP_S = STEP_STOP_GRACE_S + 30
+# A study driver for the tests of the preemption pieces: it says when it has started and when SIGTERM came, takes
+# half a second to "save its checkpoints" and exits with 3.
+FAKE_DRIVER = """#!{python}
+import os, signal, sys, time
+log = open(os.environ["DRIVER_LOG"], "a", buffering=1)
+def stop(signum, frame):
+    log.write("TERM\\n")
+    time.sleep(0.5)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, stop)
+log.write("started " + " ".join(sys.argv[1:3]) + "\\n")
+time.sleep(60)
+"""
 
 
 def dry_run(command: str, tmp_path: Path, script: str = "", config: str = "text-tiny") -> subprocess.CompletedProcess:
@@ -95,6 +119,12 @@ def _kuberay_cluster_spec(spec: dict) -> None:
     assert re.fullmatch(r"2\.\d+\.\d+", spec["rayVersion"]) and spec["authOptions"] == {"mode": "token"}
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
     assert all("rayStartParams" in g and g["template"]["spec"]["containers"] for g in groups)
+    # Preemption: a deleted or evicted pod is killed only after its grace period; by then the head's preStop hook has
+    # stopped the studies there (their steps saving checkpoints) and waited for them.
+    assert all(g["template"]["spec"]["terminationGracePeriodSeconds"] >= STOP_S for g in groups)
+    head = spec["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["python", "-m", "cluster.drain"]
+    assert STOP_S <= drain.WAIT_S < head["terminationGracePeriodSeconds"]
     for group in spec["workerGroupSpecs"]:
         assert group["groupName"] and group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     for group in groups:
@@ -150,6 +180,7 @@ def test_kuberay_rayjob_runs_a_study(tmp_path):
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayJob"
     spec = manifest["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["backoffLimit"] >= 1  # a study stopped by preemption is retried on a new cluster, and resumes
     _kuberay_cluster_spec(spec["rayClusterSpec"])
     entrypoint = shlex.split(spec["entrypoint"])
     assert entrypoint[:3] == ["arscale", "study", "run"] and entrypoint[entrypoint.index("--out") + 1].startswith(
@@ -164,6 +195,7 @@ def test_kuberay_rayjob_runs_the_gpu_preset_on_a_gpu(tmp_path):
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayJob"
     spec = manifest["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["backoffLimit"] >= 1
     _kuberay_cluster_spec(spec["rayClusterSpec"])
     [gpu] = _gpu_groups(spec["rayClusterSpec"])
     assert gpu is spec["rayClusterSpec"]["workerGroupSpecs"][0] and gpu["replicas"] >= 1
@@ -186,8 +218,17 @@ def test_slurm_script_starts_ray_across_the_allocation_and_runs_a_study(tmp_path
     assert re.search(r"srun .*-w \"\$\{nodes\[0\]\}\" ray start --head .*--block &", joined)
     assert re.search(r"srun .*-w \"\$node\" ray start --address=\"\$RAY_ADDRESS\" .*--block &", joined)
     study_lines = [line for line in script.splitlines() if line.startswith(("study=", "arscale "))]
-    assert len(study_lines) == 2
-    dry_run(study_lines[1], tmp_path, script=study_lines[0])
+    assert len(study_lines) == 2 and study_lines[1].endswith(" &")  # in the background: see _slurm_preemption
+    dry_run(study_lines[1].removesuffix(" &"), tmp_path, script=study_lines[0])
+    _slurm_preemption(script, directives)
+
+
+def _slurm_preemption(script: str, directives: dict) -> None:
+    """SIGTERM to the batch script ahead of the time limit, with room for the study to stop; requeued when
+    preempted (the log appended to, not overwritten)."""
+    mode, _, ahead = directives["signal"].partition("@")
+    assert mode == "B:TERM" and int(ahead) >= STOP_S
+    assert re.search(r"^#SBATCH --requeue$", script, re.M) and directives["open-mode"] == "append"
 
 
 def test_slurm_gpu_script_declares_each_nodes_gpus_to_ray_and_runs_the_gpu_preset(tmp_path):
@@ -207,8 +248,73 @@ def test_slurm_gpu_script_declares_each_nodes_gpus_to_ray_and_runs_the_gpu_prese
     assert head and worker
     assert all('--num-gpus="$GPUS_PER_NODE"' in m.group(1) for m in (head, worker))
     study_lines = [line for line in script.splitlines() if line.startswith(("study=", "arscale "))]
-    assert len(study_lines) == 2
-    gpu_dry_run(study_lines[1], tmp_path, script=study_lines[0])  # $CONFIG: the script's default, text-gpu
+    assert len(study_lines) == 2 and study_lines[1].endswith(" &")
+    gpu_dry_run(study_lines[1].removesuffix(" &"), tmp_path, script=study_lines[0])  # $CONFIG: the default, text-gpu
+    _slurm_preemption(script, directives)
+
+
+def _fake_driver(tmp_path: Path) -> tuple[Path, Path]:
+    """FAKE_DRIVER as an `arscale` command in tmp_path/bin; returns (the command, its log)."""
+    command = tmp_path / "bin" / "arscale"
+    command.parent.mkdir()
+    command.write_text(FAKE_DRIVER.format(python=sys.executable))
+    command.chmod(0o755)
+    return command, tmp_path / "driver.log"
+
+
+def _wait_for_line(log: Path, line: str) -> None:
+    deadline = time.monotonic() + 60
+    while line not in (log.read_text().splitlines() if log.exists() else []):
+        assert time.monotonic() < deadline, f"no {line!r} in {log}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("name", ["slurm-study.sbatch", "slurm-study-gpu.sbatch"])
+def test_slurm_scripts_pass_sigterm_to_the_study_once_and_exit_with_its_status(tmp_path, name):
+    """The script's end (from the study's driver on) with a stand-in driver: SIGTERM to the script (what
+    --signal=B:TERM sends) reaches the driver once, and the script waits for it to finish stopping."""
+    lines = (TEMPLATES / name).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("arscale "))
+    command, log = _fake_driver(tmp_path)
+    env = {**os.environ, "PATH": f"{command.parent}:{os.environ['PATH']}", "DRIVER_LOG": str(log),
+           "CONFIG": "text-tiny", "STORAGE": str(tmp_path), "RAY_ADDRESS": "10.0.0.1:6379"}
+    path = tmp_path / name  # a file, as sbatch runs it (bash runs the last command of a `-c` string in its place)
+    path.write_text("\n".join(["set -euo pipefail", "study=x", *lines[start:]]) + "\n")
+    script = subprocess.Popen(["bash", path], env=env)
+    try:
+        _wait_for_line(log, "started study run")
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(timeout=30) == 3  # the study's own exit status
+        assert log.read_text().splitlines() == ["started study run", "TERM"]
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+
+
+def test_the_drain_hook_stops_study_drivers_and_waits_for_them(tmp_path):
+    """cluster/drain.py on real processes: a study driver (stopped, waited for), the shell Ray runs a job's
+    entrypoint in and an unrelated process (both left alone). The processes are given: run bare, it would stop
+    every study on this machine."""
+    command, log = _fake_driver(tmp_path)
+    env = {**os.environ, "DRIVER_LOG": str(log)}
+    driver = subprocess.Popen([command, "study", "run", "text-tiny"], env=env)
+    shell = subprocess.Popen(["sh", "-c", "sleep 60; arscale study run text-tiny"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        _wait_for_line(log, "started study run")
+        said = []
+        assert drain.drain([psutil.Process(p.pid) for p in (driver, shell, other)], wait_s=30, log=said.append) == 0
+        # ended (drain reaped it, so its exit status is not Popen's to see) after its SIGTERM handler ran
+        assert driver.poll() is not None and log.read_text().splitlines() == ["started study run", "TERM"]
+        assert shell.poll() is None and other.poll() is None
+        assert said == ["stopped 1 of 1 studies"]
+    finally:
+        for p in (driver, shell, other):
+            p.kill()
+            p.wait()
+    assert drain.is_study_driver([sys.executable, "-m", "pipelines.cli", "study", "run", "x.yaml"])
+    assert not drain.is_study_driver([sys.executable, "-m", "pipelines.cli", "study", "status", "x"])
 
 
 def _dockerfile(name: str) -> tuple[str, list[str]]:

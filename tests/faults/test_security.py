@@ -1,29 +1,14 @@
 """Security: what arscale starts listens on loopback only. Elsewhere: crafted pickles in checkpoints are refused
 (test_train_loop, test_zero_checkpoints), names from configs cannot leave the study folder (test_config), secrets
-in tracking URIs are redacted (test_tracking)."""
-
-import ipaddress
-
-import psutil
+in tracking URIs are redacted (test_tracking), a Ray Train run's rendezvous listens on loopback only
+(test_train_ray)."""
 
 from armodels.train import TrainConfig, TrainRun, train_single_process
-
-
-def exposed_sockets() -> tuple[list, list]:
-    """(every socket this process and its children listen on, those of them not on a loopback address)."""
-    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {psutil.Process().pid}
-    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
-    exposed = []
-    for c in listening:
-        address = ipaddress.ip_address(c.laddr.ip)
-        address = getattr(address, "ipv4_mapped", None) or address
-        if not address.is_loopback:
-            exposed.append((c.laddr, psutil.Process(c.pid).name()))
-    return listening, exposed
+from tests.support.processes import listening_sockets
 
 
 def test_the_local_ray_it_starts_listens_on_loopback_only(ray_local):
-    listening, exposed = exposed_sockets()
+    listening, exposed = listening_sockets()
     assert listening, "found no listening socket of the local Ray"
     assert not exposed
 
@@ -35,4 +20,59 @@ def test_training_in_one_process_opens_no_port_to_the_network(tmp_path, shards):
                    TrainConfig(tokens=2_000, batch_size=8, eval_points=1, eval_windows=2), str(shards / "train"),
                    str(shards / "val"), name="t")
     assert train_single_process(run, tmp_path)["status"] == "ok"
-    assert not exposed_sockets()[1]
+    assert not listening_sockets()[1]
+
+
+def test_the_auth_token_file_is_made_private_wherever_it_is_used(tmp_path, monkeypatch, capsys, ray_local):
+    """Ray writes a token it generates with mode 0644; every command that connects, and `cluster up` reusing a
+    token, make it 0600 and say so."""
+    from pipelines import ray_auth
+    from pipelines.ray_connect import connect
+
+    token = tmp_path / "auth_token"
+    monkeypatch.setenv(ray_auth.PATH_ENV, str(token))
+    monkeypatch.delenv(ray_auth.TOKEN_ENV, raising=False)
+    for use in (connect, ray_auth.ensure_token):
+        token.write_text("t" * 64)
+        token.chmod(0o644)
+        use()
+        assert token.stat().st_mode & 0o777 == 0o600, use
+        assert f"note: {token} (Ray's auth token) was readable by other users (mode 644); made it 0600" in \
+            capsys.readouterr().err
+    ray_auth.ensure_token()  # private already: nothing to say
+    assert capsys.readouterr().err == ""
+
+
+def _leak(config, ctx):
+    raise ConnectionError("cannot reach https://bob:hunter2@mlflow.example.com/api?token=abc123")
+
+
+def test_secrets_in_a_steps_error_reach_no_record_or_log(tmp_path, ray_local):
+    """A step's error names a URI with a password: the log, STATUS.json, error.log and the tracker's warning show
+    it redacted."""
+    import json
+
+    from pipelines.executor import Executor
+    from pipelines.step import Step
+
+    lines = []
+    executor = Executor(tmp_path, log=lines.append)
+    step = Step("leak", _leak, {"n": 1})
+    assert executor.run([step])["leak"].state == "failed"
+    executor._track(_leak, None, None)  # a tracking call failing with the same message
+    folder = tmp_path / f"{step.dirname}.tmp"
+    records = "\n".join([*lines, (folder / "STATUS.json").read_text(), (folder / "error.log").read_text()])
+    assert "hunter2" not in records and "abc123" not in records
+    assert "https://bob:***@mlflow.example.com/api?token=***" in json.loads((folder / "STATUS.json").read_text())["error"]
+
+
+def test_a_storage_uri_that_cannot_be_opened_is_named_without_its_secret():
+    """pyarrow quotes the whole URI in its error, an AWS secret key with its unencoded '/' included."""
+    import pytest
+
+    from pipelines.errors import UserError
+    from pipelines.storage import StudyStore
+
+    with pytest.raises(UserError) as e:
+        StudyStore("s3://AKIDEXAMPLE:wJalr/K7MDENG@bucket/studies?bogus=1")
+    assert "K7MDENG" not in str(e.value) and "wJalr" not in str(e.value) and "s3://***@bucket/studies" in str(e.value)

@@ -23,7 +23,7 @@ def test_dry_run_prints_the_plan_with_sizes_and_flops(tmp_path):
     ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, n_embd: 16, n_head: 2}]}]\ntraining: {lrr: 1}\n",
      "training.lrr: unknown key"),
     ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: one, n_embd: 16, n_head: 2}]}]\n",
-     "models.grids.0.sizes.0.n_layer: Input should be a valid integer"),
+     "models.grids.0.sizes.0.n_layer: must be a whole number"),
 ])
 def test_bad_config_exits_2(tmp_path, content, pattern):
     config = tmp_path / "c.yaml"
@@ -120,7 +120,7 @@ def test_fit_with_a_bad_csv_names_the_problem(tmp_path):
     one_line_error(arscale("fit", "--runs", tmp_path / "runs.csv"), 2, "loss")
     (tmp_path / "runs.csv").write_text("params,tokens,loss\n1,2,abc\n")
     one_line_error(arscale("fit", "--runs", tmp_path / "runs.csv"), 2, "loss")
-    one_line_error(arscale("fit", "--mlflow", f"sqlite:///{tmp_path}/empty.db"), 2, "0 experiments with study runs")
+    one_line_error(arscale("fit", "--mlflow", f"sqlite:///{tmp_path}/empty.db"), 2, "empty.db does not exist")
 
 
 def test_advise_ranks_candidates_within_the_budget(tmp_path):

@@ -113,3 +113,16 @@ def test_an_incomplete_final_directory_is_not_trusted(tmp_path, ray_local):
     (tmp_path / sa.dirname).mkdir()  # e.g. copied by hand, no success record
     assert step_state(tmp_path, sa.dirname)["state"] == "pending"
     assert Executor(tmp_path, log=lambda m: None).run([sa])["a"].state == "succeeded"
+
+
+def test_the_checkpoint_grace_of_a_stop_is_configurable(tmp_path, monkeypatch):
+    """So it fits a scheduler's window (templates set theirs above it)."""
+    from pipelines.executor import STEP_STOP_GRACE_S, STOP_GRACE_ENV
+
+    assert Executor(tmp_path).stop_grace_s == STEP_STOP_GRACE_S
+    monkeypatch.setenv(STOP_GRACE_ENV, "45")
+    assert Executor(tmp_path).stop_grace_s == 45
+    for bad in ("soon", "-1", "inf"):
+        monkeypatch.setenv(STOP_GRACE_ENV, bad)
+        with pytest.raises(UserError, match=rf"\$ARSCALE_STOP_GRACE_S must be a number of seconds, 0 or more"):
+            Executor(tmp_path)

@@ -8,6 +8,7 @@ import pytest
 from armodels.train import TrainConfig, train_single_process
 from pipelines.step import StepContext
 from pipelines.steps.train import TrainStepConfig, train_model
+from tests.support.processes import ListeningSockets
 from tests.support.runs import assert_curves_agree
 
 
@@ -19,7 +20,9 @@ def test_two_workers_follow_the_single_process_loss_curve(tmp_path, shards, ray_
     step = TrainStepConfig("dp", "transformer", model, train, num_workers=2)
     out = tmp_path / "ray"
     out.mkdir()
-    summary = train_model(step, StepContext("train-dp", out, {"shards": shards}))
+    with ListeningSockets() as sockets:  # the rendezvous of the two workers: on 127.0.0.1 only
+        summary = train_model(step, StepContext("train-dp", out, {"shards": shards}))
+    assert sockets.seen and not sockets.exposed, sockets.exposed
     single = train_single_process(step.run(shards), tmp_path / "single")
 
     assert summary["status"] == "ok" and single["status"] == "ok"

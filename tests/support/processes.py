@@ -3,8 +3,10 @@ SIGKILL (no chance to clean up), one by name or a whole `ray start` session at o
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -78,3 +80,44 @@ def kill_named(name: str) -> list[psutil.Process]:
 def kill_session(session: int) -> list[psutil.Process]:
     """Kill every process of a session (a node's `ray start`) at once, as a machine that dies."""
     return kill(p for p in psutil.process_iter(["cmdline"]) if session_of(p) == session)
+
+
+def listening_sockets() -> tuple[list, list]:
+    """(every socket this process and its descendants listen on, those of them not on a loopback address, each as
+    (address, process name))."""
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    exposed = []
+    for c in listening:
+        address = ipaddress.ip_address(c.laddr.ip)
+        address = getattr(address, "ipv4_mapped", None) or address
+        if not address.is_loopback:
+            try:
+                exposed.append((c.laddr, psutil.Process(c.pid).name()))
+            except psutil.NoSuchProcess:
+                exposed.append((c.laddr, c.pid))
+    return listening, exposed
+
+
+class ListeningSockets:
+    """Samples listening_sockets() every `every` seconds while the `with` block runs: `seen` (any socket listened
+    on), `exposed` (those not on loopback)."""
+
+    def __init__(self, every: float = 0.1):
+        self.every, self.seen, self.exposed = every, False, set()
+        self._done = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.every):
+            listening, exposed = listening_sockets()
+            self.seen |= bool(listening)
+            self.exposed.update((str(a), str(n)) for a, n in exposed)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
