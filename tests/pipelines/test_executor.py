@@ -124,5 +124,5 @@ def test_the_checkpoint_grace_of_a_stop_is_configurable(tmp_path, monkeypatch):
     assert Executor(tmp_path).stop_grace_s == 45
     for bad in ("soon", "-1", "inf"):
         monkeypatch.setenv(STOP_GRACE_ENV, bad)
-        with pytest.raises(UserError, match=rf"\$ARSCALE_STOP_GRACE_S must be a number of seconds, 0 or more"):
+        with pytest.raises(UserError, match=r"\$ARSCALE_STOP_GRACE_S must be a number of seconds, 0 or more"):
             Executor(tmp_path)
