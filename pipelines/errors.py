@@ -11,3 +11,8 @@ class RunFailure(Exception):
 
 class StepStopped(RunFailure):
     """A step stopped early on request (Ctrl-C, SIGTERM) after saving what it needs to resume."""
+
+
+class ClusterLost(RunFailure):
+    """The Ray cluster stopped answering (its head node died, or the network to it): the study cannot go on, and
+    its finished steps and checkpoints are kept for a run on another cluster."""

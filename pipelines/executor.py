@@ -15,6 +15,7 @@ counts a step the store holds as finished as done.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.admission import ClusterRoom
-from pipelines.errors import StepStopped, UserError
+from pipelines.errors import ClusterLost, StepStopped, UserError
 from pipelines.ray_connect import task_env
 from pipelines.step import Step, config_dict, topological_order
 from pipelines.step_runner import StepLaunch, execute_step, one_line_error
@@ -32,6 +33,7 @@ from pipelines.tracking import NullStudyTracking, StudyTracking, redact_text
 
 STEP_STOP_GRACE_S = 120.0  # how long running steps get to save a checkpoint when the study is stopped (default)
 STOP_GRACE_ENV = "ARSCALE_STOP_GRACE_S"
+CLUSTER_CHECK_S = 5.0  # while steps run, how often the executor checks that the cluster still answers
 
 
 def stop_grace_s() -> float:
@@ -120,14 +122,38 @@ class Executor:
                     running[ref] = (step, time.perf_counter(), run_id)
                 if not running:
                     break
-                done, _ = ray.wait(list(running), num_returns=1)
+                # Not waiting for ever: when the cluster's head dies, Ray reports the running steps lost at once or
+                # not at all, and ends this process a minute later without a word of Python.
+                done, _ = ray.wait(list(running), num_returns=1, timeout=CLUSTER_CHECK_S)
+                if not done:
+                    self._check_cluster(running)
+                    continue
                 step, started, run_id = running.pop(done[0])
                 room.release(step.resources, held.pop(step.name))
                 outcomes[step.name] = self._collect(done[0], step, time.perf_counter() - started, run_id)
+                if outcomes[step.name].state == "failed":
+                    self._check_cluster(running)
         except KeyboardInterrupt:
             self._stop(running, outcomes)
             raise
         return outcomes
+
+    def _check_cluster(self, running: dict) -> None:
+        """Raise ClusterLost when the cluster's control service (GCS, on its head node) no longer accepts
+        connections; the running steps' records say why they ended."""
+        import ray
+
+        address = ray.get_runtime_context().gcs_address
+        host, port = address.rsplit(":", 1)
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CLUSTER_CHECK_S).close()
+            return
+        except OSError:
+            pass
+        for step, _, run_id in running.values():
+            ensure_failed(self.root / f"{step.dirname}.tmp", step.name, step.dirname, "the Ray cluster was lost")
+        raise ClusterLost(f"the Ray cluster at {address} stopped answering (its head node died, or the network to "
+                          f"it); {len(running)} running step(s) ended with it")
 
     def _stop(self, running: dict, outcomes: dict[str, Outcome]) -> None:
         """Ask running steps to checkpoint and stop, wait for them a while, then cancel the rest."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 from pipelines import loopback, ray_auth
+from pipelines.errors import UserError
 
 # Settings for the processes Ray starts. Ray Train's print patch routes worker prints through a logger that
 # echoes them twice; its preemption watcher only matters on spot instances and logs a warning per run here.
@@ -36,12 +38,26 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     common = dict(log_to_driver=True, logging_level="ERROR" if quiet else "INFO", configure_logging=True,
                   runtime_env={"env_vars": WORKER_ENV})
     if address:
+        _check_answers(address)
         context = ray.init(address=address, **common)
     else:
         context = ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
                            dashboard_host="127.0.0.1", **common)
     ray_auth.secure_token_file()  # one Ray may have just generated
     return f"http://{context.dashboard_url}" if getattr(context, "dashboard_url", None) else ""
+
+
+def _check_answers(address: str) -> None:
+    """Fail in seconds, with one line, when nothing listens at a cluster address (host:port): Ray would retry for
+    ever, printing a warning every few seconds."""
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if address == "auto" or address.startswith("ray://") or not sep or not port.isdigit():
+        return  # Ray's own discovery, Ray Client, or a form Ray checks itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}); start one "
+                        "(`arscale cluster up` prints its address) or check --address / $RAY_ADDRESS") from None
 
 
 def task_env() -> dict[str, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from armodels.device import local_gpus
 from armodels.files import read_json, write_json_atomic
 from pipelines.config import StudyConfig
-from pipelines.errors import RunFailure, UserError
+from pipelines.errors import ClusterLost, RunFailure, UserError
 from pipelines.executor import Executor, Outcome
 from pipelines.plan import build_steps, corpus_config, describe_plan
 from pipelines.progress import duration
@@ -240,6 +240,11 @@ def _run(cfg: StudyConfig, config_path: Path, out: Path, where: Path | str, targ
     log(f"MLflow: {redact_uri(uri)}" + (f"   Ray dashboard: {dashboard}" if dashboard else ""))
     try:
         outcomes = executor.run(targets)
+    except ClusterLost as e:
+        tracking.finish_study(ok=False)
+        again = f"arscale study run {config_path} --out {where}"
+        raise ClusterLost(f"{e}. Finished steps and checkpoints are kept: start a cluster and run `{again} "
+                          "--address <its address>` to resume") from None
     except KeyboardInterrupt:
         tracking.finish_study(ok=False)
         raise RunFailure(f"interrupted; finished steps and checkpoints are kept — to resume, run: arscale study "

@@ -189,3 +189,11 @@ def test_truncated_safetensors_with_a_matching_checksum_is_one_line(shard_set, t
         ImageTokenizer.load(tok)
     r = run_cli(capsys, "detokenize", shard_set, "--tokenizer", tok, "--out", tmp_path / "out")
     one_line_error(r, 2, "model.safetensors")
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_line_not_an_endless_retry():
+    from pipelines.errors import UserError
+    from pipelines.ray_connect import _check_answers
+
+    with pytest.raises(UserError, match=r"no Ray cluster answers at 127.0.0.1:1 \(Connection refused\); start one"):
+        _check_answers("127.0.0.1:1")
