@@ -20,7 +20,7 @@ from pathlib import Path
 import scaling
 from armodels.train import TrainRun, train_single_process
 from cluster import commands as cluster_commands
-from pipelines.config import load_config
+from pipelines.config import PRESETS_DIR, load_config, presets
 from pipelines.errors import RunFailure, UserError
 from pipelines.mlflow_runs import log_fit, runs_from_mlflow
 from pipelines.progress import TrainingProgress
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     parser = argparse.ArgumentParser(prog="arscale", parents=[common],
                                      description="Scaling-law studies of autoregressive models on Ray.")
+    parser.add_argument("--version", action="version", version=f"arscale {package_version()}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     study = sub.add_parser("study", help="run and inspect studies", parents=[common]).add_subparsers(
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = study.add_parser("status", parents=[common], help="show the state of every step of a study")
     p.add_argument("dir", help="study folder or object-store URI")
     p.set_defaults(handler=cmd_study_status)
+
+    p = sub.add_parser("presets", parents=[common], help="list the built-in study configs",
+                       description="The study configs that ship with arscale: give a name to `arscale study run`.")
+    p.set_defaults(handler=cmd_presets)
 
     p = sub.add_parser("report", parents=[common], help="show where a study's report is and its main numbers")
     p.add_argument("dir", type=Path)
@@ -155,6 +160,25 @@ def cmd_study_status(args) -> int:
 
     print(study_status(args.dir))
     return 0
+
+
+def cmd_presets(args) -> int:
+    found = presets()
+    width = max(map(len, found), default=0)
+    for name, what in found.items():
+        print(f"{name:<{width}}  {what}")
+    print(f"\n(in {PRESETS_DIR.resolve()}; run one with `arscale study run NAME`, or copy it and edit)")
+    return 0
+
+
+def package_version() -> str:
+    """The installed distribution's version (a checkout without an install: pyproject's, unknown here)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("arscale")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def cmd_report(args) -> int:

@@ -21,7 +21,8 @@ from armodels.train import TrainConfig, flops_conventions
 from pipelines.errors import UserError
 from scaling.flops import CONVENTIONS
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The presets: configs/, which pipelines/presets links to so that the wheel ships them as package data.
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_PRESET = "text-default"
 
 
@@ -379,6 +380,20 @@ def resolve_config_path(spec: str | None) -> Path:
         return preset
     presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
     raise UserError(f"config {spec} not found: give a YAML file or a preset name ({presets})")
+
+
+def presets() -> dict[str, str]:
+    """Each preset's name and what it is: the first sentence of its leading comment."""
+    out = {}
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
+        comment = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            comment.append(line.lstrip("#").strip())
+        sentence = re.split(r"(?<=\.)\s", " ".join(comment))[0].rstrip(".")
+        out[path.stem] = sentence if len(sentence) <= 100 else sentence[:100].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+    return out
 
 
 def load_config(spec: str | None) -> tuple[StudyConfig, Path]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from armodels.train import TrainConfig
 from pipelines.steps.train import TrainStepConfig
-from tests.support.cli import ARSCALE, ROOT
+from tests.support.cli import ARSCALE
 
 
 @pytest.fixture
@@ -26,18 +24,3 @@ def arscale_train(tmp_path, shards):
 
     return command
 
-
-@pytest.fixture
-def another_ray():
-    """A second local Ray on this machine, as another arscale command would run beside a study."""
-    code = ("import signal, sys, time\n"
-            "from pipelines.ray_connect import connect\n"
-            "connect(num_cpus=1)\n"
-            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exits through ray.shutdown\n"
-            "print('ready', flush=True)\n"
-            "time.sleep(3600)\n")
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "ready"
-    yield process
-    process.terminate()
-    process.wait(timeout=60)

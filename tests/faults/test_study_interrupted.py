@@ -6,7 +6,8 @@
 - the study's processes SIGKILLed mid-grid: nothing half-written is marked succeeded;
 - a re-run skips finished steps, resumes the interrupted runs from their checkpoints, and each resumed run ends
   exactly where an uninterrupted run of it ends;
-- all the while another Ray runs on the machine (another arscale command's): no Ray traceback in the study's log.
+- all the while another Ray runs on the machine (this test process's, started as every arscale command starts
+  its own): no Ray traceback in the study's log.
 """
 
 import json
@@ -38,7 +39,7 @@ def steps(out: Path) -> dict[str, str]:
     return {s["name"]: step_state(out, s["dir"])["state"] for s in study["steps"]}
 
 
-def test_a_study_stopped_or_killed_resumes_where_it_was(tmp_path, another_ray):
+def test_a_study_stopped_or_killed_resumes_where_it_was(tmp_path, ray_local):
     config = yaml.safe_load((ROOT / "configs" / "text-tiny.yaml").read_text())
     config["training"].update(tokens=200_000, checkpoints=20)  # runs long enough to interrupt
     # three sizes: two train side by side (one to stop mid-run, one to finish) and one waits its turn
