@@ -11,9 +11,9 @@ BENCH_ARGS ?=
 GPU_PYTHON ?= python3
 GPU_CHECK_ARGS ?=
 
-.PHONY: setup study test bench gpu-check gpu-wheels clean-venv fashion-mnist debian-text
+.PHONY: setup study test bench gpu-check gpu-wheels clean-venv fashion-mnist debian-text chromium
 
-setup: $(VENV)/.installed fashion-mnist debian-text
+setup: $(VENV)/.installed fashion-mnist debian-text chromium
 
 # torch first, pinned: a bare `torch` requirement on an empty environment pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -28,6 +28,14 @@ fashion-mnist:
 	@[ -d /usr/share/datasets/fashion-mnist ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
 	  echo "note: Fashion-MNIST not installed (needs root: apt-get install dataset-fashion-mnist); image studies use scikit-learn's digits"
+
+# The tests open each report's report.html in a real headless Chromium, Debian's chromium where it can be installed
+# (root and apt); elsewhere those tests are skipped and say how to install it.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "note: Chromium not installed (needs root: apt-get install chromium); the report.html browser tests are skipped"
 
 # Tests and the tokenization benchmark also use real English text, GCIDE (40 MB), from Debian's dict-gcide where apt
 # can fetch it. The package is unpacked into data/debian rather than installed: installing it would start a dict server.

@@ -5,7 +5,9 @@ merges were learned. `encode_bytes_batch` and `decode_bytes` extend that to arbi
 included): HF `tokenizers` only takes `str`, and its decoder replaces bytes that are not UTF-8, so the bytes of
 every token are looked up in the byte-level alphabet instead. A tokenizer is a directory holding `tokenizer.json`
 (the HF format, plain JSON: loading it runs no code) and `meta.json` (vocab size, special tokens, training inputs,
-content hash).
+content hash). `save` also writes `tokenizer_config.json` and `special_tokens_map.json`, so that Hugging Face
+`transformers` (`PreTrainedTokenizerFast.from_pretrained(directory)`) loads the directory with the same special
+tokens and encodes exactly as arscale does; arscale itself never reads them, so a directory without them still loads.
 """
 
 from __future__ import annotations
@@ -140,9 +142,12 @@ class BPETokenizer:
         return table
 
     def save(self, directory: Path) -> None:
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.hf.save(str(directory / "tokenizer.json"))
         (directory / "meta.json").write_text(json.dumps(asdict(self.meta), indent=2))
+        for name, content in transformers_files(self.meta.special_tokens).items():
+            (directory / name).write_text(json.dumps(content, indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> BPETokenizer:
@@ -189,6 +194,23 @@ def _read_meta(path: Path) -> BPEMeta:
         raise ValueError(f"{path} is not a tokenizer's meta.json ({problem}); restore it, or train the tokenizer "
                          "again")
     return BPEMeta(**d)
+
+
+def transformers_files(special_tokens: Sequence[str]) -> dict[str, dict]:
+    """`tokenizer_config.json` and `special_tokens_map.json` for Hugging Face `transformers`, given the special tokens
+    (end-of-document first, as train_bpe orders them).
+
+    arscale ends every document with end-of-document and starts each sample right after one, so that token is both
+    the eos (it ends a document) and the bos (what a new document is conditioned on), as in GPT-2. Neither is added
+    by encoding (arscale appends end-of-document between documents itself: ids(doc) + [eos]). `split_special_tokens`
+    makes text that contains a special token's string encode it as ordinary bytes, as arscale does; no clean-up of
+    spaces on decoding, so decode(encode(text)) == text. Byte-level BPE needs no unknown token; arscale never pads.
+    """
+    eod, *others = special_tokens
+    tokens = {"bos_token": eod, "eos_token": eod, **({"additional_special_tokens": others} if others else {})}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **tokens, "add_bos_token": False, "add_eos_token": False,
+              "split_special_tokens": True, "clean_up_tokenization_spaces": False}
+    return {"tokenizer_config.json": config, "special_tokens_map.json": tokens}
 
 
 def vocab_size_problem(vocab_size: int, n_special: int = 1) -> str | None:

@@ -12,17 +12,23 @@ size, never on how many workers run, so the shards are the same for any number o
 while planning (a file's documents are counted, which is cheap next to tokenizing them), so a worker can number its
 documents without knowing what the others do. A text file larger than a piece is cut only where byte-level BPE's
 pre-tokenizer always ends a token, so the pieces' tokens are those of the whole file (see `safe_cut`).
+
+A file is a local path or the URI of an object in a store that pyarrow.fs opens (`s3://bucket/key?endpoint_override=
+...`, gs://, ...; pipelines.storage finds them). A URI keeps its options and keys, so that a worker on any node opens
+it; manifests and messages name it by `source_name`, which leaves them out.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,8 +43,8 @@ class BadInput(ValueError):
     """A file that cannot be read as part of the corpus; the message names the file and the fix."""
 
     def __init__(self, path: Path | str, reason: str, fix: str = "remove it from the inputs or pass --skip-bad"):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path} {reason}; {fix}")
+        self.path, self.reason = source_name(path), reason
+        super().__init__(f"{self.path} {reason}; {fix}")
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,8 @@ class Segment:
     final: bool = True  # text: the segment reaches the end of its file, so its document ends here
 
     def describe(self) -> dict:
-        unit = "rows" if file_format(Path(self.path))[0] == PARQUET else "bytes"
-        return {"file": self.path, unit: [self.start, self.end], "first_doc": self.first_doc}
+        unit = "rows" if file_format(self.path)[0] == PARQUET else "bytes"
+        return {"file": source_name(self.path), unit: [self.start, self.end], "first_doc": self.first_doc}
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,9 @@ class Doc:
     end: bool = True
 
 
-def file_format(path: Path) -> tuple[str, str | None]:
+def file_format(path: Path | str) -> tuple[str, str | None]:
     """(format, compression codec or None) from a file's name."""
-    name = path.name.lower()
+    name = file_name(path).lower()
     compression = None
     for suffix, codec in COMPRESSIONS.items():
         if name.endswith(suffix):
@@ -111,6 +117,57 @@ def file_format(path: Path) -> tuple[str, str | None]:
     return TEXT, compression
 
 
+def is_remote(path: Path | str) -> bool:
+    """True for the URI of an object in a store (s3://...), False for a local path."""
+    return _URI.match(str(path)) is not None
+
+
+# a scheme and "://"; also its form after Path() has made one "/" of the two (piece_encoder builds Path(segment.path))
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+def source_name(path: Path | str) -> str:
+    """How manifests and messages name a file: its path, or its URI without keys and options (s3://bucket/key)."""
+    if not is_remote(path):
+        return str(path)
+    parts = urlsplit(str(path))
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{unquote(parts.path)}"
+
+
+def file_name(path: Path | str) -> str:
+    """The file's name: the last part of its path, or of its URI's path (without the URI's options)."""
+    if is_remote(path):
+        return unquote(urlsplit(str(path)).path.rsplit("/", 1)[-1])
+    return Path(path).name
+
+
+def _remote(uri: str):
+    """(pyarrow filesystem, path in it) of a URI: cheap (no request), so made anew at each open, in any process."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(str(uri))
+
+
+def file_stat(path: Path | str) -> tuple[int, int]:
+    """(size, modification time in ns) of a file."""
+    if not is_remote(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    filesystem, where = _remote(path)
+    info = filesystem.get_file_info(where)
+    if info.size is None:
+        raise FileNotFoundError(f"{source_name(path)} does not exist")
+    return info.size, info.mtime_ns or 0
+
+
+def open_file(path: Path | str) -> BinaryIO:
+    """The file opened for reading with seek(), in binary."""
+    if not is_remote(path):
+        return open(path, "rb")
+    filesystem, where = _remote(path)
+    return filesystem.open_input_file(where)
+
+
 def find_files(paths: tuple[str, ...], extensions: tuple[str, ...], *, compressed: bool = False) -> list[Path]:
     """Every document file, sorted: files as given, and files with `extensions` inside directories (recursively);
     with `compressed`, also those names followed by `.gz`, `.zst` or `.dz`.
@@ -119,36 +176,47 @@ def find_files(paths: tuple[str, ...], extensions: tuple[str, ...], *, compresse
     """
     found: set[Path] = set()
     for spec in paths:
+        if spec.startswith("file://"):  # file:///data/corpus: the local path it names
+            spec = unquote(urlsplit(spec).path)
         matches = [Path(p) for p in glob.glob(spec, recursive=True)] if glob.has_magic(spec) else [Path(spec)]
         matches = [m for m in matches if m.exists()]
         if not matches:
             raise FileNotFoundError(f"{spec} does not exist; check the path")
         for m in matches:
             if m.is_dir():
-                found.update(f for f in m.rglob("*") if f.is_file() and _wanted(f, extensions, compressed)
-                             and not _is_installed_package(f, m))
+                found.update(f for f in m.rglob("*") if f.is_file() and is_wanted(f.name, extensions, compressed)
+                             and not in_installed_package(f.relative_to(m).as_posix()))
             elif m.is_file():
                 found.add(m)
     return sorted(found)
 
 
-def _wanted(path: Path, extensions: tuple[str, ...], compressed: bool) -> bool:
+def is_wanted(name: str, extensions: tuple[str, ...], compressed: bool) -> bool:
+    """Whether a file found in a folder is read: its extension is one of `extensions` (with `compressed`, also when
+    followed by .gz, .zst or .dz)."""
+    path = Path(name)
     if compressed and path.suffix in COMPRESSIONS:
         path = path.with_suffix("")
     return path.suffix in extensions
 
 
-def _is_installed_package(path: Path, root: Path) -> bool:
-    # The stdlib folder also holds site-packages: third-party code is not part of the corpus.
-    return any(part in ("site-packages", "dist-packages") for part in path.relative_to(root).parts)
+def in_installed_package(relative: str) -> bool:
+    """Whether a file's path inside the folder given as input passes through site-packages: the stdlib folder also
+    holds them, and third-party code is not part of the corpus."""
+    return any(part in ("site-packages", "dist-packages") for part in relative.split("/"))
 
 
-def open_stream(path: Path, compression: str | None) -> BinaryIO:
+def open_stream(path: Path | str, compression: str | None) -> BinaryIO:
     """The file's bytes, decompressed; OSError names the file."""
-    return pa.input_stream(str(path), compression=compression)
+    if not is_remote(path):
+        return pa.input_stream(str(path), compression=compression)
+    if not compression:
+        return open_file(path)
+    filesystem, where = _remote(path)
+    return pa.CompressedInputStream(filesystem.open_input_stream(where), compression)
 
 
-def plan_corpus(files: list[Path], *, piece_bytes: int, options: ReadOptions, skip_bad: bool) -> CorpusPlan:
+def plan_corpus(files: list[Path | str], *, piece_bytes: int, options: ReadOptions, skip_bad: bool) -> CorpusPlan:
     """Cut `files` into pieces of about `piece_bytes` bytes (a piece ends at the first cut at or after that size).
 
     A file that cannot be read raises BadInput, or with `skip_bad` is left out and listed in `skipped`.
@@ -162,7 +230,7 @@ def plan_corpus(files: list[Path], *, piece_bytes: int, options: ReadOptions, sk
             if not skip_bad:
                 raise
             planner.undo(mark)
-            planner.plan.skipped.append({"file": str(path), "reason": e.reason})
+            planner.plan.skipped.append({"file": source_name(path), "reason": e.reason})
             continue
         planner.plan.files.append(str(path))
     planner.close_piece()
@@ -199,7 +267,7 @@ class _Planner:
         self.current, self.plan.documents = current, documents
 
 
-def _plan_file(planner: _Planner, path: Path, options: ReadOptions) -> None:
+def _plan_file(planner: _Planner, path: Path | str, options: ReadOptions) -> None:
     fmt, compression = file_format(path)
     try:
         if fmt == PARQUET:
@@ -219,7 +287,7 @@ def _os_reason(e: Exception, compression: str | None) -> str:
     return f"is not valid {compression} data ({detail})" if compression else f"cannot be read ({detail})"
 
 
-def _plan_text(planner: _Planner, path: Path, compression: str | None) -> None:
+def _plan_text(planner: _Planner, path: Path | str, compression: str | None) -> None:
     doc = planner.plan.documents
     planner.plan.documents += 1
     with open_stream(path, compression) as stream:
@@ -230,9 +298,9 @@ def _plan_text(planner: _Planner, path: Path, compression: str | None) -> None:
             size = len(head) + _drain(stream)
             planner.add(Segment(str(path), 0, size, doc, size))
             return
-    size = path.stat().st_size
     pos = 0
-    with open(path, "rb") as f:
+    with open_file(path) as f:
+        size = f.seek(0, os.SEEK_END)
         while True:
             target = pos + planner.room()
             cut = size if target >= size else _cut_at_or_after(f, target, size)
@@ -296,7 +364,7 @@ def char_boundary(buf: bytes) -> int:
     return max(i, 1)
 
 
-def _plan_jsonl(planner: _Planner, path: Path, options: ReadOptions, compression: str | None) -> None:
+def _plan_jsonl(planner: _Planner, path: Path | str, options: ReadOptions, compression: str | None) -> None:
     with open_stream(path, compression) as stream:
         _check_first_line(path, stream, options)
     if compression:
@@ -306,9 +374,9 @@ def _plan_jsonl(planner: _Planner, path: Path, options: ReadOptions, compression
         planner.plan.documents += lines
         planner.add(Segment(str(path), 0, size, doc, size))
         return
-    size = path.stat().st_size
     pos = 0
-    with open(path, "rb") as f:
+    with open_file(path) as f:
+        size = f.seek(0, os.SEEK_END)
         while pos < size:
             target = pos + planner.room()
             cut = size if target >= size else _line_start_at_or_after(f, target, size)
@@ -320,7 +388,7 @@ def _plan_jsonl(planner: _Planner, path: Path, options: ReadOptions, compression
             pos = cut
 
 
-def _check_first_line(path: Path, stream: BinaryIO, options: ReadOptions) -> None:
+def _check_first_line(path: Path | str, stream: BinaryIO, options: ReadOptions) -> None:
     """The first document must parse and have the text field: a wrong --text-field is caught before any work."""
     for number, line in enumerate(_lines(stream, None), 1):
         if line.strip():
@@ -386,11 +454,15 @@ def _json_text(line: bytes, path: Path | str, number: int | str, text_field: str
     return text
 
 
-def _parquet_file(path: Path, compression: str | None, options: ReadOptions) -> pq.ParquetFile:
+def _parquet_file(path: Path | str, compression: str | None, options: ReadOptions) -> pq.ParquetFile:
     if compression:
         raise BadInput(path, "is a compressed Parquet file", "decompress it (Parquet compresses its own pages)")
     try:
-        pf = pq.ParquetFile(str(path))
+        if is_remote(path):
+            filesystem, where = _remote(path)
+            pf = pq.ParquetFile(where, filesystem=filesystem)
+        else:
+            pf = pq.ParquetFile(str(path))
     except (pa.ArrowException, OSError) as e:
         raise BadInput(path, f"is not a valid Parquet file ({str(e).splitlines()[0]})") from None
     names = pf.schema_arrow.names
@@ -405,7 +477,7 @@ def _parquet_file(path: Path, compression: str | None, options: ReadOptions) -> 
     return pf
 
 
-def _plan_parquet(planner: _Planner, path: Path, options: ReadOptions, compression: str | None) -> None:
+def _plan_parquet(planner: _Planner, path: Path | str, options: ReadOptions, compression: str | None) -> None:
     pf = _parquet_file(path, compression, options)
     meta = pf.metadata
     column = pf.schema_arrow.names.index(options.column)
@@ -421,7 +493,7 @@ def _plan_parquet(planner: _Planner, path: Path, options: ReadOptions, compressi
 def iter_docs(segment: Segment, options: ReadOptions, *, block_bytes: int = BLOCK_BYTES) -> Iterator[Doc]:
     """The documents of a segment, in order. A text document is read in blocks of at most `block_bytes`, cut where
     its tokens do not change. Raises BadInput for content that cannot be read."""
-    path = Path(segment.path)
+    path = segment.path
     fmt, compression = file_format(path)
     try:
         if fmt == PARQUET:
@@ -435,7 +507,7 @@ def iter_docs(segment: Segment, options: ReadOptions, *, block_bytes: int = BLOC
 
 
 def _open_segment(segment: Segment, compression: str | None) -> BinaryIO:
-    stream = open_stream(Path(segment.path), compression)
+    stream = open_stream(segment.path, compression)
     if segment.start:
         stream.seek(segment.start)  # only uncompressed files are cut, so only they are seeked
     return stream
@@ -451,10 +523,10 @@ def _text_docs(segment: Segment, compression: str | None, block_bytes: int) -> I
             buf += block
             if not block or left <= 0:
                 if buf or segment.start == 0:  # an empty file is one empty document
-                    yield Doc(segment.first_doc, buf, segment.path, end=segment.final)
+                    yield Doc(segment.first_doc, buf, source_name(segment.path), end=segment.final)
                 return
             cut = safe_cut(buf, first=False) or char_boundary(buf)
-            yield Doc(segment.first_doc, buf[:cut], segment.path, end=False)
+            yield Doc(segment.first_doc, buf[:cut], source_name(segment.path), end=False)
             buf = buf[cut:]
 
 
@@ -465,11 +537,11 @@ def _jsonl_docs(segment: Segment, options: ReadOptions, compression: str | None)
             if line.strip():
                 where = f"{i + 1} after byte {segment.start}" if segment.start else str(i + 1)
                 text = _json_text(line, segment.path, where, options.text_field)
-                yield Doc(segment.first_doc + i, text, segment.path)
+                yield Doc(segment.first_doc + i, text, source_name(segment.path))
 
 
 def _parquet_docs(segment: Segment, options: ReadOptions, compression: str | None) -> Iterator[Doc]:
-    pf = _parquet_file(Path(segment.path), compression, options)
+    pf = _parquet_file(segment.path, compression, options)
     groups, row = [], 0
     for g in range(pf.metadata.num_row_groups):
         if segment.start <= row < segment.end:
@@ -480,13 +552,13 @@ def _parquet_docs(segment: Segment, options: ReadOptions, compression: str | Non
         for batch in pf.iter_batches(batch_size=1024, row_groups=groups, columns=[options.column]):
             for value in batch.column(0).to_pylist():
                 if value is not None:
-                    yield Doc(doc, value, segment.path)
+                    yield Doc(doc, value, source_name(segment.path))
                 doc += 1
     except pa.ArrowException as e:
         raise BadInput(segment.path, f"is not a valid Parquet file ({str(e).splitlines()[0]})") from None
 
 
-def sample_docs(files: list[Path], options: ReadOptions, max_bytes: int) -> Iterator[Doc]:
+def sample_docs(files: list[Path | str], options: ReadOptions, max_bytes: int) -> Iterator[Doc]:
     """Documents from the start of the files, about `max_bytes` of them, skipping files that cannot be read: a
     quick sample (to estimate bytes per token before planning)."""
     taken = 0

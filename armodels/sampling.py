@@ -6,6 +6,9 @@ and linear attention decode from a cache or recurrent state, the RNN from its hi
 uses `RecomputeDecoder`, which reruns `conditionals` on the partly filled sequence.
 
 `generate` is the transformer's next-token continuation of a prompt through `forward(idx, cache=...)`.
+
+`continue_sequences` and `beam_continue` extend a context past the model's `seq_len`, for text: `SlidingDecoder` uses
+the family's own decoder for the first window and the last `seq_len - 1` tokens as context after it.
 """
 
 from __future__ import annotations
@@ -92,11 +95,14 @@ class RecomputeDecoder:
 
 @torch.no_grad()
 def sample(model, n: int, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           seed: int | None = None, prompt: torch.Tensor | None = None, use_cache: bool = True) -> torch.Tensor:
+           seed: int | None = None, prompt: torch.Tensor | None = None, use_cache: bool = True,
+           generator: torch.Generator | None = None) -> torch.Tensor:
     """`n` sequences [n, T] decoded in `model.ordering`; temperature 0 is greedy. `prompt` [n, P] fixes the tokens
-    of the first P positions of the ordering. Without `use_cache`, every family reruns `conditionals` each step."""
+    of the first P positions of the ordering. Without `use_cache`, every family reruns `conditionals` each step.
+    The draws come from `generator` when given, else from one seeded with `seed`."""
     device = model.ordering.device
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     decoder = model.decoder(n) if use_cache else RecomputeDecoder(model, n)
     x = torch.zeros(n, model.seq_len, dtype=torch.long, device=device)
     token = None
@@ -127,3 +133,87 @@ def beam_search(model, beam_width: int, *, use_cache: bool = True) -> tuple[torc
         sequences = sequences[beam]
         sequences[:, position] = token
     return sequences, scores
+
+
+class SlidingDecoder:
+    """Decodes a model in raster order past its `seq_len` (text): the family's own decoder (cache or recurrent
+    state) for the first `seq_len` positions; after them, each next token's logits from `conditionals` over the last
+    `seq_len - 1` tokens, the most context a window of training held before its last position."""
+
+    def __init__(self, model, batch_size: int):
+        if not torch.equal(model.ordering.cpu(), torch.arange(model.seq_len)):
+            raise ValueError("continuing a sequence needs a model that decodes left to right (raster ordering)")
+        self.model = model
+        self.window = model.decoder(batch_size)
+        self.tokens = torch.zeros(batch_size, 0, dtype=torch.long, device=model.ordering.device)
+
+    def step(self, token: torch.Tensor | None) -> torch.Tensor:
+        if token is not None:
+            self.tokens = torch.cat([self.tokens, token[:, None]], dim=1)
+        if self.tokens.size(1) < self.model.seq_len:
+            return self.window.step(token)
+        context = self.tokens[:, -(self.model.seq_len - 1):] if self.model.seq_len > 1 else self.tokens[:, :0]
+        x = torch.cat([context, torch.zeros_like(self.tokens[:, :1])], dim=1)  # the last slot is being predicted
+        return self.model.conditionals(x)[:, -1]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.tokens = self.tokens[index]
+        self.window.reorder(index)
+
+
+@torch.no_grad()
+def continue_sequences(model, context: torch.Tensor, new_tokens: int, *, temperature: float = 1.0,
+                       top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+                       stop_token: int | None = None) -> torch.Tensor:
+    """Draw `new_tokens` tokens after each row of `context` [B, P] (P >= 1), with no limit from `seq_len`; returns
+    only the new tokens [B, <= new_tokens]. With `stop_token`, drawing ends once every row has drawn it (what a row
+    draws after it is meaningless: cut each row there)."""
+    decoder = SlidingDecoder(model, context.size(0))
+    token = None
+    for t in range(context.size(1)):  # feed the context; the logits of the next position come with the last token
+        decoder.step(token)
+        token = context[:, t].to(model.ordering.device)
+    drawn: list[torch.Tensor] = []
+    stopped = torch.zeros(context.size(0), dtype=torch.bool, device=model.ordering.device)
+    for _ in range(new_tokens):
+        logits = decoder.step(token)
+        token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        drawn.append(token)
+        if stop_token is not None:
+            stopped |= token == stop_token
+            if stopped.all():
+                break
+    return torch.stack(drawn, dim=1) if drawn else context[:, :0]
+
+
+@torch.no_grad()
+def beam_continue(model, context: torch.Tensor, new_tokens: int, beam_width: int, *,
+                  stop_token: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `beam_width` most likely continuations of `context` [P] found by beam search, best first: (new tokens
+    [K, <= new_tokens], their log-probabilities [K]). A hypothesis that reaches `stop_token` is finished: it keeps its
+    score (and repeats `stop_token`: cut it there), so a continuation that ends is weighed as a whole document."""
+    device = model.ordering.device
+    decoder = SlidingDecoder(model, 1)
+    token = None
+    for t in context.tolist():
+        decoder.step(token)
+        token = torch.tensor([t], device=device)
+    drawn = torch.zeros(1, 0, dtype=torch.long, device=device)
+    scores = torch.zeros(1, device=device)
+    finished = torch.zeros(1, dtype=torch.bool, device=device)
+    for _ in range(new_tokens):
+        logp = F.log_softmax(decoder.step(token).float(), dim=-1)  # [beams, V]
+        if stop_token is not None and finished.any():  # a finished hypothesis can only repeat the stop, at no cost
+            logp[finished] = float("-inf")
+            logp[finished, stop_token] = 0.0
+        scores, flat = (scores[:, None] + logp).flatten().topk(min(beam_width, logp.numel()))
+        keep = torch.isfinite(scores)  # fewer live hypotheses than beams: drop the impossible ones
+        scores, flat = scores[keep], flat[keep]
+        beam, token = flat // logp.size(1), flat % logp.size(1)
+        decoder.reorder(beam)
+        drawn = torch.cat([drawn[beam], token[:, None]], dim=1)
+        finished = finished[beam] | (token == stop_token if stop_token is not None else False)
+        if finished.all():
+            break
+    return drawn, scores
+

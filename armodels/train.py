@@ -245,10 +245,12 @@ class Objective(torch.nn.Module):
 
 def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, on_checkpoint: Callable[[], None] | None = None,
-          on_checkpoint_files: OnFiles | None = None) -> dict:
+          on_checkpoint_files: OnFiles | None = None, on_eval: Callable[[dict], None] | None = None) -> dict:
     """Train `run` on the current torch.distributed group; returns the result dict (also saved as result.json).
 
     `on_metrics` is called on rank 0 every `log_every` steps and at each evaluation with a flat metrics dict.
+    `on_eval` is called on every rank, with the same metrics on each, at each evaluation and once at the end (for
+    reporters that are collectives, such as `ray.train.report`).
     A non-finite loss stops the run with status "diverged" (the result says where); that is a result, not a crash.
     If `out_dir` holds a checkpoint of this run, training continues from it. `should_stop` is asked after every
     step (by every rank); when it says yes on any rank, all ranks save a checkpoint and return status "interrupted".
@@ -265,9 +267,10 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
     val = TokenWindows(load_token_stream(run.val_shards), model.seq_len)
     loop = _optimise if model.trainable else _count
     start, started_at, cpu_start = time.perf_counter(), time.time(), time.process_time()
+    on_eval = on_eval or (lambda m: None)
     outcome = loop(run, model, windows, val, rank, world, on_metrics or (lambda m: None),
                    Path(out_dir), should_stop or (lambda: False),
-                   _CheckpointHooks(on_checkpoint_files, on_checkpoint or (lambda: None)))
+                   _CheckpointHooks(on_checkpoint_files, on_checkpoint or (lambda: None)), on_eval)
     elapsed = time.perf_counter() - start + outcome.earlier_seconds
 
     tokens = outcome.steps * run.train.batch_size * model.seq_len
@@ -293,6 +296,8 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
         write_json_atomic(Path(out_dir) / "result.json", result)
         if outcome.status != "interrupted":
             remove_checkpoint(Path(out_dir))  # the run is over: only a stopped run needs its optimizer state
+    on_eval({k: result[k] for k in ("tokens", "final_train_loss", "final_val_loss", "tokens_per_s", "params",
+                                    "params_nonembedding") if result[k] is not None} | {"status": outcome.status})
     return result
 
 
@@ -319,7 +324,7 @@ class _CheckpointHooks:
 
 def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
               on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool],
-              on_checkpoint: _CheckpointHooks) -> _Outcome:
+              on_checkpoint: _CheckpointHooks, on_eval: Callable[[dict], None]) -> _Outcome:
     """Gradient descent with DeepSpeed on the global batches of every step, resuming from a checkpoint in
     `out_dir` if there is one and saving checkpoints along the way."""
     cfg = run.train
@@ -450,6 +455,8 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
             curve.val.append({"step": step, "tokens": tokens, "loss": evaluate()})
             if rank == 0:
                 on_metrics({"step": step, "tokens": tokens, "val_loss": curve.val[-1]["loss"]})
+            on_eval({"step": step, "tokens": tokens, "train_loss": out.last_loss,
+                     "val_loss_subset": curve.val[-1]["loss"]})
         if (stop or step + 1 in checkpoint_steps) and can_checkpoint:
             stop = checkpoint(step + 1) and stop  # with no checkpoint kept, stopping would lose the run: go on
         if stop:
@@ -561,7 +568,7 @@ def _layout_mismatch(resume: Checkpoint, zero_stage: int, world: int, precision:
 
 def _count(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
            on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool],
-           on_checkpoint: _CheckpointHooks) -> _Outcome:
+           on_checkpoint: _CheckpointHooks, on_eval: Callable[[dict], None]) -> _Outcome:
     """Count-based families see the same token budget as the others, counted once, then summed over workers.
     Counting takes seconds, so it neither checkpoints nor stops early."""
     import torch.distributed as dist

@@ -68,19 +68,18 @@ def log_to_mlflow(uri: str, rows: list[Row], results: Path, smoke: bool) -> str:
     from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
-    from pipelines.tracking import artifact_location
+    from pipelines.tracking import create_experiment, log_artifact_files, system_tags
 
     client = MlflowClient(uri)
     found = client.get_experiment_by_name("arscale-bench")
-    experiment_id = found.experiment_id if found else client.create_experiment(
-        "arscale-bench", artifact_location=artifact_location(uri, results.parent))
+    experiment_id = found.experiment_id if found else create_experiment(client, uri, "arscale-bench")
     run = client.create_run(experiment_id, run_name="smoke" if smoke else "bench",
-                            tags={"arscale.bench.smoke": str(smoke)})
+                            tags={"arscale.bench.smoke": str(smoke), **system_tags()})
     now = int(time.time() * 1000)
     metrics = [Metric(_key(r.name), r.value, now, 0) for r in rows if r.value is not None]
     tags = [RunTag(f"status.{_key(r.name)}", r.status) for r in rows]
     client.log_batch(run.info.run_id, metrics=metrics, tags=tags)
-    client.log_artifact(run.info.run_id, str(results))
+    log_artifact_files(client, uri, run.info.run_id, results)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

@@ -153,7 +153,7 @@ def _submit_dry_run(args) -> int:
     cfg, path, out = jobs.prepare(args.config, args.storage)
     print(f"dry run: would submit `{jobs.entrypoint(out)}` with {path} as {jobs.CONFIG_NAME} and the packages "
           f"{', '.join(jobs.PACKAGES)} to {args.address or 'the cluster'}")
-    run_study(cfg, path, out, dry_run=True)
+    run_study(cfg, path, out, dry_run=True, check_inputs=False)  # the corpus paths are the cluster's
     return 0
 
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import scaling
 from armodels.train import TrainRun, train_single_process
 from cluster import commands as cluster_commands
-from pipelines.config import PRESETS_DIR, load_config, presets
-from pipelines.errors import RunFailure, UserError
+from pipelines.config import PRESETS_DIR, json_schema, load_config, presets
+from pipelines.errors import ManyProblems, RunFailure, UserError
 from pipelines.mlflow_runs import log_fit, runs_from_mlflow
 from pipelines.progress import TrainingProgress
+from pipelines.sample_command import add_parser as add_sample_parser
 from pipelines.status import report_summary, study_status
 from pipelines.study import run_study
 from pipelines.tokenization import commands as tokenization_commands
@@ -63,7 +64,9 @@ def _fail(args, error: BaseException, code: int) -> int:
         if not expected:
             message = f"{type(error).__name__}: {message}"
         hint = "" if expected else "  (--debug shows the traceback)"
-        print(f"error: {message.splitlines()[0]}{hint}", file=sys.stderr)
+        # One line, except for several problems of one input (a config's), listed one per line under it
+        lines = message.splitlines() if isinstance(error, ManyProblems) else message.splitlines()[:1]
+        print(f"error: {lines[0]}{hint}", *lines[1:], sep="\n", file=sys.stderr)
     return code
 
 
@@ -83,7 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="study YAML file or preset name (default: text-default)")
     p.add_argument("--out", help="study folder, or an object-store URI such as s3://bucket/studies/NAME "
                                  "(default: studies/<study name>)")
-    p.add_argument("--dry-run", action="store_true", help="print the steps, what would run, sizes and FLOPs")
+    p.add_argument("--dry-run", action="store_true", help="print the steps, what would run, sizes and FLOPs, "
+                                                          "and a rough wall time; checks the inputs exist")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a setting of the config (repeatable): a dotted key, list entries by their index "
+                        "from 0, the value read as YAML; e.g. --set training.lr=1e-3 --set models.seq_len=64 --set "
+                        "models.grids.0.sizes.1.n_embd=48 --set 'training.lr_sweep=[0.002, 0.005]'. Recorded in "
+                        "the study's study.json")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                                           "else sqlite:///<study>/mlflow.db)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
@@ -95,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", parents=[common], help="list the built-in study configs",
                        description="The study configs that ship with arscale: give a name to `arscale study run`.")
     p.set_defaults(handler=cmd_presets)
+
+    config = sub.add_parser("config", parents=[common], help="tools for writing study configs").add_subparsers(
+        metavar="ACTION")
+    p = config.add_parser("schema", parents=[common], help="write the JSON Schema of study configs (for editors)",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Write the JSON Schema of a study config: editors then complete keys, show "
+                                      "their types and defaults, and\nunderline unknown keys as you type. With VS "
+                                      "Code's YAML extension (or any editor using the YAML language\nserver), write "
+                                      "it once and name it in the first line of your config:\n\n"
+                                      "    arscale config schema --out arscale-study.schema.json\n\n"
+                                      "    # yaml-language-server: $schema=arscale-study.schema.json\n"
+                                      "    name: my-study\n    ...\n\n"
+                                      "(the path is relative to the config file). The schema checks each key and "
+                                      "type and each family's size\nfields; `arscale study run --dry-run` checks "
+                                      "everything.")
+    p.add_argument("--out", type=Path, help="write the schema to this file (default: print it)")
+    p.set_defaults(handler=cmd_config_schema)
 
     p = sub.add_parser("report", parents=[common], help="show where a study's report is and its main numbers")
     p.add_argument("dir", type=Path)
@@ -144,21 +170,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_train)
 
     tokenization_commands.add_parsers(sub, common)  # tokenizer train bpe|vqvae|fsq, tokenize, detokenize
+    add_sample_parser(sub, common)  # sample RUN_DIR
     cluster_commands.add_commands(sub, common)  # cluster up|down|status, submit, jobs
     return parser
 
 
 def cmd_study_run(args) -> int:
 
-    cfg, path = load_config(args.config)
+    cfg, path = load_config(args.config, args.overrides)
     out = args.out or Path("studies") / cfg.name
-    run_study(cfg, path, out, dry_run=args.dry_run, tracking_uri=args.tracking_uri, address=args.address)
+    run_study(cfg, path, out, dry_run=args.dry_run, tracking_uri=args.tracking_uri, address=args.address,
+              overrides=args.overrides)
     return 0
 
 
 def cmd_study_status(args) -> int:
 
     print(study_status(args.dir))
+    return 0
+
+
+def cmd_config_schema(args) -> int:
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if not args.out:
+        print(text, end="")
+        return 0
+    try:
+        args.out.write_text(text)
+    except OSError as e:
+        raise UserError(f"cannot write the schema to {args.out} ({e.strerror}); choose another --out") from None
+    print(f"wrote {args.out}; put `# yaml-language-server: $schema={args.out.resolve()}` in a config's first line")
     return 0
 
 
@@ -182,8 +223,13 @@ def package_version() -> str:
 
 
 def cmd_report(args) -> int:
-
-    print(report_summary(args.dir))
+    markdown, *headline = report_summary(args.dir).splitlines()  # report.md's path, then its headline
+    page = Path(markdown).with_name("report.html")
+    print(markdown)
+    print(page if page.is_file() else f"no report.html (the report predates it): make one with "
+          f"`python -m pipelines.report_html {page.parent}`")
+    for line in headline:
+        print(line)
     return 0
 
 

@@ -6,10 +6,14 @@ one place. See configs/text-default.yaml for a commented example.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import re
+import types
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -18,7 +22,7 @@ import armodels
 from armodels.bpe import MAX_VOCAB_SIZE
 from armodels.config_fields import OMITTED_AT_DEFAULT
 from armodels.train import TrainConfig, flops_conventions
-from pipelines.errors import UserError
+from pipelines.errors import ManyProblems, UserError
 from scaling.flops import CONVENTIONS
 
 # The presets: configs/, which pipelines/presets links to so that the wheel ships them as package data.
@@ -190,44 +194,55 @@ class GridConfig(_Strict):
     @model_validator(mode="after")
     def _sizes_fit_the_family(self):
         if self.family not in armodels.families():
-            raise ValueError(f"unknown family {self.family!r}; one of {', '.join(armodels.families())}")
-        config_class = armodels.family_classes(self.family)[1]
-        known = {f.name for f in fields(config_class)}
-        hints = get_type_hints(config_class)
+            raise ValueError(f"family: unknown family {self.family!r}{did_you_mean(self.family, armodels.families())}"
+                             f"; one of {', '.join(armodels.families())}")
         if armodels.is_image_family(self.family) and self.stream not in IMAGE_STREAMS:
             raise ValueError(f"{self.family} models images (height × width), not token streams; use it in an "
                              "image study's pixels, vqvae or fsq stream")
+        problems = [p for i, size in enumerate(self.sizes) for p in self._size_problems(f"sizes.{i}", size)]
+        if problems:
+            raise ValueError("\n".join(problems))  # validation_problems gives each line its own path
+        return self
+
+    def _size_problems(self, where: str, size: dict[str, Any]) -> list[str]:
+        """'sizes.<i>.<key>: what is wrong' for each problem of one size entry."""
+        config_class = armodels.family_classes(self.family)[1]
+        known = {f.name for f in fields(config_class)}
+        hints = get_type_hints(config_class)
         set_by_study = armodels.fields_set_by_study(self.family)
-        for i, size in enumerate(self.sizes):
-            name = size.get("name")
-            if name is not None and not (isinstance(name, str) and re.fullmatch(SAFE_NAME, name)):
-                raise ValueError(f"sizes.{i}.name: {name!r} names a folder: use letters, digits, '.', '_', '-' "
-                                 "and start with a letter or digit")
-            for key, (valid, what) in SIZE_OPTION_CHECKS.items():
-                if key in size and not valid(size[key]):
-                    raise ValueError(f"sizes.{i}.{key}: {what} (got {size[key]!r})")
-            if "lr_sweep" in size and (problem := check_lr_sweep(size["lr_sweep"])):
-                raise ValueError(f"sizes.{i}.lr_sweep: {problem}")
-            if size.get("device", "auto") not in DEVICES:
-                raise ValueError(f"sizes.{i}.device: one of {', '.join(DEVICES)} (got {size['device']!r})")
-            if "gpus_per_worker" in size and (problem := check_gpus_per_worker(size["gpus_per_worker"])):
-                raise ValueError(f"sizes.{i}.gpus_per_worker: {problem}")
-            model = model_fields(size)
-            for key in model:
-                if key in set_by_study:
-                    raise ValueError(f"sizes.{i}.{key}: set by the study (from the tokenizer and the data)")
-                if key not in known:
-                    raise ValueError(f"sizes.{i}.{key}: {self.family} has no such field; its fields: "
-                                     f"{', '.join(sorted(known - set(set_by_study)))}")
-                if problem := field_type_problem(model[key], hints[key]):
-                    raise ValueError(f"sizes.{i}.{key}: {problem} (got {model[key]!r})")
+        problems = []
+        name = size.get("name")
+        if name is not None and not (isinstance(name, str) and re.fullmatch(SAFE_NAME, name)):
+            problems.append(f"{where}.name: {name!r} names a folder: use letters, digits, '.', '_', '-' and start "
+                            "with a letter or digit")
+        for key, (valid, what) in SIZE_OPTION_CHECKS.items():
+            if key in size and not valid(size[key]):
+                problems.append(f"{where}.{key}: {what} (got {size[key]!r})")
+        if "lr_sweep" in size and (problem := check_lr_sweep(size["lr_sweep"])):
+            problems.append(f"{where}.lr_sweep: {problem}")
+        if size.get("device", "auto") not in DEVICES:
+            problems.append(f"{where}.device: one of {', '.join(DEVICES)} (got {size['device']!r})")
+        if "gpus_per_worker" in size and (problem := check_gpus_per_worker(size["gpus_per_worker"])):
+            problems.append(f"{where}.gpus_per_worker: {problem}")
+        model = model_fields(size)
+        field_problems = []
+        for key in model:
+            if key in set_by_study:
+                field_problems.append(f"{where}.{key}: set by the study (from the tokenizer and the data)")
+            elif key not in known:
+                settable = sorted(known - set(set_by_study))
+                field_problems.append(f"{where}.{key}: {self.family} has no such field"
+                                      f"{did_you_mean(key, [*settable, *SIZE_OPTIONS])}; its fields: "
+                                      f"{', '.join(settable)}")
+            elif problem := field_type_problem(model[key], hints[key]):
+                field_problems.append(f"{where}.{key}: {problem} (got {model[key]!r})")
+        if not field_problems:  # the family's own checks (n_embd a multiple of n_head, ...) need valid fields
             try:
                 TypeAdapter(config_class).validate_python(model)
             except ValidationError as e:
-                where, _, message = describe_validation_error(e).partition(": ")
-                where = "" if where == "(top level)" else f".{where}"
-                raise ValueError(f"sizes.{i}{where}: {message}") from None
-        return self
+                field_problems += [f"{where}{'.' if path else ''}{path}: {message}"
+                                   for path, message in validation_problems(e)]
+        return problems + field_problems
 
 
 class ModelsConfig(_Strict):
@@ -284,14 +299,17 @@ class TrainingConfig(_Strict):
 
     @model_validator(mode="after")
     def _budget_bounds(self):
+        problems = []
         if problem := check_gpus_per_worker(self.gpus_per_worker):
-            raise ValueError(f"gpus_per_worker: {problem}")
+            problems.append(f"gpus_per_worker: {problem}")
         if self.min_tokens and self.max_tokens and self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens {self.min_tokens} exceeds max_tokens {self.max_tokens}")
+            problems.append(f"min_tokens {self.min_tokens} exceeds max_tokens {self.max_tokens}")
         if self.lr_sweep is not None and (problem := check_lr_sweep(self.lr_sweep)):
-            raise ValueError(f"lr_sweep: {problem}")
+            problems.append(f"lr_sweep: {problem}")
         if self.flops_budgets and (min(self.flops_budgets) <= 0 or self.tokens):
-            raise ValueError("flops_budgets must be positive FLOPs and replace `tokens` (leave `tokens` out)")
+            problems.append("flops_budgets must be positive FLOPs and replace `tokens` (leave `tokens` out)")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def train_config(self, *, tokens: int, seed: int, device: str = "cpu", **size_options: Any) -> TrainConfig:
@@ -346,25 +364,28 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _streams_match_the_data(self):
+        problems = []
         for i, grid in enumerate(self.models.grids):
             if self.is_image_study and grid.stream == TEXT_STREAM:
-                raise ValueError(f"models.grids.{i}.stream: an image study models pixels, vqvae or fsq, not text")
+                problems.append(f"models.grids.{i}.stream: an image study models pixels, vqvae or fsq, not text")
             if not self.is_image_study and grid.stream != TEXT_STREAM:
-                raise ValueError(f"models.grids.{i}.stream: {grid.stream!r} needs an image study (an `images:` "
-                                 "section)")
+                problems.append(f"models.grids.{i}.stream: {grid.stream!r} needs an image study (an `images:` "
+                                "section)")
             if grid.stream in ("vqvae", "fsq") and grid.stream not in self.image_tokenizers:
-                raise ValueError(f"models.grids.{i}.stream: {grid.stream!r} needs image_tokenizers.{grid.stream}")
+                problems.append(f"models.grids.{i}.stream: {grid.stream!r} needs image_tokenizers.{grid.stream}")
             if self.fit.convention not in flops_conventions(grid.family):
-                raise ValueError(f"fit.convention: {self.fit.convention} does not count {grid.family} models' compute; "
-                                 f"use one of {', '.join(flops_conventions(grid.family))}")
+                problems.append(f"fit.convention: {self.fit.convention} does not count {grid.family} models' compute; "
+                                f"use one of {', '.join(flops_conventions(grid.family))}")
         if self.fit.confirm is not None:
             if self.training.tokens or self.training.flops_budgets:
-                raise ValueError("fit.confirm: a confirmation run follows the grid's tokens-per-parameter rule; it "
-                                 "needs training.tokens_per_param (not training.tokens or flops_budgets)")
+                problems.append("fit.confirm: a confirmation run follows the grid's tokens-per-parameter rule; it "
+                                "needs training.tokens_per_param (not training.tokens or flops_budgets)")
             for i, grid in enumerate(self.models.grids):
                 if not {"n_layer", "n_embd"} <= {f.name for f in fields(armodels.family_classes(grid.family)[1])}:
-                    raise ValueError(f"fit.confirm: the confirmation model is the grid's shape scaled in depth and "
-                                     f"width (n_layer, n_embd); {grid.family} (models.grids.{i}) has no such fields")
+                    problems.append(f"fit.confirm: the confirmation model is the grid's shape scaled in depth and "
+                                    f"width (n_layer, n_embd); {grid.family} (models.grids.{i}) has no such fields")
+        if problems:
+            raise ValueError("\n".join(dict.fromkeys(problems)))  # each once, in order
         return self
 
 
@@ -378,8 +399,9 @@ def resolve_config_path(spec: str | None) -> Path:
     preset = PRESETS_DIR / f"{spec}.yaml"
     if preset.is_file() and path.suffix == "":
         return preset
-    presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
-    raise UserError(f"config {spec} not found: give a YAML file or a preset name ({presets})")
+    names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    raise UserError(f"config {spec} not found{did_you_mean(spec, names)}: give a YAML file or a preset name "
+                    f"({', '.join(names)})")
 
 
 def presets() -> dict[str, str]:
@@ -396,11 +418,23 @@ def presets() -> dict[str, str]:
     return out
 
 
-def load_config(spec: str | None) -> tuple[StudyConfig, Path]:
-    """Read and validate a study config; every problem becomes a one-line UserError naming the file and key."""
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as people write configs: `1e-3` is a number. (PyYAML follows YAML 1.1, where a float needs a dot, and
+    reads `1e-3` as a string; editors and the JSON schema follow YAML 1.2, where it is a number.)"""
+
+
+ConfigLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                   re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
+
+
+def load_config(spec: str | None, overrides: Sequence[str] = ()) -> tuple[StudyConfig, Path]:
+    """Read and validate a study config, with `overrides` (`--set KEY=VALUE`, see apply_overrides) applied first.
+    One problem is a one-line UserError naming the file and the key; several are a ManyProblems listing each."""
     path = resolve_config_path(spec)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=ConfigLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -409,26 +443,156 @@ def load_config(spec: str | None) -> tuple[StudyConfig, Path]:
         raise UserError(f"config {path} cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a YAML mapping of settings, got {type(data).__name__}")
+    data, set_by = apply_overrides(data, overrides)
     try:
         return StudyConfig.model_validate(data), path
     except ValidationError as e:
-        raise UserError(f"config {path}: {describe_validation_error(e)}") from None
+        problems = [f"{where or '(top level)'}: {message}{_from_override(where, set_by)}"
+                    for where, message in validation_problems(e)]
+    if len(problems) == 1:
+        raise UserError(f"config {path}: {problems[0]}")
+    raise ManyProblems(f"config {path}: {len(problems)} problems:", problems)
 
 
-def describe_validation_error(e: ValidationError) -> str:
-    """'training.lr: Input should be a valid number (got 'fast')' — plus a count if there are more problems."""
-    errors = e.errors()
-    first = errors[0]
-    path = [str(p) for p in first["loc"]]
-    message = first["msg"].removeprefix("Value error, ")
-    # Validators that check nested entries report "sizes.2.n_layer: ..."; fold that into the path.
-    nested = re.match(r"^([\w.]+): (.*)$", message)
-    if nested:
-        path.append(nested.group(1))
-        message = nested.group(2)
-    if first["type"] == "extra_forbidden":
-        message = "unknown key (check its spelling and the preset configs for the valid keys)"
-    elif "input" in first and not isinstance(first["input"], (dict, list)):
-        message += f" (got {first['input']!r})"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{'.'.join(path) or '(top level)'}: {message}{more}"
+def _from_override(where: str, set_by: dict[str, str]) -> str:
+    """' (from --set KEY=VALUE)' when the problem at `where` is in what an override set, or is a list entry (a
+    size) that an override changed a field of."""
+    for key, item in set_by.items():
+        inside = where == key or where.startswith(f"{key}.")
+        if inside or (key.startswith(f"{where}.") and where.rsplit(".", 1)[-1].isdigit()):
+            return f" (from --set {item})"
+    return ""
+
+
+def validation_problems(e: ValidationError) -> list[tuple[str, str]]:
+    """(key path such as 'models.grids.0.sizes.1.n_embd', what is wrong and what to do) for every problem."""
+    problems = []
+    for error in e.errors():
+        loc = [str(p) for p in error["loc"]]
+        # A validator that checks nested entries reports one 'sizes.2.n_layer: ...' line per problem.
+        for message in error["msg"].removeprefix("Value error, ").split("\n"):
+            path = list(loc)
+            nested = re.match(r"^([\w.]+): (.*)$", message)
+            if nested:
+                path.append(nested.group(1))
+                message = nested.group(2)
+            if error["type"] == "extra_forbidden":
+                section = _section_at(error["loc"][:-1])
+                keys = list(section.model_fields) if section else []
+                message = (f"unknown key{did_you_mean(loc[-1], keys)}; "
+                           + (f"the keys here: {', '.join(keys)}" if keys else "check its spelling"))
+            elif "input" in error and not isinstance(error["input"], (dict, list)):
+                message += f" (got {error['input']!r})"
+            problems.append((".".join(path), message))
+    return problems
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """' (did you mean X?)' for the choice closest to a misspelt `word`, or '' when none is close."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _section_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The config section (pydantic model) at a key path from the top of a study config, or None."""
+    section: Any = StudyConfig
+    for part in loc:
+        section = _without_none(section)
+        if isinstance(section, type) and issubclass(section, BaseModel) and part in section.model_fields:
+            section = section.model_fields[part].annotation
+        elif get_origin(section) in (list, dict):  # an entry of a list, or the value of a key of a dict
+            section = get_args(section)[-1]
+        else:
+            return None
+    section = _without_none(section)
+    return section if isinstance(section, type) and issubclass(section, BaseModel) else None
+
+
+def _without_none(annotation: Any) -> Any:
+    """`X` for `X | None`."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return next(a for a in get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`KEY=VALUE` as (the key's path, the value read as YAML: `1e-3` a number, `[1, 2]` a list, `null` None)."""
+    key, eq, text = item.partition("=")
+    path = key.strip().split(".")
+    if not eq or not all(path):
+        raise UserError(f"--set {item}: give KEY=VALUE with a dotted key, e.g. training.lr=1e-3 or "
+                        "models.grids.0.sizes.1.n_embd=48 (list entries by their index, from 0)")
+    try:
+        value = yaml.load(text, Loader=ConfigLoader) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {item}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> tuple[dict, dict[str, str]]:
+    """A copy of the config `data` with each `KEY=VALUE` set, and which override set each key path. A key is a
+    dotted path from the top (`training.lr`); a list entry is its index, from 0 (`models.grids.0.sizes.1.n_embd`).
+    Missing sections are created, so a misspelt key reaches validation, which names it (did you mean ...)."""
+    data, set_by = copy.deepcopy(data), {}
+    for item in overrides:
+        path, value = parse_override(item)
+        parent = data
+        for depth, part in enumerate(path):
+            where = ".".join(path[:depth + 1])
+            last = depth == len(path) - 1
+            if isinstance(parent, list):
+                if not (part.isdigit() and int(part) < len(parent)):
+                    raise UserError(f"--set {item}: {'.'.join(path[:depth]) or 'the config'} is a list of "
+                                    f"{len(parent)}; give an index from 0 to {len(parent) - 1} (got {part!r})")
+                part = int(part)
+            elif not isinstance(parent, dict):
+                raise UserError(f"--set {item}: {'.'.join(path[:depth])} is {parent!r}, not a section with keys")
+            elif not last and parent.get(part) is None:
+                parent[part] = {}  # a section the file leaves out
+            if last:
+                parent[part] = value
+            else:
+                parent = parent[part]
+        set_by[where] = item
+    return data, set_by
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a study config, for editors (YAML language server) and other tools. Beyond pydantic's
+    schema, a grid's `family` lists the families, and its `sizes` list each family's own fields."""
+    schema = StudyConfig.model_json_schema()
+    _drop_key(schema, OMITTED_AT_DEFAULT)
+    grid = schema["$defs"]["GridConfig"]
+    grid["properties"]["family"]["enum"] = armodels.families()
+    whole = {"type": "integer", "minimum": 1}
+    options = {"name": {"type": "string", "pattern": SAFE_NAME}, "tokens": whole, "num_workers": whole,
+               "seeds": whole, "batch_size": whole, "warmup_tokens": {"type": "integer", "minimum": 0},
+               "lr": {"type": "number", "exclusiveMinimum": 0}, "beta2": {"type": "number", "minimum": 0,
+                                                                          "exclusiveMaximum": 1},
+               "lr_sweep": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1},
+               "device": {"enum": list(DEVICES)}, "gpus_per_worker": {"type": "number", "exclusiveMinimum": 0}}
+    assert set(options) == set(SIZE_OPTIONS), "a size option without a schema"
+    grid["allOf"] = []
+    for family in armodels.families():
+        config_class = armodels.family_classes(family)[1]
+        own = TypeAdapter(config_class).json_schema()
+        set_by_study = armodels.fields_set_by_study(family)
+        size = {"type": "object", "additionalProperties": False,
+                "properties": {**{k: v for k, v in own.get("properties", {}).items() if k not in set_by_study},
+                               **options}}
+        chosen = {"properties": {"family": {"const": family}}, "required": ["family"]}
+        if family == GridConfig.model_fields["family"].default:  # a grid without `family` is of this one
+            chosen = {"anyOf": [chosen, {"not": {"required": ["family"]}}]}
+        grid["allOf"].append({"if": chosen, "then": {"properties": {"sizes": {"items": size}}}})
+    return schema
+
+
+def _drop_key(node: Any, key: str) -> None:
+    """Remove `key` from every mapping in a JSON tree (arscale's own markers mean nothing to a schema's users)."""
+    if isinstance(node, dict):
+        node.pop(key, None)
+        for value in node.values():
+            _drop_key(value, key)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_key(value, key)

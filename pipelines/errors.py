@@ -16,3 +16,12 @@ class StepStopped(RunFailure):
 class ClusterLost(RunFailure):
     """The Ray cluster stopped answering (its head node died, or the network to it): the study cannot go on, and
     its finished steps and checkpoints are kept for a run on another cluster."""
+
+
+class ManyProblems(UserError):
+    """Several problems with one input (a config's every invalid key): a headline, then one indented line per
+    problem. The CLI prints all the lines; every other error prints one."""
+
+    def __init__(self, headline: str, problems: list[str]):
+        self.headline, self.problems = headline, list(problems)
+        super().__init__("\n".join([headline, *(f"  {p}" for p in self.problems)]))

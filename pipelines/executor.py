@@ -24,6 +24,7 @@ from typing import Any
 
 from pipelines.admission import ClusterRoom
 from pipelines.errors import ClusterLost, StepStopped, UserError
+from pipelines.progress import StudyProgress
 from pipelines.ray_connect import task_env
 from pipelines.step import Step, config_dict, topological_order
 from pipelines.step_runner import StepLaunch, execute_step, one_line_error
@@ -97,6 +98,10 @@ class Executor:
                 self._ensure_stored(step)
             else:
                 pending.append(step)
+        progress = StudyProgress(len(plan), {step.name: (step.work_tokens, step.work_flops)
+                                             for step, _ in plan if step.work_tokens})
+        for name in outcomes:
+            progress.finished(name, "skipped")
         room = ClusterRoom.of_ray_cluster()
         for step in pending:  # Ray would wait for such room forever
             room.check(step)
@@ -111,6 +116,7 @@ class Executor:
                 for step in [s for s in pending if self._inputs_failed(s, outcomes)]:
                     pending.remove(step)
                     outcomes[step.name] = Outcome("blocked", error="an input step failed")
+                    progress.finished(step.name, "blocked")
                 ready = sorted((s for s in pending if self._inputs_done(s, outcomes)), key=lambda s: -s.priority)
                 for step in ready:
                     taken = room.take(step.resources)
@@ -120,6 +126,7 @@ class Executor:
                     held[step.name] = taken
                     ref, run_id = self._launch(remote, step)
                     running[ref] = (step, time.perf_counter(), run_id)
+                    progress.started(step.name)
                 if not running:
                     break
                 # Not waiting for ever: when the cluster's head dies, Ray reports the running steps lost at once or
@@ -127,16 +134,25 @@ class Executor:
                 done, _ = ray.wait(list(running), num_returns=1, timeout=CLUSTER_CHECK_S)
                 if not done:
                     self._check_cluster(running)
+                    if progress.due():
+                        self.log(progress.line(self._running_folders(running)))
                     continue
                 step, started, run_id = running.pop(done[0])
                 room.release(step.resources, held.pop(step.name))
                 outcomes[step.name] = self._collect(done[0], step, time.perf_counter() - started, run_id)
+                progress.finished(step.name, outcomes[step.name].state)
+                if pending or running:
+                    self.log(progress.line(self._running_folders(running)))
                 if outcomes[step.name].state == "failed":
                     self._check_cluster(running)
         except KeyboardInterrupt:
             self._stop(running, outcomes)
             raise
         return outcomes
+
+    def _running_folders(self, running: dict) -> dict[str, Path]:
+        """Each running step's name and the folder it writes (its progress record is there)."""
+        return {step.name: self.root / f"{step.dirname}.tmp" for step, _, _ in running.values()}
 
     def _check_cluster(self, running: dict) -> None:
         """Raise ClusterLost when the cluster's control service (GCS, on its head node) no longer accepts

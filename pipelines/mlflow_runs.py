@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.errors import RunFailure, UserError
-from pipelines.tracking import artifact_location, hide_secrets, redact_uri
+from pipelines.tracking import create_experiment, hide_secrets, log_artifact_files, redact_uri, system_tags
 
 EVAL_FILTER = "tags.`arscale.step` LIKE 'eval-%'"
 
@@ -113,16 +113,13 @@ def _log_fit(uri: str, experiment: str, result, *, source: str, plot: Path | Non
     client = _client(uri)
     try:
         found = client.get_experiment_by_name(experiment)
-        # a SQLite store keeps the artifacts beside its database file
-        db_folder = Path(uri.removeprefix("sqlite:///")).parent
-        experiment_id = found.experiment_id if found else client.create_experiment(
-            experiment, artifact_location=artifact_location(uri, db_folder))
+        experiment_id = found.experiment_id if found else create_experiment(client, uri, experiment)
     except Exception as e:
         raise UserError(f"MLflow at {redact_uri(uri)} is unreachable ({type(e).__name__}); the fit was not logged"
                         ) from None
     fit = result.to_dict()
     run = client.create_run(experiment_id, run_name=f"fit-{result.form}",
-                            tags={"arscale.fit_source": source, "arscale.form": result.form})
+                            tags={"arscale.fit_source": source, "arscale.form": result.form, **system_tags()})
     params = {"form": result.form, "convention": fit.get("convention"), "n_points": fit["n_points"],
               "bootstrap": fit.get("bootstrap"), "ci_level": fit.get("ci_level")}
     metrics = {k: v for k, v in result.params.items() if isinstance(v, (int, float))}
@@ -134,8 +131,8 @@ def _log_fit(uri: str, experiment: str, result, *, source: str, plot: Path | Non
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fit.json"
         path.write_text(json.dumps(fit, indent=2))
-        client.log_artifact(run.info.run_id, str(path))
+        log_artifact_files(client, uri, run.info.run_id, path)
     if plot:
-        client.log_artifact(run.info.run_id, str(plot))
+        log_artifact_files(client, uri, run.info.run_id, plot)
     client.set_terminated(run.info.run_id)
     return run.info.run_id

@@ -31,7 +31,6 @@ from armodels.images import ImageDataError, image_shape
 from armodels.train import ModelCosts, flops_per_token, model_costs
 from pipelines.config import TEXT_STREAM, GridConfig, StudyConfig, model_fields
 from pipelines.errors import UserError
-from pipelines.executor import Executor
 from pipelines.progress import human
 from pipelines.step import Resources, Step
 from pipelines.steps import corpus, evaluate, fit, images, report, text_shards, text_tokenizer, train
@@ -273,6 +272,7 @@ def train_step(tc: train.TrainStepConfig, function, inputs: dict[str, Step], con
                 resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True,
                                     cpus_per_worker=tc.cpus_per_worker, gpus=tc.num_workers * tc.gpus_per_worker,
                                     gpus_per_worker=tc.gpus_per_worker), priority=flops,
+                work_tokens=run.tokens_seen, work_flops=flops,
                 describe=(f"{what}{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
                           f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({convention}); "
                           f"{tc.describe_workers()}"))
@@ -296,10 +296,11 @@ def eval_step(cfg: StudyConfig, grid: GridConfig, tc: train.TrainStepConfig, tra
                 describe=f"val loss on ≤{human(e.max_tokens)} tokens, {e.samples} samples")
 
 
-def describe_plan(executor: Executor, targets: list[Step]) -> str:
-    """The DAG as a table: each step, whether it will run or be skipped, and what it does."""
+def describe_plan(plan: list[tuple[Step, dict]]) -> str:
+    """The DAG as a table (`plan`: Executor.plan's steps and states): each step, whether it will run or be skipped,
+    and what it does."""
     rows = []
-    for step, state in executor.plan(targets):
+    for step, state in plan:
         action = "skip (done)" if state["state"] == "succeeded" else f"run ({state['state']})"
         rows.append((step.dirname, action, step.describe))
     width = max(len(r[0]) for r in rows)

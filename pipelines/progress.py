@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from armodels.files import write_json_atomic
+
+PROGRESS_FILE = "progress.json"  # in a training run's folder: where it is (TrainingProgress)
 
 
 def human(n: float) -> str:
@@ -29,11 +35,15 @@ def duration(seconds: float) -> str:
 
 
 class TrainingProgress:
-    """Prints `[name] 45% 0.9M/2.0M tokens loss 3.21 val 3.30 8.2k tok/s ETA 1m12s` at most every `every` s."""
+    """Prints `[name] 45% 0.9M/2.0M tokens loss 3.21 val 3.30 8.2k tok/s ETA 1m12s` at most every `every` s,
+    and with `record`, keeps the same numbers in that JSON file (PROGRESS_FILE in the run's folder) at most every
+    `record_every` s, for `arscale study status` and the study's progress line."""
 
-    def __init__(self, name: str, total_tokens: int, every: float = 15.0):
+    def __init__(self, name: str, total_tokens: int, every: float = 15.0, *, record: Path | None = None,
+                 record_every: float = 5.0):
         self.name, self.total, self.every = name, total_tokens, every
-        self._last = 0.0
+        self.record, self.record_every = record, record_every
+        self._last = self._last_record = 0.0
         self._val = None
 
     def __call__(self, metrics: dict) -> None:
@@ -42,14 +52,92 @@ class TrainingProgress:
             return
         now = time.monotonic()
         done = metrics["progress"] >= 1
+        rate = metrics["tokens_per_s"]
+        eta = (self.total - metrics["tokens"]) / rate if rate else 0
+        if self.record and (now - self._last_record >= self.record_every or done):
+            self._last_record = now
+            write_json_atomic(self.record, {
+                "tokens": metrics["tokens"], "total_tokens": self.total, "loss": metrics["loss"],
+                "val_loss_subset": self._val, "tokens_per_s": rate, "eta_s": eta, "updated": time.time()})
         if now - self._last < self.every and not done and metrics["step"] > 0:
             return
         self._last = now
-        rate = metrics["tokens_per_s"]
-        eta = (self.total - metrics["tokens"]) / rate if rate else 0
         val = f" val {self._val:.3f}" if self._val is not None else ""
         print(f"[{self.name}] {metrics['progress']:4.0%} {human(metrics['tokens'])}/{human(self.total)} tokens "
               f"loss {metrics['loss']:.3f}{val} {human(rate)} tok/s ETA {duration(eta)}", flush=True)
+
+
+def read_progress(folder: Path) -> dict | None:
+    """A training run's last progress record (TrainingProgress), or None if it has none (yet)."""
+    try:
+        return json.loads((Path(folder) / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def describe_run_progress(record: dict, now: float | None = None) -> str:
+    """`45% 0.9M/2.0M tokens, loss 3.21, ETA 1m12s (5s ago)`: a progress record as `study status` shows it."""
+    now = time.time() if now is None else now
+    fraction = record["tokens"] / max(record["total_tokens"], 1)
+    age = max(0.0, now - record["updated"])
+    return (f"{fraction:.0%} {human(record['tokens'])}/{human(record['total_tokens'])} tokens, "
+            f"loss {record['loss']:.3f}, ETA {duration(record['eta_s'])} ({duration(age)} ago)")
+
+
+class StudyProgress:
+    """The study-wide line: `progress: 9/17 steps, 3/6 training runs, 2.1M/4.5M tokens, ETA ~2m10s`.
+
+    Tokens count finished runs whole and running runs by their progress records. The ETA divides the training
+    FLOPs left by the rate at which this invocation has trained FLOPs since its first training run started (a
+    token of a large model costs more than one of a small model, and the largest runs start first); steps other
+    than training are not in it. Shown after each step ends, and at most every `every` s while steps run.
+    """
+
+    def __init__(self, steps: int, work: dict[str, tuple[int, float]], every: float = 60.0):
+        """`work`: each training step's name and its (tokens, FLOPs)."""
+        self.steps, self.work, self.every = steps, work, every
+        self.done_steps = 0
+        self.done: set[str] = set()  # training runs finished
+        self.earlier_flops = 0.0  # trained before this invocation
+        self.training_since: float | None = None
+        self._last = time.monotonic()
+
+    def started(self, name: str) -> None:
+        if name in self.work and self.training_since is None:
+            self.training_since = time.monotonic()
+
+    def finished(self, name: str, state: str) -> None:
+        """Step `name` ended in `state` (an executor Outcome's: skipped, succeeded, failed, blocked, stopped)."""
+        self.done_steps += 1
+        if name in self.work and state in ("skipped", "succeeded"):
+            self.done.add(name)
+            if state == "skipped":
+                self.earlier_flops += self.work[name][1]
+
+    def line(self, running: dict[str, Path]) -> str:
+        """`running`: each running step's name and the folder it writes (where its progress record is)."""
+        fractions = {name: 1.0 for name in self.done}
+        for name, folder in running.items():
+            if name in self.work and (record := read_progress(folder)):
+                fractions[name] = record["tokens"] / max(record["total_tokens"], 1)
+        tokens = sum(self.work[n][0] * f for n, f in fractions.items())
+        flops = sum(self.work[n][1] * f for n, f in fractions.items())
+        total_tokens = sum(t for t, _ in self.work.values())
+        total_flops = sum(f for _, f in self.work.values())
+        eta = ""
+        trained = flops - self.earlier_flops
+        if self.training_since is not None and trained > 0 and flops < total_flops:
+            rate = trained / (time.monotonic() - self.training_since)
+            eta = f", ETA ~{duration((total_flops - flops) / rate)}"
+        return (f"progress: {self.done_steps}/{self.steps} steps, {len(self.done)}/{len(self.work)} training runs, "
+                f"{human(tokens)}/{human(total_tokens)} tokens{eta}")
+
+    def due(self) -> bool:
+        """True at most every `every` seconds (the caller then prints `line`)."""
+        if time.monotonic() - self._last < self.every:
+            return False
+        self._last = time.monotonic()
+        return True
 
 
 class ThroughputProgress:

@@ -23,6 +23,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     127.0.0.1 address (`arscale cluster up`), needs Ray's loopback mode (pipelines.loopback). With a token at hand,
     requests carry it (pipelines.ray_auth).
     """
+    if not sys.stdout.isatty():  # plain lines in log files: no colour codes, no "[repeated 2x]" merging and banner
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when ray is first imported, so before that
     import ray
 
     ray_auth.secure_token_file()
@@ -33,8 +36,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         loopback.use_loopback()
     if address:
         ray_auth.enable_client_auth()
-    if not sys.stdout.isatty():
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in log files
     common = dict(log_to_driver=True, logging_level="ERROR" if quiet else "INFO", configure_logging=True,
                   runtime_env={"env_vars": WORKER_ENV})
     if address:

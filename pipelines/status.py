@@ -8,9 +8,9 @@ from pathlib import Path
 
 from armodels.files import read_json
 from pipelines.errors import UserError
+from pipelines.progress import describe_run_progress, duration, read_progress
 from pipelines.step_status import STATUS, SUCCEEDED, step_state
 from pipelines.storage import StudyStore, is_uri
-from pipelines.progress import duration
 from pipelines.study import STUDY_FILE
 
 
@@ -43,6 +43,8 @@ def study_status(directory: Path | str) -> str:
         else:
             took = ""
         note = state.get("error") or _note(state.get("summary", {}))
+        if name == "running" and (record := read_progress(directory / f"{step['dir']}.tmp")):
+            note = describe_run_progress(record)
         rows.append((step["dir"], name, took, note))
     width = max(len(r[0]) for r in rows)
     lines = [f"study {study['name']} in {directory}"]

@@ -92,6 +92,8 @@ class Step:
     resources: Resources = Resources()
     priority: float = 0.0  # among ready steps, higher starts first (training steps use their FLOPs)
     describe: str = ""  # one line shown by --dry-run
+    work_tokens: int = 0  # a training step's tokens and FLOPs: the study's progress line and ETA count them
+    work_flops: float = 0.0
 
     @property
     def hash(self) -> str:

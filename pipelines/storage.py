@@ -32,7 +32,8 @@ from pipelines.tracking import hide_secrets, redact_uri
 
 SCRATCH_ENV = "ARSCALE_SCRATCH"
 COMMIT_MARKERS = ("state.json", "STATUS.json")  # each vouches for the files beside it, so it is copied after them
-STUDY_FILES = ("study.json", "mlflow.db", "mlartifacts")  # the study's own files, beside its step folders
+STUDY_FILES = ("study.json", "mlflow.db", "mlartifacts", "logs")  # the study's own files, beside its step folders
+STUDY_FOLDERS = ("mlartifacts", "logs")
 NOT_PUSHED = ("ray-train",)  # Ray Train's own run records: not needed to resume
 
 
@@ -188,7 +189,7 @@ class StudyStore:
         for name in STUDY_FILES:
             if (root / name).exists():
                 continue
-            if name == "mlartifacts":
+            if name in STUDY_FOLDERS:
                 self.pull(name, root / name)
             elif self.exists(name):
                 self.pull_into("", root, [name])
@@ -219,3 +220,100 @@ class StopSignal:
             except OSError:
                 return False  # an unreachable store must not stop training
         return False
+
+
+# Reading inputs from an object store (`arscale tokenize --input s3://bucket/corpus/`): finding the files a URI names,
+# failing in seconds, with one line, when the store cannot answer.
+
+def open_uri(uri: str, *, quick: bool = False):
+    """(pyarrow filesystem, path in it) for `uri`; UserError (secrets hidden) when pyarrow cannot open such a URI.
+
+    `quick`: each request is tried once, for a first look that must fail in seconds when the store is unreachable
+    (pyarrow's S3 client retries a refused connection for 6 s, a GCS client for 15 minutes)."""
+    from datetime import timedelta
+
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(uri)
+    except Exception as e:  # ArrowInvalid, OSError or ValueError for an unknown scheme or option
+        why = hide_secrets(str(e).strip(), uri)  # pyarrow quotes the URI whole
+        raise UserError(f"{redact_uri(uri)}: not a storage URI pyarrow can open ({why}); use a path, or "
+                        "s3://bucket/prefix, gs://bucket/prefix, ...") from None
+    if quick and filesystem.type_name in ("s3", "gcs"):
+        # the same settings (keys, endpoint, region) that pyarrow read from the URI, with retries bounded
+        settings = filesystem.__reduce__()[1][0]
+        if filesystem.type_name == "s3":
+            filesystem = fs.S3FileSystem(**settings, retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=1))
+        else:
+            filesystem = fs.GcsFileSystem(**{**settings, "retry_time_limit": timedelta(seconds=5)})
+    return filesystem, path
+
+
+def find_uri_files(uri: str, wanted=lambda relative: True) -> list[str]:
+    """The files `uri` names, as URIs, sorted: the object itself; every object under it (a folder, or any prefix
+    ending in '/') whose path below it `wanted` takes; or, for a glob, the objects whose paths match it (`*` and
+    `[...]` within a folder, `**` across folders; a '?' starts the URI's options). Each keeps `uri`'s options and
+    keys, so that it opens in any process.
+
+    UserError, in seconds, naming `uri` with its secrets hidden and what to do: the store is unreachable or refuses
+    (credentials), the bucket does not exist, or nothing is there."""
+    from urllib.parse import quote, unquote
+
+    from pyarrow import fs
+
+    shown = redact_uri(uri)
+    base_uri, pattern = _split_glob(uri)
+    filesystem, base = open_uri(base_uri, quick=True)
+    base = base.rstrip("/")
+    try:
+        kind = filesystem.get_file_info(base).type
+        if kind == fs.FileType.File and not pattern:
+            return [uri]
+        infos = [] if kind == fs.FileType.NotFound else \
+            filesystem.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+        bucket = base.split("/", 1)[0]
+        no_bucket = (kind == fs.FileType.NotFound and filesystem.type_name in ("s3", "gcs")
+                     and filesystem.get_file_info(bucket).type == fs.FileType.NotFound)
+    except Exception as e:  # OSError from the store: unreachable, refused, no such bucket
+        why = hide_secrets((str(e).strip().splitlines() or [type(e).__name__])[0], uri)
+        raise UserError(f"input {shown} cannot be read ({why}); check the endpoint, that the bucket exists and the "
+                        "credentials") from None
+    if no_bucket:
+        raise UserError(f"input {shown}: the bucket '{bucket}' does not exist; check the URI")
+    matches = _glob_regex(unquote(pattern)) if pattern else None  # the URI's %20 is the key's space
+    found = sorted(info.path[len(base) + 1:].split("/") for info in infos if info.type == fs.FileType.File)
+    found = [relative for relative in map("/".join, found)  # in the order of sorted local paths (by folder)
+             if (matches.fullmatch(relative) if matches else wanted(relative))]
+    if not found and (pattern or not infos):
+        what = "no object matches it" if pattern else "no file or folder of that name is there"
+        raise UserError(f"input {shown}: {what}; check the URI (a prefix with no files is an empty folder)")
+    return [join_uri(base_uri, quote(relative)) for relative in found]
+
+
+def _split_glob(uri: str) -> tuple[str, str]:
+    """(the URI of the folder above the first wildcard of `uri`'s path, the rest of its path); ('uri', '') for none."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    names = parts.path.split("/")
+    first = next((i for i, name in enumerate(names) if any(c in name for c in "*[")), None)
+    if first is None:
+        return uri, ""
+    return urlunsplit(parts._replace(path="/".join(names[:first]))), "/".join(names[first:])
+
+
+def _glob_regex(pattern: str):
+    """A regex matching the paths that the glob `pattern` matches, as Python's glob(recursive=True) would."""
+    import fnmatch
+    import re
+
+    parts = []
+    names = pattern.split("/")
+    for i, name in enumerate(names):
+        if name == "**":
+            parts.append(".*/" if i == len(names) - 1 else "(?:[^/]+/)*")  # any number of folders, none too
+        else:  # fnmatch's pattern for one name, its '*' kept inside the name
+            parts.append(fnmatch.translate(name).removeprefix("(?s:").removesuffix(")\\Z").replace(".*", "[^/]*")
+                         + "/")
+    return re.compile("".join(parts).removesuffix("/"))

@@ -9,16 +9,20 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from armodels.device import local_gpus
 from armodels.files import read_json, write_json_atomic
 from pipelines.config import StudyConfig
+from pipelines.driver_log import driver_log
 from pipelines.errors import ClusterLost, RunFailure, UserError
+from pipelines.estimate import describe_cost
 from pipelines.executor import Executor, Outcome
 from pipelines.plan import build_steps, corpus_config, describe_plan
 from pipelines.progress import duration
@@ -27,7 +31,7 @@ from pipelines.step import Step, topological_order
 from pipelines.step_status import process_alive, process_start
 from pipelines.steps import corpus
 from pipelines.storage import StudyStore, is_uri
-from pipelines.tracking import StudyTracking, redact_uri, resolve_tracking_uri
+from pipelines.tracking import StudyTracking, redact_text, redact_uri, resolve_tracking_uri
 
 STUDY_FILE = "study.json"
 LOCK_FILE = ".lock"
@@ -184,9 +188,15 @@ def _describe(holder: dict) -> str:
 
 
 def run_study(cfg: StudyConfig, config_path: Path, out: Path | str, *, dry_run: bool = False,
-              tracking_uri: str | None = None, address: str | None = None, log=print) -> dict[str, Outcome]:
+              tracking_uri: str | None = None, address: str | None = None, overrides: Sequence[str] = (),
+              check_inputs: bool = True, log=print) -> dict[str, Outcome]:
     """Run (or with dry_run, only show) the study in the folder `out` (a path, or an object-store URI: see
-    pipelines.storage); returns each step's outcome.
+    pipelines.storage); returns each step's outcome. `overrides`: the `--set KEY=VALUE` already applied to `cfg`,
+    recorded in study.json and repeated in the command that resumes the study.
+
+    A dry run checks the inputs as a run would, prints the plan, the FLOPs and a rough wall time (measured here
+    in a second or so), and writes nothing; without `check_inputs` (a study to be submitted to a cluster, whose
+    paths are the cluster's) it does not look for the corpus here.
 
     Raises RunFailure if a step failed, after every step that does not depend on it has run.
     """
@@ -197,7 +207,13 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path | str, *, dry_run: 
     # the GPUs of the cluster it joins, which is what training.device auto follows.
     targets = build_steps(cfg, gpus=local_gpus())
     if dry_run:
-        log(describe_plan(Executor(out, store=store), targets))
+        if check_inputs:
+            check_corpus(cfg)  # the check, and the message, of a run
+        plan = Executor(out, store=store).plan(targets)
+        if overrides:
+            log(f"config {config_path} with {' '.join(f'--set {shlex.quote(o)}' for o in overrides)}")
+        log(describe_plan(plan))
+        log(describe_cost(plan))
         return {}
     check_output_dir(out)
     check_corpus(cfg)
@@ -207,7 +223,8 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path | str, *, dry_run: 
         if store:
             store.pull_study_files(out)
         try:
-            return _run(cfg, config_path, out, where, targets, store, tracking_uri, address, log)
+            with driver_log(out, rerun_command(config_path, where, overrides)):
+                return _run(cfg, config_path, out, where, targets, store, tracking_uri, address, log, overrides)
         finally:
             if store:
                 try:
@@ -217,18 +234,21 @@ def run_study(cfg: StudyConfig, config_path: Path, out: Path | str, *, dry_run: 
 
 
 def _run(cfg: StudyConfig, config_path: Path, out: Path, where: Path | str, targets: list[Step],
-         store: StudyStore | None, tracking_uri: str | None, address: str | None, log) -> dict[str, Outcome]:
+         store: StudyStore | None, tracking_uri: str | None, address: str | None, log,
+         overrides: Sequence[str] = ()) -> dict[str, Outcome]:
     started = time.time()
     previous = read_json(out / STUDY_FILE) if (out / STUDY_FILE).is_file() else {}
     uri = resolve_tracking_uri(tracking_uri, out)
-    tracking = StudyTracking(uri, cfg.name, out, previous.get("mlflow", {}).get("parent_run_id"))
+    tracking = StudyTracking(uri, cfg.name, out, previous.get("mlflow", {}).get("parent_run_id"),
+                             config=cfg.model_dump(mode="json"))
     dashboard = connect(address)
     _stop_on_sigterm()  # after connecting: ray.init installs a SIGTERM handler of its own
     targets = build_steps(cfg, gpus=cluster_gpus())
     executor = Executor(out, tracking, log=log, store=store)
     steps = topological_order(targets)
     write_json_atomic(out / STUDY_FILE, {
-        "name": cfg.name, "config_path": str(config_path), "config": cfg.model_dump(mode="json"),
+        "name": cfg.name, "config_path": str(config_path), "overrides": list(overrides),
+        "config": cfg.model_dump(mode="json"),
         "steps": [{"name": s.name, "dir": s.dirname, "inputs": {k: d.dirname for k, d in s.inputs.items()},
                    "describe": s.describe} for s in steps],
         "report": f"{targets[0].dirname}/report.md",
@@ -242,14 +262,20 @@ def _run(cfg: StudyConfig, config_path: Path, out: Path, where: Path | str, targ
         outcomes = executor.run(targets)
     except ClusterLost as e:
         tracking.finish_study(ok=False)
-        again = f"arscale study run {config_path} --out {where}"
+        again = rerun_command(config_path, where, overrides)
         raise ClusterLost(f"{e}. Finished steps and checkpoints are kept: start a cluster and run `{again} "
                           "--address <its address>` to resume") from None
     except KeyboardInterrupt:
         tracking.finish_study(ok=False)
-        raise RunFailure(f"interrupted; finished steps and checkpoints are kept — to resume, run: arscale study "
-                         f"run {config_path} --out {where}") from None
+        raise RunFailure(f"interrupted; finished steps and checkpoints are kept — to resume, run: "
+                         f"{rerun_command(config_path, where, overrides)}") from None
     failed = {n: o for n, o in outcomes.items() if o.state == "failed"}
+    report_dir = out / targets[0].dirname
+    if not failed and report_dir.is_dir():  # in an object store, a skipped report may not be in scratch
+        try:
+            tracking.log_study_results(report_dir)
+        except Exception as e:  # the study's own files hold everything; MLflow is a view of them
+            log(f"warning: could not log the report to MLflow ({redact_text(str(e))[:200]})")
     tracking.finish_study(ok=not failed)
     ran = sum(o.state == "succeeded" for o in outcomes.values())
     log(f"{ran} steps ran, {sum(o.state == 'skipped' for o in outcomes.values())} skipped "
@@ -259,10 +285,16 @@ def _run(cfg: StudyConfig, config_path: Path, out: Path, where: Path | str, targ
         names = ", ".join(f"{n} ({o.error})" for n, o in failed.items())
         raise RunFailure(f"{len(failed)} step(s) failed: {names}; {blocked} step(s) waiting on them. "
                          f"Finished steps are kept: fix the cause and run the same command again")
-    if (out / targets[0].dirname).is_dir():  # in an object store, a skipped report may not be in scratch
+    if report_dir.is_dir():
         _link_latest(out / "report", targets[0].dirname)
-    log(f"report: {where}/{targets[0].dirname}/report.md")
+    log(f"report: {where}/{targets[0].dirname}/report.md (and report.html)")
     return outcomes
+
+
+def rerun_command(config_path: Path, where: Path | str, overrides: Sequence[str]) -> str:
+    """The command that runs this study again (and so resumes it): the same config, overrides and folder."""
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    return f"arscale study run {config_path}{sets} --out {where}"
 
 
 def _stop_on_sigterm() -> None:

@@ -2,6 +2,10 @@
 
 By default a study tracks into a SQLite store inside its own folder (`sqlite:///<study>/mlflow.db`, artifacts in
 `<study>/mlartifacts`); `MLFLOW_TRACKING_URI` or `--tracking-uri` point it elsewhere, e.g. a `mlflow server`.
+A SQLite store's artifact locations are kept relative to the database's folder (MLflow itself stores absolute
+paths), so a study folder that is copied or moved opens whole in `mlflow ui` started inside it.
+Every run carries MLflow's system tags (user, source, the git commit of arscale's checkout); the study's parent run
+carries its resolved config as params, the headline fit numbers as metrics and the report as artifacts.
 Logging never stops a study: a tracking call that keeps failing is written to `<step dir>/mlflow-unsent.jsonl`
 with a warning instead, and the work goes on. An untracked study gets trackers that do nothing (NullStudyTracking,
 NullRunLogger), so the executor and the steps never ask whether there is one.
@@ -9,11 +13,14 @@ NullRunLogger), so the executor and the steps never ask whether there is one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -21,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 from pipelines.errors import UserError
 
 STUDY_TAG = "arscale.study"
+ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store's database file
 UNSENT_FILE = "mlflow-unsent.jsonl"  # in the step's folder: what could not be sent
 
 
@@ -116,10 +124,118 @@ def redact_text(text: str) -> str:
     return _URI_IN_TEXT.sub(redact, text)
 
 
-def artifact_location(uri: str, folder: Path) -> str | None:
-    """Where a new experiment keeps its artifacts: `folder/mlartifacts` for a SQLite store (MLflow's own
-    default is ./mlruns under whatever directory the process happens to run in); the server's choice otherwise."""
-    return (Path(folder).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+def sqlite_folder(uri: str) -> Path | None:
+    """The folder of a SQLite store's database file; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")).resolve().parent if uri.startswith("sqlite:///") else None
+
+
+def create_experiment(client, uri: str, name: str) -> str:
+    """A new experiment; in a SQLite store its artifacts go to `mlartifacts/` beside the database (MLflow's own
+    default is ./mlruns under whatever directory the process happens to run in), recorded as a relative path."""
+    folder = sqlite_folder(uri)
+    experiment_id = client.create_experiment(
+        name, artifact_location=(folder / ARTIFACTS_DIR).as_uri() if folder else None)
+    if folder:
+        anchor_artifacts(uri)
+    return experiment_id
+
+
+def anchor_artifacts(uri: str) -> None:
+    """Rewrites a SQLite store's absolute artifact locations inside an `mlartifacts` folder (MLflow stores every
+    location absolute) as paths relative to the database's folder: `mlflow ui` started in that folder, and
+    arscale's loggers (`local_artifact_folder`), then find the artifacts wherever the folder was copied or moved.
+    MLflow offers no setting for this, so the two columns are updated in place."""
+    import sqlite3
+
+    tables = (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid", "artifact_uri"))
+    with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=60)) as db, db:
+        for table, key, column in tables:
+            for row_key, location in db.execute(f"SELECT {key}, {column} FROM {table}").fetchall():
+                relative = _relative_artifact_location(location)
+                if relative != location:
+                    db.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (relative, row_key))
+
+
+def _relative_artifact_location(location: str | None) -> str | None:
+    """`file:///old/study/mlartifacts/<run>/artifacts` → `mlartifacts/<run>/artifacts`; anything else unchanged."""
+    if not location or not (location.startswith("file:") or location.startswith("/")):
+        return location
+    parts = Path(unquote(urlsplit(location).path) if location.startswith("file:") else location).parts
+    if ARTIFACTS_DIR not in parts:
+        return location
+    start = len(parts) - 1 - parts[::-1].index(ARTIFACTS_DIR)
+    return "/".join(parts[start:])
+
+
+def local_artifact_folder(client, uri: str, run_id: str) -> Path | None:
+    """The folder of run `run_id`'s artifacts when its location is relative (a SQLite store's, see
+    `anchor_artifacts`): taken relative to the database's folder, not to this process's working directory."""
+    folder = sqlite_folder(uri)
+    if folder is None:
+        return None
+    location = client.get_run(run_id).info.artifact_uri
+    if location.startswith("/") or ":" in location.split("/", 1)[0]:
+        return None  # absolute, or another scheme: MLflow finds it itself
+    return folder / location
+
+
+def log_artifact_files(client, uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Logs a file, or a folder's files, as artifacts of run `run_id` (see `local_artifact_folder`)."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    folder = local_artifact_folder(client, uri, run_id)
+    if folder is not None:
+        repository = LocalArtifactRepository(str(folder))
+        log_file, log_folder = repository.log_artifact, repository.log_artifacts
+    else:
+        log_file, log_folder = partial(client.log_artifact, run_id), partial(client.log_artifacts, run_id)
+    (log_folder if Path(path).is_dir() else log_file)(str(path), artifact_path)
+
+
+def system_tags() -> dict[str, str]:
+    """MLflow's standard system tags, as `mlflow.start_run` sets them (user, source name and type), and the git
+    commit and branch of arscale's own checkout when it runs from one (MLflow would look at the command's file,
+    which for the `arscale` script is a virtual environment's)."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {k: v for k, v in resolve_tags().items() if k.startswith("mlflow.")}
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / ".git").exists():
+        def git(*args: str) -> str:
+            try:
+                done = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                return ""
+            return done.stdout.strip() if done.returncode == 0 else ""
+
+        if commit := git("rev-parse", "HEAD"):
+            tags["mlflow.source.git.commit"] = commit
+            tags["arscale.git_dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no")))
+        if (branch := git("rev-parse", "--abbrev-ref", "HEAD")) and branch != "HEAD":
+            tags["mlflow.source.git.branch"] = branch
+    return tags
+
+
+def headline_metrics(fit: dict) -> dict[str, float]:
+    """The numbers of a study's fit.json worth a glance in MLflow, per series: the selected form's parameters,
+    whether it is identified, its backtest error, its first prediction, and the confirmation run's prediction."""
+    metrics: dict[str, float] = {}
+    for series, fits in fit.get("families", {}).items():
+        form = fits.get("selected") or "compute"
+        law = fits.get(form) or {}
+        if "error" in law or not law:
+            continue
+        numbers = {k: law.get(k) for k in ("alpha", "A", "E", "n_points", "noise_sd")}
+        numbers["identified"] = float(bool(law.get("identified")))
+        numbers["backtest_abs_rel_error"] = (law.get("backtest") or {}).get("mean_abs_rel_error")
+        if law.get("identified") and law.get("predictions"):
+            first = law["predictions"][0]
+            numbers.update(predicted_loss=first.get("loss"), predicted_at_flops=first.get("compute"))
+        confirm = fits.get("confirm") or {}
+        numbers["confirm_predicted_loss"] = confirm.get("predicted")
+        metrics.update({f"{series}.{form}.{k}": float(v) for k, v in numbers.items()
+                        if isinstance(v, (int, float)) and v is not None})
+    return metrics
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -143,6 +259,14 @@ def _with_retries(fn, *args, attempts: int = 4, **kwargs):
             time.sleep(0.25 * 2**i)
 
 
+def _log_params(client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    batch = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(batch), 100):  # MLflow caps params per batch at 100
+        client.log_batch(run_id, params=batch[i:i + 100])
+
+
 def _check_reachable(uri: str) -> None:
     """Fail in seconds, not after MLflow's minutes of retries, when a tracking server does not answer."""
     import socket
@@ -161,9 +285,13 @@ def _check_reachable(uri: str) -> None:
 
 
 class StudyTracking:
-    """Creates the study's parent run and the nested runs of its steps (called from the study driver)."""
+    """Creates the study's parent run and the nested runs of its steps (called from the study driver).
 
-    def __init__(self, uri: str, study_name: str, study_dir: Path, parent_run_id: str | None = None):
+    The parent run of an earlier `study run` of the same folder is reused while the study's config is the same;
+    a changed config gets a new parent run (MLflow params cannot change), tagged with the one before it."""
+
+    def __init__(self, uri: str, study_name: str, study_dir: Path, parent_run_id: str | None = None,
+                 config: dict | None = None):
         import mlflow
         from mlflow import MlflowClient
 
@@ -172,19 +300,29 @@ class StudyTracking:
         _check_reachable(uri)
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
-            self.experiment_id = self.client.create_experiment(
-                study_name, artifact_location=artifact_location(uri, study_dir))
+            self.experiment_id = create_experiment(self.client, uri, study_name)
         else:
             self.experiment_id = experiment.experiment_id
+            if sqlite_folder(uri):
+                anchor_artifacts(uri)  # a store made before locations were relative, or one moved since
+        self.system_tags = system_tags()
+        params = flatten(config) if config is not None else {}
         run = None
         if parent_run_id:
             try:
                 run = self.client.get_run(parent_run_id)
             except mlflow.exceptions.MlflowException:
                 run = None  # the store was replaced; start a new parent run
+        if run is not None and run.data.params and run.data.params != params:
+            previous, run = run.info.run_id, None  # the config changed
+        else:
+            previous = None
         if run is None:
-            run = self.client.create_run(self.experiment_id, run_name=study_name,
-                                         tags={STUDY_TAG: str(Path(study_dir).resolve())})
+            tags = {STUDY_TAG: str(Path(study_dir).resolve()), **self.system_tags}
+            if previous:
+                tags["arscale.previous_parent_run_id"] = previous
+            run = self.client.create_run(self.experiment_id, run_name=study_name, tags=tags)
+            _with_retries(_log_params, self.client, run.info.run_id, params)
         else:
             self.client.update_run(run.info.run_id, status="RUNNING")
         self.parent_run_id = run.info.run_id
@@ -192,21 +330,29 @@ class StudyTracking:
     def start_step_run(self, name: str, dirname: str, config: dict, inputs: dict[str, str]) -> str:
         """A nested run for one execution of a step, with its `config` (pipelines.step.config_dict) as params; tags
         trace it to its inputs' versioned directories."""
-        from mlflow.entities import Param
-
         tags = {"mlflow.parentRunId": self.parent_run_id, "arscale.step": name, "arscale.step_dir": dirname,
-                "arscale.step_hash": dirname.rsplit("-", 1)[-1]}
+                "arscale.step_hash": dirname.rsplit("-", 1)[-1], **self.system_tags}
         tags.update({f"arscale.input.{k}": v for k, v in inputs.items()})
         run = _with_retries(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
-        params = [Param(k, v) for k, v in flatten(config).items()]
-        for i in range(0, len(params), 100):  # MLflow caps params per batch at 100
-            _with_retries(self.client.log_batch, run.info.run_id, params=params[i:i + 100])
+        _with_retries(_log_params, self.client, run.info.run_id, flatten(config))
         return run.info.run_id
 
     def finish_run(self, run_id: str, ok: bool, error: str | None = None) -> None:
         if error:
             _with_retries(self.client.set_tag, run_id, "arscale.error", error[:5000])
         _with_retries(self.client.set_terminated, run_id, "FINISHED" if ok else "FAILED")
+
+    def log_study_results(self, report_dir: Path) -> None:
+        """The finished study's headline fit numbers (fit.json) as the parent run's metrics, and its report folder
+        (report.md, report.html, plots, fit.json, runs.csv) as the parent run's artifacts under `report/`."""
+        from mlflow.entities import Metric
+
+        fit = json.loads((Path(report_dir) / "fit.json").read_text())
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in headline_metrics(fit).items()]
+        if metrics:
+            _with_retries(self.client.log_batch, self.parent_run_id, metrics=metrics)
+        _with_retries(log_artifact_files, self.client, self.uri, self.parent_run_id, Path(report_dir), "report")
 
     def finish_study(self, ok: bool) -> None:
         self.finish_run(self.parent_run_id, ok)
@@ -221,6 +367,9 @@ class NullStudyTracking:
         return None
 
     def finish_run(self, run_id: str, ok: bool, error: str | None = None) -> None:
+        pass
+
+    def log_study_results(self, report_dir: Path) -> None:
         pass
 
     def finish_study(self, ok: bool) -> None:
@@ -240,6 +389,7 @@ class RunLogger:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
         self.run_id = run_id
         self.fallback = Path(fallback)
         self.flush_every = flush_every
@@ -258,12 +408,17 @@ class RunLogger:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._call(self._set_tags, tags, what={"tags": tags})
 
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params beyond the step config's (which the study driver logs when it starts the run)."""
+        self._call(_log_params, self.client, self.run_id, params, what={"params": params})
+
     def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None:
-        self._call(self.client.log_artifacts, self.run_id, str(directory), artifact_path,
-                   what={"artifacts": str(directory)})
+        self._call(log_artifact_files, self.client, self.uri, self.run_id, Path(directory), artifact_path,
+                   what={"artifacts": str(directory), "artifact_path": artifact_path})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self._call(self.client.log_artifact, self.run_id, str(path), artifact_path, what={"artifact": str(path)})
+        self._call(log_artifact_files, self.client, self.uri, self.run_id, Path(path), artifact_path,
+                   what={"artifact": str(path), "artifact_path": artifact_path})
 
     def flush(self) -> None:
         batch, self._buffer = self._buffer, []
@@ -314,10 +469,11 @@ class RunLogger:
             self.client.log_batch(r["run_id"], metrics=metrics)
         if "tags" in r:
             self.client.log_batch(r["run_id"], tags=[RunTag(k, str(v)) for k, v in r["tags"].items()])
-        if "artifacts" in r and Path(r["artifacts"]).is_dir():
-            self.client.log_artifacts(r["run_id"], r["artifacts"])
-        if "artifact" in r and Path(r["artifact"]).is_file():
-            self.client.log_artifact(r["run_id"], r["artifact"])
+        if "params" in r:
+            _log_params(self.client, r["run_id"], r["params"])
+        for kind in ("artifacts", "artifact"):
+            if kind in r and Path(r[kind]).exists():
+                log_artifact_files(self.client, self.uri, r["run_id"], Path(r[kind]), r.get("artifact_path"))
 
 
 class NullRunLogger:
@@ -327,6 +483,9 @@ class NullRunLogger:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
         pass
 
     def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None:

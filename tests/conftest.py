@@ -53,6 +53,35 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_study_config():
+    """The text-tiny preset plus one size whose learning rate makes it diverge (it must be reported and left out
+    of the fit)."""
+    from pipelines.config import StudyConfig, load_config
+
+    cfg, path = load_config("text-tiny")
+    data = cfg.model_dump()
+    data["models"]["grids"][0]["sizes"].append({"n_layer": 1, "n_embd": 8, "n_head": 2, "name": "unstable",
+                                                "lr": 1e4})
+    return StudyConfig.model_validate(data), path
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, tiny_study_config, ray_local):
+    """(study folder, outcomes, seconds) of the tiny study run once per session on real Ray, DeepSpeed, MLflow
+    and Parquet. Shared: tests/pipelines/test_study_e2e.py re-runs it and adds an isoFLOP study to its folder, so
+    a test that needs it unchanged copies the folder first."""
+    import time
+
+    from pipelines.study import run_study
+
+    cfg, path = tiny_study_config
+    out = tmp_path_factory.mktemp("study")
+    started = time.time()
+    outcomes = run_study(cfg, path, out)
+    return out, outcomes, time.time() - started
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A real S3-compatible server (moto) on 127.0.0.1 with one bucket, shared by the tests of a module."""

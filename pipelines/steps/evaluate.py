@@ -148,7 +148,11 @@ def _image_decoder(stream: str, source: Path, vocab_size: int):
 def log_record(ctx: StepContext, record: dict, metrics: dict | None = None, artifact: Path | None = None) -> None:
     """The whole run record into the step's MLflow run, so `arscale fit --mlflow` can rebuild the run table."""
     numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if "eval" in record:  # how many validation tokens val_loss was measured on
+        numbers["val_tokens"] = record["eval"]["tokens"]
     ctx.tracker.log_metrics({**numbers, **(metrics or {})}, step=record["tokens"])
+    # the model's shape, as the training run has it, so eval runs can be filtered and compared by it
+    ctx.tracker.log_params({"family": record["family"], **{f"model.{k}": v for k, v in record["config"].items()}})
     ctx.tracker.set_tags({"arscale.family": record["family"], "arscale.series": series_of(record),
                           "arscale.run": record["run_id"], "arscale.status": record["status"]})
     if artifact:

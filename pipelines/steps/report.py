@@ -1,4 +1,5 @@
-"""Step `report`: report.md with its plots, from the outputs of the fit, training and evaluation steps.
+"""Step `report`: report.md with its plots, from the outputs of the fit, training and evaluation steps, and
+report.html, the same report as one web page with the plots inlined.
 
 The report folder is self-contained (plots beside report.md, relative links), so it can be copied anywhere,
 e.g. under reports/ in the repository.
@@ -16,12 +17,13 @@ import numpy as np
 from armodels.files import read_json
 from pipelines.config import IMAGE_STREAMS, TEXT_STREAM
 from pipelines.progress import human
+from pipelines.report_html import write_report_html
 from pipelines.step import StepContext
 from pipelines.step_status import STATUS
 from pipelines.steps.fit import series_of
 from scaling.plots import plot_learning_curves, plot_rate_distortion
 
-VERSION = "3"  # 3: image studies; runs grouped by series
+VERSION = "4"  # 3: image studies; runs grouped by series. 4: report.html beside report.md
 STREAMS = (TEXT_STREAM, *IMAGE_STREAMS)  # the order in which the report lists runs
 
 
@@ -55,8 +57,9 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
     plots = {p.name for p in ctx.output.glob("*.png")}
     text = render(config, runs, order, fits, samples, provenance, plots, images, curves, comparison)
     (ctx.output / "report.md").write_text(text)
+    write_report_html(ctx.output)  # converted from report.md, so the two never disagree
     # The output folder is still the step's .tmp folder here; the study prints the final path when it ends.
-    ctx.log(f"wrote report.md: {len(order)} runs, {len(plots)} plots")
+    ctx.log(f"wrote report.md and report.html: {len(order)} runs, {len(plots)} plots")
     ctx.tracker.log_artifacts(ctx.output, "report")
     return {"runs": len(runs), "ok_runs": sum(r["status"] == "ok" for r in runs.values())}
 
@@ -500,8 +503,8 @@ def _image_samples_section(runs: dict, order: list[str], plots: set[str]) -> lis
     lines = []
     for r in order:
         if f"samples-{r}.png" in plots:
-            lines += [f"### {r} ({_num(runs[r].get('bits_per_dim'))} bits/dim)", "", f"![samples of {r}](samples-{r}.png)",
-                      ""]
+            lines += [f"### {r} ({_num(runs[r].get('bits_per_dim'))} bits/dim)", "",
+                      f"![samples of {r}](samples-{r}.png)", ""]
     return ["## Samples", "", *lines] if lines else []
 
 
@@ -519,8 +522,8 @@ def _allocation_section(family: str, fits: dict, plots: set[str]) -> list[str]:
             continue
         first = (fit.get("predictions") or [{}])[0]
         out.append(f"| {number} ({form}) | {_num(fit.get('a'))} | {_num(fit.get('b'))} | "
-                   f"{_count(first.get('n_opt'))} | {_count(first.get('d_opt'))} | {_num(first.get('tokens_per_param'))} | "
-                   f"{_num(first.get('loss'))} |")
+                   f"{_count(first.get('n_opt'))} | {_count(first.get('d_opt'))} | "
+                   f"{_num(first.get('tokens_per_param'))} | {_num(first.get('loss'))} |")
     out.append("")
     for name, alt in ((f"isoflops-{family}.png", "isoFLOP curves"), (f"optimal-{family}.png", "N* and D*")):
         if name in plots:

@@ -31,7 +31,7 @@ from armodels.files import file_sha256, read_json, write_json_atomic
 from armodels.shards import read_manifest
 from armodels.train import TrainConfig, TrainRun, train
 from pipelines.errors import RunFailure, StepStopped
-from pipelines.progress import TrainingProgress
+from pipelines.progress import PROGRESS_FILE, TrainingProgress
 from pipelines.step import StepContext
 from pipelines.storage import NOT_PUSHED, StopSignal, StudyStore
 from pipelines.tracking import run_logger
@@ -73,7 +73,8 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.rendezvous import BoundRendezvousConfig  # imports ray.train, as the lines above
+    from pipelines.rendezvous import BoundRendezvousConfig  # these import ray.train, as the lines above
+    from pipelines.steps.train_reports import RAY_TRAIN_REPORT, LastReport
 
     run = config.run(ctx.inputs["shards"])
     vocab = read_manifest(run.train_shards).vocab_size
@@ -82,6 +83,7 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     write_json_atomic(ctx.output / "run.json", run.to_dict())
     ctx.log(f"{run.family}: {run.steps} steps × {run.train.batch_size} sequences × {run.seq_len} tokens on "
             f"{config.describe_workers()}")
+    reports = ctx.output / RAY_TRAIN_REPORT
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"run": run.to_dict(), "out": str(ctx.output), "threads": config.cpus_per_worker,
@@ -93,12 +95,14 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
         run_config=RunConfig(name=config.name, storage_path=str(ctx.output / "ray-train"),
                              failure_config=FailureConfig(max_failures=WORKER_RESTARTS,
                                                           controller_failure_limit=_start_retries()),
-                             logging_config=LoggingConfig(log_level="WARNING")),
+                             logging_config=LoggingConfig(log_level="WARNING"),
+                             callbacks=[LastReport(reports)]),
     )
     try:
         trainer.fit()
     except Exception as e:
         raise _worker_error(e, config, ctx.output) from None
+    reported = read_json(reports, "Ray Train's last report") if reports.is_file() else {}
     if ctx.store and not (ctx.output / "result.json").is_file():  # rank 0 ran on another node
         ctx.store.pull_into(ctx.output.name, ctx.output)
     result = read_json(ctx.output / "result.json", "training result")
@@ -107,9 +111,12 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     ctx.tracker.log_metrics({k: result[k] for k in ("params", "params_nonembedding", "flops_6ND", "flops_per_layer",
                                                     "tokens_per_s", "train_seconds")}, step=result["tokens"])
     ctx.tracker.set_tags({"arscale.status": result["status"]})
+    if result["status"] == "ok":  # the trained weights (safetensors), the family and its config, the run's settings
+        for name in ("model.safetensors", "model.json", "run.json"):
+            ctx.tracker.log_artifact(ctx.output / name, "model")
     ctx.tracker.flush()
     return {"status": result["status"], "reason": result["reason"], "tokens": result["tokens"],
-            "final_train_loss": result["final_train_loss"]}
+            "final_train_loss": result["final_train_loss"], "ray_train_metrics": reported}
 
 
 def train_confirmation(config: TrainStepConfig, ctx: StepContext) -> dict:
@@ -125,12 +132,25 @@ def train_confirmation(config: TrainStepConfig, ctx: StepContext) -> dict:
     return train_model(replace(config, train=replace(config.train, lr=lr)), ctx)
 
 
+def _quiet_reports() -> None:
+    """Ray Train logs every `ray.train.report` at INFO on a logger named by its file's path, which RunConfig's
+    LoggingConfig does not reach; the metrics are in MLflow and the progress lines already."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray Train: nothing to quieten
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _train_worker(loop_config: dict) -> None:
     """Runs on each Ray Train worker; torch.distributed is already set up (pipelines.rendezvous)."""
     import ray.train
     import torch
 
     torch.set_num_threads(loop_config["threads"])
+    _quiet_reports()
     run = TrainRun.from_dict(loop_config["run"])
     out = Path(loop_config["out"])
     rank = ray.train.get_context().get_world_rank()
@@ -142,8 +162,10 @@ def _train_worker(loop_config: dict) -> None:
         _pull_checkpoint(store, out)
     # rank 0 logs for all workers; the others get a tracker that does nothing
     tracker = run_logger(loop_config["tracking_uri"], loop_config["run_id"] if rank == 0 else None, out)
-    progress = TrainingProgress(run.name, run.tokens_seen)
-    names = {"loss": "train_loss", "val_loss": "val_loss", "lr": "lr", "tokens_per_s": "tokens_per_s"}
+    # rank 0 prints progress lines and keeps progress.json current for `arscale study status` and the study's ETA
+    progress = TrainingProgress(run.name, run.tokens_seen, record=out / PROGRESS_FILE if rank == 0 else None)
+    # the loss on the first `eval_windows` validation windows: a subset, named apart from the eval step's val_loss
+    names = {"loss": "train_loss", "val_loss": "val_loss_subset", "lr": "lr", "tokens_per_s": "tokens_per_s"}
 
     def on_metrics(metrics: dict) -> None:
         progress(metrics)
@@ -154,8 +176,9 @@ def _train_worker(loop_config: dict) -> None:
     push_files = partial(_push_checkpoint_files, store, out) if store else None
     push_state = partial(_push_checkpoint_state, store, out) if store and rank == 0 else None
     try:
+        # every rank reports at each evaluation (ray.train.report is a collective), so Ray's dashboard has them
         train(run, out, on_metrics=on_metrics, should_stop=StopSignal(Path(loop_config["stop_file"]), store),
-              on_checkpoint=push_state, on_checkpoint_files=push_files)
+              on_checkpoint=push_state, on_checkpoint_files=push_files, on_eval=ray.train.report)
         if store and rank == 0:
             _push_run(store, out)  # the result and the model, for the step's own node
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 from armodels.bpe import END_OF_DOCUMENT, BPETokenizer, train_bpe, vocab_size_problem
 from armodels.corpus_readers import CorpusPlan, iter_docs
 from pipelines.errors import UserError
-from pipelines.tokenization.corpus_to_shards import TokenizeSettings, plan_inputs
+from pipelines.tokenization.corpus_to_shards import TokenizeSettings, plan_inputs, shown_inputs
 from pipelines.tokenization.outputs import check_new_output, new_output
 
 SAMPLE_PIECE_BYTES = 1 << 20  # a training sample is made of pieces this large, spread evenly over the corpus
@@ -40,7 +40,7 @@ def train_bpe_on_corpus(settings: TokenizeSettings, vocab_size: int, out: Path, 
                     used["bytes"] += len(data)
                     yield data.decode("utf-8", "replace")  # training only counts pairs: a stray byte may be replaced
 
-    training = {"inputs": list(settings.inputs), "files": len(plan.files), "input_bytes": plan.bytes,
+    training = {"inputs": shown_inputs(settings), "files": len(plan.files), "input_bytes": plan.bytes,
                 "sampled": plan.bytes > sample_bytes, "sample": used, "skipped": plan.skipped}
     try:
         tokenizer = train_bpe(texts(), vocab_size, special_tokens=specials, training_info=training)

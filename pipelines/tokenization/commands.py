@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from armodels.corpus_readers import ReadOptions
+from armodels.corpus_readers import ReadOptions, is_remote
 from armodels.files import read_json
 from armodels.image_tokenizer import (
     ImageTokenizer,
@@ -31,7 +31,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p = train.add_parser("bpe", parents=[common], help="byte-level BPE, lossless on any bytes",
                          description="Train a byte-level BPE tokenizer (HF tokenizers; all 256 bytes in the alphabet, "
                                      "<|endoftext|> as end-of-document) on a corpus, or on an even sample of it when "
-                                     "it is larger than --sample-bytes. Writes tokenizer.json and meta.json.")
+                                     "it is larger than --sample-bytes. Writes tokenizer.json and meta.json, and "
+                                     "tokenizer_config.json and special_tokens_map.json for Hugging Face "
+                                     "transformers.")
     _add_inputs(p)
     p.add_argument("--vocab-size", type=int, required=True, help="at most this many tokens (bytes and specials count)")
     p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write (new or empty)")
@@ -78,8 +80,10 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                   help="files, directories (read recursively) or globs: text, .jsonl, .parquet, each optionally "
-                        ".gz, .zst or .dz")
+                   help="files, directories (read recursively) or globs, local or in an object store (s3://bucket/"
+                        "prefix/, gs://..., file://...: any URI pyarrow.fs opens; endpoint and keys in the URI's "
+                        "options, e.g. ?endpoint_override=host:port&scheme=http, or the store's usual variables): "
+                        "text, .jsonl, .parquet, each optionally .gz, .zst or .dz")
     p.add_argument("--text-field", default="text", help="JSON Lines: the field that holds the text (default: text)")
     p.add_argument("--column", help="Parquet: the column that holds the text (default: text; for an image tokenizer "
                                     "the encoded images, default: image)")
@@ -95,7 +99,15 @@ def _settings(args, **more):
                             extensions=tuple(args.extensions), skip_bad=args.skip_bad, **more)
 
 
+def _local_out(out: Path) -> None:
+    """Refuse an --out in an object store (not written there yet), without echoing it: it may hold keys."""
+    if is_remote(out):
+        raise UserError("--out names an object store: these commands write a local folder (or one the cluster's "
+                        "nodes share); write there, then copy it up (e.g. `aws s3 sync OUT s3://bucket/prefix`)")
+
+
 def cmd_train_bpe(args) -> int:
+    _local_out(args.out)
     tokenizer = train_bpe_on_corpus(_settings(args), args.vocab_size, args.out, special_tokens=args.special_tokens,
                                     sample_bytes=args.sample_bytes)
     sample = tokenizer.meta.training["sample"]
@@ -105,6 +117,7 @@ def cmd_train_bpe(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
+    _local_out(args.out)
     if _is_image_tokenizer(args.tokenizer):
         return _tokenize_images(args)
     more = {"split": args.split} if args.split else {}
@@ -119,6 +132,7 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_detokenize(args) -> int:
+    _local_out(args.out)
     if _is_image_tokenizer(args.tokenizer or args.shards / TOKENIZER_COPY):
         return _detokenize_images(args)
 
@@ -168,6 +182,7 @@ def _levels(text: str) -> tuple[int, ...]:
 
 
 def cmd_train_image(args) -> int:
+    _local_out(args.out)
 
     settings = {name: value for name in ("hidden", "downsample", "codebook_size", "levels")
                 if (value := getattr(args, name, None)) is not None}

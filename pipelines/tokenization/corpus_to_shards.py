@@ -11,6 +11,10 @@ output folder, and `manifest.json` is written only when every shard is done. A r
 the same inputs and settings keeps the shards in the journal whose checksums still match and encodes only the rest.
 The output folder must be new or empty, or hold one of those two files (an earlier run's): a folder of other files is
 refused before anything in it is touched.
+
+Inputs may be URIs of object stores (s3://bucket/corpus/, gs://..., with the endpoint and keys in the URI's options or
+the store's usual variables): pipelines.storage lists them (in seconds, or one line saying why not), the actors read
+the objects themselves, and the manifest names them without keys or options.
 """
 
 from __future__ import annotations
@@ -25,7 +29,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from armodels.bpe import BPETokenizer
-from armodels.corpus_readers import BadInput, CorpusPlan, Piece, ReadOptions, find_files, plan_corpus, sample_docs
+from armodels.corpus_readers import (
+    BadInput,
+    CorpusPlan,
+    Piece,
+    ReadOptions,
+    file_stat,
+    find_files,
+    in_installed_package,
+    is_wanted,
+    plan_corpus,
+    sample_docs,
+    source_name,
+)
 from armodels.files import file_sha256, write_json_atomic
 from armodels.piece_encoder import EncodeOptions, PieceResult, RoundTripError, bytes_per_token, encode_piece
 from armodels.shards import (
@@ -41,7 +57,9 @@ from armodels.shards import (
 from pipelines.errors import RunFailure, UserError
 from pipelines.progress import ThroughputProgress
 from pipelines.ray_connect import connect
+from pipelines.storage import find_uri_files, is_uri
 from pipelines.tokenization.outputs import check_new_output
+from pipelines.tracking import redact_text, redact_uri
 
 JOURNAL = ".progress.jsonl"
 DEFAULT_EXTENSIONS = (".txt", ".jsonl", ".parquet", ".py", ".md")
@@ -126,18 +144,33 @@ def load_tokenizer(directory: Path) -> BPETokenizer:
         raise UserError(str(e)) from None
 
 
-def find_inputs(settings: TokenizeSettings, exclude: Path | None = None) -> list[Path]:
-    """The input files, less those inside `exclude` (the output folder: shards are no input)."""
+def find_inputs(settings: TokenizeSettings, exclude: Path | None = None) -> list[Path | str]:
+    """The input files, less those inside `exclude` (the output folder: shards are no input): local paths, then the
+    objects of the inputs that are URIs (as URIs), each input's in order."""
+    local = tuple(spec for spec in settings.inputs if not is_uri(spec))
     try:
-        files = find_files(settings.inputs, settings.extensions, compressed=True)
+        files: list[Path | str] = find_files(local, settings.extensions, compressed=True) if local else []
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     if exclude is not None:
         files = [f for f in files if not f.resolve().is_relative_to(exclude.resolve())]
+
+    def wanted(relative: str) -> bool:  # what a folder's walk takes, as for local folders
+        return is_wanted(relative.rsplit("/", 1)[-1], settings.extensions, True) and not in_installed_package(relative)
+
+    for spec in settings.inputs:
+        if is_uri(spec):
+            files += find_uri_files(spec, wanted)
     if not files:
-        raise UserError(f"no input files in {' '.join(settings.inputs)} (looked for {' '.join(settings.extensions)}, "
-                        "optionally .gz, .zst or .dz); pass files, or --extensions for other file types")
+        raise UserError(f"no input files in {' '.join(shown_inputs(settings))} (looked for "
+                        f"{' '.join(settings.extensions)}, optionally .gz, .zst or .dz); pass files, or --extensions "
+                        "for other file types")
     return files
+
+
+def shown_inputs(settings: TokenizeSettings) -> list[str]:
+    """The inputs as messages and records show them: URIs with their secrets hidden."""
+    return [redact_uri(spec) if "://" in spec else spec for spec in settings.inputs]
 
 
 def plan_inputs(tokenizer: BPETokenizer | None, settings: TokenizeSettings, piece_bytes: int | None = None,
@@ -156,18 +189,16 @@ def plan_inputs(tokenizer: BPETokenizer | None, settings: TokenizeSettings, piec
         n = len(plan.files)
         what = {0: "every input file was skipped", 1: "the input file is empty"}.get(
             n, f"all {n} input files are empty")
-        raise UserError(f"the inputs hold no text ({what}): {' '.join(settings.inputs)}")
+        raise UserError(f"the inputs hold no text ({what}): {' '.join(shown_inputs(settings))}")
     return plan
 
 
 def plan_fingerprint(tokenizer: BPETokenizer, plan: CorpusPlan, options: EncodeOptions) -> str:
     """Identifies what the shards will hold: tokenizer, the files as they are now, the plan and the layout."""
-    files = {}
-    for f in plan.files:
-        st = os.stat(f)
-        files[f] = [st.st_size, st.st_mtime_ns]
+    # files by the names the manifest gives them: the keys in an input's URI are not what the shards hold
+    files = {source_name(f): list(file_stat(f)) for f in plan.files}
     payload = {"format": FORMAT, "tokenizer": tokenizer.meta.sha256, "files": files, "skipped": plan.skipped,
-               "pieces": [[asdict(s) for s in p.segments] for p in plan.pieces],
+               "pieces": [[{**asdict(s), "path": source_name(s.path)} for s in p.segments] for p in plan.pieces],
                "read": asdict(options.read), "layout": options.layout, "seq_len": options.seq_len,
                "skip_bad": options.skip_bad, "shard_tokens": options.shard_tokens}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -321,8 +352,8 @@ def _result(ray, ref, piece: Piece) -> PieceResult:
             raise UserError(str(cause)) from None
         if isinstance(cause, RoundTripError):
             raise RunFailure(str(cause)) from None
-        raise RunFailure(f"encoding shard {piece.index} failed: {type(cause).__name__}: {cause}; run the same "
-                         "command again to resume") from None
+        raise RunFailure(f"encoding shard {piece.index} failed: {type(cause).__name__}: {redact_text(str(cause))}; "
+                         "run the same command again to resume") from None
     except ray.exceptions.RayActorError as e:
         raise RunFailure(f"a tokenizer worker died while encoding shard {piece.index} ({str(e).splitlines()[0]}); "
                          "run the same command again to resume: finished shards are kept") from None

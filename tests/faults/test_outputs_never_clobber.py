@@ -132,5 +132,6 @@ def test_tokenizer_training_refuses_a_folder_of_other_files(tmp_path, capsys):
     assert snapshot(out) == before
     assert run_cli(capsys, "tokenizer", "train", "bpe", "--input", data, "--vocab-size", 300,
                    "--out", tmp_path / "tok").returncode == 0
-    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["meta.json", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == [
+        "meta.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.parquet", "out", "tok"]

@@ -12,6 +12,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -22,6 +23,7 @@ import torch
 import yaml
 
 from armodels.train import TrainRun, train_single_process
+from pipelines.status import study_status
 from pipelines.step_status import step_state
 from tests.support.cli import ARSCALE, ROOT
 from tests.support.processes import CHECKPOINT, wait_for, wait_for_checkpoint
@@ -51,7 +53,10 @@ def test_a_study_stopped_or_killed_resumes_where_it_was(tmp_path, ray_local):
     # 1. SIGTERM while training
     study = start_study(path, out, tmp_path / "run1.log")
     wait_for_checkpoint(out, f"train-*.tmp/{CHECKPOINT}", timeout=240, interval=0.2)
+    status = study_status(out)  # how far each running run is, from its progress record (in-process: no delay)
     study.terminate()
+    running_line = r"train-\S+\s+running\s+for \S+\s+\d+% [\d.]+k?/[\d.]+k tokens, loss [\d.]+, ETA"
+    assert re.search(running_line, status), status
     assert study.wait(timeout=180) == 1
     log = (tmp_path / "run1.log").read_text()
     assert f"to resume, run: arscale study run {path} --out {out}" in log
@@ -96,3 +101,11 @@ def test_a_study_stopped_or_killed_resumes_where_it_was(tmp_path, ray_local):
     assert (out / "report" / "report.md").is_file()
     for log in ("run1.log", "run2.log", "run3.log"):  # Ray's helpers found this study's Ray, not the other one
         assert "Traceback" not in (tmp_path / log).read_text(), log
+        # output to a file is plain text: no colour codes, no Ray banners
+        assert "\x1b[" not in (tmp_path / log).read_text() and "Ray deduplicates" not in (tmp_path / log).read_text()
+    progress_line = r"progress: \d+/11 steps, \d+/3 training runs, \S+/601k tokens"  # its ETA: test_progress.py
+    assert re.search(progress_line, (tmp_path / "run3.log").read_text())
+    # the study folder keeps the driver's log of every invocation, the workers' lines included
+    driver = (out / "logs" / "driver.log").read_text()
+    assert driver.count(f"---- arscale study run {path} --out {out}") == 3
+    assert "✔ train-" in driver and re.search(r"\[transformer-\S+\] +\d+%", driver) and "\x1b[" not in driver

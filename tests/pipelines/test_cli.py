@@ -88,13 +88,13 @@ def synthetic_runs(path, *, rows=8, seed=0):
     params = np.geomspace(1e4, 1e7, rows)
     tokens = 20 * params
     loss = (1.8 + 40 * (6 * params * tokens) ** -0.12) * np.exp(rng.normal(0, 0.01, rows))
-    lines = ["run_id,params,tokens,loss"] + [f"r{i},{n:.0f},{d:.0f},{l:.5f}"
-                                               for i, (n, d, l) in enumerate(zip(params, tokens, loss))]
+    lines = ["run_id,params,tokens,loss"] + [f"r{i},{n:.0f},{d:.0f},{y:.5f}"
+                                               for i, (n, d, y) in enumerate(zip(params, tokens, loss))]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def test_fit_prints_json_plots_and_logs_to_mlflow(tmp_path):
+def test_fit_prints_json_plots_and_logs_to_mlflow(tmp_path, monkeypatch):
     import json
 
     csv = synthetic_runs(tmp_path / "runs.csv")
@@ -111,6 +111,7 @@ def test_fit_prints_json_plots_and_logs_to_mlflow(tmp_path):
     client = MlflowClient(uri)
     logged = client.search_runs([client.get_experiment_by_name("arscale-fits").experiment_id])
     assert len(logged) == 1 and logged[0].data.metrics["alpha"] == pytest.approx(fit["alpha"])
+    monkeypatch.chdir(tmp_path)  # artifact locations are relative to the store's folder, as `mlflow ui` reads them
     assert {a.path for a in client.list_artifacts(logged[0].info.run_id)} == {"fit.json", "fit.png"}
     assert list((tmp_path / "mlartifacts").rglob("fit.json")), "artifacts belong beside the SQLite store"
 

@@ -36,6 +36,17 @@ CASES = {
     "study: missing config": (["study", "run", "{tmp}/none.yaml"], "not found"),
     "study: unknown key": (["study", "run", "{tmp}/unknown.yaml"], "unknown key"),
     "study: image data missing": (["study", "run", "{tmp}/images.yaml", "--dry-run"], "images.data"),
+    "study: dry run, corpus missing": (["study", "run", "{tmp}/corpus.yaml", "--dry-run"],
+                                       "{tmp}/none does not exist; check the path; fix corpus.paths in the config"),
+    "study: --set unknown key": (["study", "run", "text-tiny", "--set", "training.lrr=1e-3", "--dry-run"],
+                                 "training.lrr: unknown key (did you mean lr?)"),
+    "study: --set wrong type": (["study", "run", "text-tiny", "--set", "models.seq_len=[64]", "--dry-run"],
+                                "models.seq_len: Input should be a valid integer"),
+    "study: --set without =": (["study", "run", "text-tiny", "--set", "training.lr"], "give KEY=VALUE"),
+    "study: --set past a list": (["study", "run", "text-tiny", "--set", "models.grids.5.family=rnn"],
+                                 "models.grids is a list of 1"),
+    "config schema: unwritable --out": (["config", "schema", "--out", "{tmp}/none/schema.json"],
+                                        "cannot write the schema"),
     "study status: not a study": (["study", "status", "{tmp}"], "not a study folder"),
     "report: not a study": (["report", "{tmp}"], "not a study folder"),
     "fit: missing CSV": (["fit", "--runs", "{tmp}/none.csv"], "no such file"),
@@ -67,12 +78,16 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys, request):
         "name": "x", "images": {"data": str(tmp_path / "none")},
         "models": {"grids": [{"family": "pixelcnn", "stream": "pixels", "sizes": [{}]}]}}))
     (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "corpus.yaml").write_text(json.dumps({
+        "name": "x", "corpus": {"source": "files", "paths": [str(tmp_path / "none")]},
+        "models": {"grids": [{"sizes": [{"n_layer": 1, "n_embd": 16, "n_head": 2}]}]}}))
     if "corrupt" in case:
         corrupt_shards(tmp_path, request.getfixturevalue("tokenizer"), request.getfixturevalue("stdlib_texts"))
     if "mixed" in case:
         mixed_size_images(tmp_path)
     argv, expected = CASES[case]
     code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    expected = expected.replace("{tmp}", str(tmp_path))
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert expected in err and len(err.splitlines()) == 1 and "Traceback" not in err, err

@@ -1,8 +1,11 @@
+from dataclasses import fields
+
 import pytest
 
+import armodels
 from armodels.train import ModelCosts
-from pipelines.config import PRESETS_DIR, load_config
-from pipelines.errors import UserError
+from pipelines.config import PRESETS_DIR, TrainingConfig, load_config
+from pipelines.errors import ManyProblems, UserError
 from pipelines.plan import build_steps, token_budget, train_configs
 from pipelines.step import topological_order
 
@@ -52,15 +55,24 @@ def test_token_budget_rule(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    (MINIMAL + "training:\n  lrr: 0.1\n", r"training\.lrr: unknown key"),
+    (MINIMAL + "training:\n  lrr: 0.1\n", r"training\.lrr: unknown key \(did you mean lr\?\)"),
+    (MINIMAL + "evaluation: {sampels: 2}\n", r"evaluation\.sampels: unknown key \(did you mean samples\?\); the "
+                                              r"keys here: max_tokens, samples,"),
+    (MINIMAL + "colour: blue\n", r"^config .*: colour: unknown key; the keys here: name, seed, corpus"),
+    (MINIMAL.replace("n_embd", "n_embed"), r"sizes\.0\.n_embed: transformer has no such field \(did you mean "
+                                           r"n_embd\?\)"),
+    (MINIMAL.replace("family: transformer", "family: transfomer"),
+     r"models\.grids\.0\.family: unknown family 'transfomer' \(did you mean transformer\?\); one of "),
     (MINIMAL + "training:\n  lr: fast\n", r"training\.lr: Input should be a valid number.*'fast'"),
     (MINIMAL + "training:\n  lr: -1\n", r"training\.lr: Input should be greater than 0"),
-    (MINIMAL + "tokenizer:\n  vocab_size: 100\n", r"tokenizer\.vocab_size: Input should be greater than or equal to 258"),
+    (MINIMAL + "tokenizer:\n  vocab_size: 100\n",
+     r"tokenizer\.vocab_size: Input should be greater than or equal to 258"),
     ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, n_embd: 30, n_head: 4}]}]\n",
      r"models\.grids\.0\.sizes\.0: n_embd \(30\) must be a multiple of n_head \(4\)"),
     ("name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hiden: 8}]}]\n",
-     r"models\.grids\.0\.sizes\.0\.hiden: rnn has no such field; its fields: cell, "),
-    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, name: ../../escape}]}]\n", r"sizes\.0\.name: '\.\./\.\./escape' names a folder"),
+     r"models\.grids\.0\.sizes\.0\.hiden: rnn has no such field \(did you mean hidden\?\); its fields: cell, "),
+    ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, name: ../../escape}]}]\n",
+     r"sizes\.0\.name: '\.\./\.\./escape' names a folder"),
     ("name: ../up\nmodels:\n  grids: [{sizes: [{n_layer: 1}]}]\n", r"name: String should match pattern"),
     ("name: s\nmodels:\n  grids: [{sizes: [{seq_len: 8}]}]\n", r"sizes\.0\.seq_len: set by the study"),
     ("name: s\n", r"models: Field required"),
@@ -85,6 +97,8 @@ def test_image_families_need_an_image_stream(tmp_path, family, size):
 def test_missing_config_names_the_presets():
     with pytest.raises(UserError, match="config nope.yaml not found.*text-default"):
         load_config("nope.yaml")
+    with pytest.raises(UserError, match=r"config text-tny not found \(did you mean text-tiny\?\)"):
+        load_config("text-tny")
 
 
 def test_changing_one_field_changes_only_downstream_hashes(tmp_path):
@@ -107,3 +121,44 @@ def test_an_isoflop_grid_trains_every_size_at_every_budget():
         assert any(abs(spent / c - 1) < 0.05 for c in budgets), (r.name, spent)  # whole batches round it up
     fit_step = next(s for s in build_steps(cfg)[0].inputs.values() if s.name == "fit")
     assert fit_step.config.isoflop
+
+
+def settable_fields(family: str) -> str:
+    set_by_study = armodels.fields_set_by_study(family)
+    return ", ".join(sorted(f.name for f in fields(armodels.family_classes(family)[1]) if f.name not in set_by_study))
+
+
+def test_every_problem_of_a_config_is_listed_at_once(tmp_path):
+    """Problems in several sections and several sizes: one headline with the count, then one line each."""
+    text = ("name: s\nmodels:\n  grids:\n"
+            "    - {family: transformer, sizes: [{n_layer: 1, n_embd: 16, n_head: 2}, {n_layer: 2, n_embed: 32},"
+            " {n_layer: 1, n_embd: 30, n_head: 4}]}\n"
+            "    - {family: rnn, sizes: [{hiden: 8}, {hidden: 8, seeds: 0}]}\n"
+            "training: {lrr: 0.001, batch_size: many}\n")
+    with pytest.raises(ManyProblems) as e:
+        load_config(write(tmp_path, text))
+    assert e.value.headline == f"config {tmp_path / 'study.yaml'}: 6 problems:"
+    assert e.value.problems == [
+        "models.grids.0.sizes.1.n_embed: transformer has no such field (did you mean n_embd?); its fields: "
+        + settable_fields("transformer"),
+        "models.grids.0.sizes.2: n_embd (30) must be a multiple of n_head (4)",
+        "models.grids.1.sizes.0.hiden: rnn has no such field (did you mean hidden?); its fields: "
+        + settable_fields("rnn"),
+        "models.grids.1.sizes.1.seeds: must be a whole number of seeds, 1 or more (got 0)",
+        "training.batch_size: Input should be a valid integer, unable to parse string as an integer (got 'many')",
+        "training.lrr: unknown key (did you mean lr?); the keys here: " + ", ".join(TrainingConfig.model_fields),
+    ]
+    assert str(e.value).splitlines()[1:] == [f"  {p}" for p in e.value.problems]
+    # a section's checks across its keys run once the keys are valid, and list every problem too
+    with pytest.raises(ManyProblems, match=r"2 problems:\n  training: min_tokens 9 exceeds max_tokens 3\n  "
+                                           r"training\.lr_sweep: has a learning rate twice"):
+        load_config(write(tmp_path, MINIMAL + "training: {min_tokens: 9, max_tokens: 3, lr_sweep: [0.1, 0.1]}\n"))
+
+
+def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path):
+    """PyYAML reads `1e-3` as a string (YAML 1.1 wants a dot); configs read it as the number people mean, also
+    where no pydantic field would convert it (a size's own lr); a quoted one stays a string."""
+    cfg, _ = load_config(write(tmp_path, MINIMAL.replace("n_head: 2}", "n_head: 2, lr: 1e-3}")
+                               + "training: {lr: 2E-3, flops_budgets: [1e12, 3.5e+12]}\nname: '1e5'\n"))
+    assert cfg.models.grids[0].sizes[0]["lr"] == 0.001 and cfg.training.lr == 0.002
+    assert cfg.training.flops_budgets == [1e12, 3.5e12] and cfg.name == "1e5"

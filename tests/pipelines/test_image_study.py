@@ -6,14 +6,17 @@ data is Fashion-MNIST.
 
 import json
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from armodels.shards import load_token_stream
 from pipelines.config import StudyConfig, load_config
 from pipelines.errors import UserError
 from pipelines.plan import train_configs
 from pipelines.study import run_study
+from tests.support.cli import arscale, one_line_error
 from tests.support.studies import step_dir
 
 
@@ -87,6 +90,32 @@ def test_runs_are_in_mlflow_by_series(study):
     assert {r.data.tags["arscale.step"] for r in tokenizers} == {"tokenizer-vqvae", "tokenizer-fsq"}
     assert all(0 < r.data.metrics["test_usage"] <= 1 for r in tokenizers)
 
+
+
+@pytest.mark.slow
+def test_arscale_sample_writes_pngs_of_pixel_and_code_models(study, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest
+    out, outcomes = study
+    pixels, vqvae = (step_dir(out, next(n for n in outcomes if n.startswith(f"train-{stream}-")))
+                     for stream in ("pixels", "vqvae"))
+    height, width, _ = json.loads((step_dir(out, "images") / "data.json").read_text())["shape"]
+
+    def pngs(*args) -> list:
+        result = arscale("sample", *args, "--out", tmp_path / "png")
+        assert result.returncode == 0, result.stderr
+        paths = [line.split()[0] for line in result.stdout.splitlines()]
+        images = [np.asarray(Image.open(path)) for path in paths]
+        assert all(image.shape == (height, width) and image.dtype == np.uint8 for image in images)
+        return images
+
+    drawn = pngs(pixels, "--num", 3, "--seed", 1)
+    assert len(drawn) == 3 and len({image.tobytes() for image in drawn}) == 3
+    again = pngs(pixels, "--num", 3, "--seed", 1)  # the same seed: the same images, in new files beside the first
+    assert all(np.array_equal(a, b) for a, b in zip(drawn, again))
+    assert len(list((tmp_path / "png").glob("*.png"))) == 6
+    assert len(pngs(vqvae, "--num", 2, "--seed", 1)) == 2
+    assert len(pngs(vqvae, "--beam", 3, "--num", 2)) == 2
+    one_line_error(arscale("sample", vqvae, "--prompt", "a cat"), 2, "--prompt is for text models")
 
 def test_code_streams_need_their_tokenizer():
     data = tiny_image_config().model_dump()

@@ -6,7 +6,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.config import StudyConfig, load_config
+from pipelines.config import StudyConfig
 from pipelines.study import STUDY_FILE, run_study
 from tests.support.studies import step_dir
 
@@ -14,22 +14,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny_config():
-    cfg, path = load_config("text-tiny")
-    data = cfg.model_dump()
-    # one more size whose learning rate makes it diverge: it must be reported and left out of the fit
-    data["models"]["grids"][0]["sizes"].append({"n_layer": 1, "n_embd": 8, "n_head": 2, "name": "unstable",
-                                                "lr": 1e4})
-    return StudyConfig.model_validate(data), path
+def tiny_config(tiny_study_config):
+    return tiny_study_config
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, tiny_config, ray_local):
-    cfg, path = tiny_config
-    out = tmp_path_factory.mktemp("study")
-    started = time.time()
-    outcomes = run_study(cfg, path, out)
-    return out, outcomes, time.time() - started
+def study(tiny_study):
+    return tiny_study  # tests/conftest.py: the text-tiny preset plus a size that diverges
 
 
 def test_every_step_ran(study):
@@ -64,8 +55,9 @@ def test_report_has_plots_and_names_the_diverged_run(study):
     assert (out / "report" / "fit.json").is_file() and (out / "report" / "runs.csv").is_file()  # the fit data
 
 
-def test_every_run_is_in_mlflow(study):
+def test_every_run_is_in_mlflow(study, monkeypatch):
     out, _, _ = study
+    monkeypatch.chdir(out)  # artifact locations are relative to the study folder, as `mlflow ui` there reads them
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     experiment = client.get_experiment_by_name("text-tiny")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
@@ -80,7 +72,8 @@ def test_every_run_is_in_mlflow(study):
         (step_dir(out, "train-transformer-24.9k") / "result.json").read_text())["tokens"]  # step = tokens seen
     assert train.data.params["train.lr"] == "0.005" and train.data.params["model.n_embd"] == "32"
     assert train.data.tags["arscale.input.shards"] == step_dir(out, "shards").name
-    assert {"val_loss", "flops_6ND", "tokens_per_s"} <= set(train.data.metrics)
+    assert {"val_loss_subset", "flops_6ND", "tokens_per_s"} <= set(train.data.metrics)
+    assert "val_loss" not in train.data.metrics  # the eval run's val_loss is on the whole split: one name, one meaning
     assert by_name["train-unstable"].info.status == "FAILED"
     assert "loss became nan" in by_name["train-unstable"].data.tags["arscale.error"]
     assert by_name["eval-transformer-24.9k"].data.metrics["val_bits_per_byte"] > 0
@@ -161,7 +154,7 @@ def test_an_isoflop_study_skips_the_shared_steps_and_fits_all_three_approaches(i
 
 
 @pytest.mark.parametrize("form", ["compute", "params", "tokens", "chinchilla", "envelope", "isoflop"])
-def test_every_form_fits_the_study_runs_from_mlflow(isoflop_study, form):
+def test_every_form_fits_the_study_runs_from_mlflow(isoflop_study, form, monkeypatch):
     """The CLI reads the runs back from the study's MLflow store, fits, prints JSON and logs the fit there."""
     import math
 
@@ -189,6 +182,7 @@ def test_every_form_fits_the_study_runs_from_mlflow(isoflop_study, form):
         # an end is None (unbounded) where too many resamples could not be refitted: 6 runs, 5 parameters
         assert p["compute"] == 1e10 and (p["low"] or 0) <= p["loss"] <= (p["high"] or float("inf"))
     client = MlflowClient(uri)
+    monkeypatch.chdir(out)
     experiment = client.get_experiment_by_name("text-isoflop-e2e")
     logged = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'fit-{form}'")
     assert logged and "fit.json" in {a.path for a in client.list_artifacts(logged[0].info.run_id)}

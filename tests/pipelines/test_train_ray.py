@@ -28,6 +28,10 @@ def test_two_workers_follow_the_single_process_loss_curve(tmp_path, shards, ray_
     assert summary["status"] == "ok" and single["status"] == "ok"
     ray_result = json.loads((out / "result.json").read_text())
     assert ray_result["workers"] == 2 and ray_result["tokens"] == single["tokens"]
+    # Ray Train was told the run's metrics (its dashboard and Result show them): the last report is the run's end
+    reported = summary["ray_train_metrics"]
+    assert reported["tokens"] == ray_result["tokens"] and reported["status"] == "ok"
+    assert reported["final_val_loss"] == pytest.approx(ray_result["final_val_loss"])
     curve = assert_curves_agree(out, tmp_path / "single")["train"]
     assert curve[-1]["loss"] < curve[0]["loss"] - 0.5
     assert (out / "model.safetensors").is_file() and (out / "run.json").is_file()

@@ -18,15 +18,17 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def start_mlflow_server(root, port: int) -> tuple[subprocess.Popen, str]:
-    """A real `mlflow server` on 127.0.0.1:port with its store in `root`; returns once it answers."""
+def start_mlflow_server(root, port: int, *, backend_store: str | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on 127.0.0.1:port with its store in `root`; returns once it answers. With
+    `backend_store` (a URI), it serves that store instead, from the folder `root`, as `mlflow ui` run there would."""
     from mlflow import MlflowClient
 
+    store = ["--backend-store-uri", backend_store] if backend_store else [
+        "--backend-store-uri", f"sqlite:///{root}/server.db", "--default-artifact-root", str(root / "artifacts")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/server.db", "--default-artifact-root", str(root / "artifacts"),
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), *store,
          "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 240  # a loaded 2-core machine starts it slowly
     while time.time() < deadline:
