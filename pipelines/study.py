@@ -32,6 +32,7 @@ from pipelines.step_status import process_alive, process_start
 from pipelines.steps import corpus
 from pipelines.storage import StudyStore, is_uri
 from pipelines.tracking import StudyTracking, redact_text, redact_uri, resolve_tracking_uri
+from pipelines.warm_workers import warm_workers
 
 STUDY_FILE = "study.json"
 LOCK_FILE = ".lock"
@@ -259,7 +260,8 @@ def _run(cfg: StudyConfig, config_path: Path, out: Path, where: Path | str, targ
     log(f"study {cfg.name} → {where}" + (f" (working in {out})" if store else ""))
     log(f"MLflow: {redact_uri(uri)}" + (f"   Ray dashboard: {dashboard}" if dashboard else ""))
     try:
-        outcomes = executor.run(targets)
+        with warm_workers(out):  # the training runs of one shape share worker groups
+            outcomes = executor.run(targets)
     except ClusterLost as e:
         tracking.finish_study(ok=False)
         again = rerun_command(config_path, where, overrides)

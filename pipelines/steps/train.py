@@ -1,12 +1,13 @@
 """Step `train-<size>`: one grid point, trained by Ray Train's TorchTrainer running DeepSpeed.
 
-The loop itself is armodels.train.train (no Ray inside); this step only places it on Ray Train workers, logs its
+The loop itself is armodels.train.train (no Ray inside); this step only places it on Ray Train workers (warm ones:
+the study's runs of the same shape share a worker group, pipelines.warm_workers), logs its
 metrics to the step's MLflow run (step = tokens seen) and prints progress. The run's full description is saved as
 run.json, so `arscale train --config <step dir>/run.json --out DIR` repeats it in one process without Ray.
 
 Faults: the loop checkpoints into the step's .tmp dir, which outlives a failed attempt. If a worker dies, or the
-node it ran on, Ray Train restarts the worker group (up to WORKER_RESTARTS times) on the nodes left and the loop
-resumes from the last checkpoint; if the whole study dies, the next `arscale study run` does the same. When the
+node it ran on, Ray Train restarts the worker group on the nodes left and the run (at most WORKER_RESTARTS times)
+resumes from its last checkpoint; if the whole study dies, the next `arscale study run` does the same. When the
 nodes left cannot hold the workers, the step fails after RESOURCE_WAIT_S, saying so (Ray Train alone would wait
 forever). A stop request (the study's STOP file) makes the loop checkpoint and end early, and this step then fails
 with a message saying so.
@@ -19,6 +20,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -30,6 +32,7 @@ from armodels.device import process_group_backend
 from armodels.files import file_sha256, read_json, write_json_atomic
 from armodels.shards import read_manifest
 from armodels.train import TrainConfig, TrainRun, train
+from pipelines import warm_workers
 from pipelines.errors import RunFailure, StepStopped
 from pipelines.progress import PROGRESS_FILE, TrainingProgress
 from pipelines.step import StepContext
@@ -70,11 +73,9 @@ class TrainStepConfig:
 
 
 def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    import ray
 
-    from pipelines.rendezvous import BoundRendezvousConfig  # these import ray.train, as the lines above
-    from pipelines.steps.train_reports import RAY_TRAIN_REPORT, LastReport
+    from pipelines.steps.train_reports import RAY_TRAIN_REPORT  # imports ray.train
 
     run = config.run(ctx.inputs["shards"])
     vocab = read_manifest(run.train_shards).vocab_size
@@ -84,24 +85,15 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
     ctx.log(f"{run.family}: {run.steps} steps × {run.train.batch_size} sequences × {run.seq_len} tokens on "
             f"{config.describe_workers()}")
     reports = ctx.output / RAY_TRAIN_REPORT
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={"run": run.to_dict(), "out": str(ctx.output), "threads": config.cpus_per_worker,
-                           "tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id, "stop_file": str(ctx.stop_file),
-                           "store_uri": ctx.store.uri if ctx.store else None},
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=run.train.device == "cuda",
-                                     resources_per_worker=config.worker_resources),
-        torch_config=BoundRendezvousConfig(backend=process_group_backend(run.train.device)),
-        run_config=RunConfig(name=config.name, storage_path=str(ctx.output / "ray-train"),
-                             failure_config=FailureConfig(max_failures=WORKER_RESTARTS,
-                                                          controller_failure_limit=_start_retries()),
-                             logging_config=LoggingConfig(log_level="WARNING"),
-                             callbacks=[LastReport(reports)]),
-    )
-    try:
-        trainer.fit()
-    except Exception as e:
-        raise _worker_error(e, config, ctx.output) from None
+    job = {"run": run.to_dict(), "out": str(ctx.output), "threads": config.cpus_per_worker,
+           "tracking_uri": ctx.tracking_uri, "run_id": ctx.run_id, "stop_file": str(ctx.stop_file),
+           "store_uri": ctx.store.uri if ctx.store else None}
+    # on the study's warm workers (its driver's pool); a step run on its own brings a pool of its own
+    study_pool = warm_workers.find(ctx.output.parent)
+    with nullcontext(study_pool) if study_pool else warm_workers.warm_workers(ctx.output.parent, named=False) as pool:
+        outcome = ray.get(pool.run.remote(lane_spec(config), f"{__name__}:_train_job", job, WORKER_RESTARTS))
+    if outcome.get("error"):
+        raise _worker_error(outcome, config, ctx.output)
     reported = read_json(reports, "Ray Train's last report") if reports.is_file() else {}
     if ctx.store and not (ctx.output / "result.json").is_file():  # rank 0 ran on another node
         ctx.store.pull_into(ctx.output.name, ctx.output)
@@ -144,8 +136,18 @@ def _quiet_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def _train_worker(loop_config: dict) -> None:
-    """Runs on each Ray Train worker; torch.distributed is already set up (pipelines.rendezvous)."""
+def lane_spec(config: TrainStepConfig) -> warm_workers.LaneSpec:
+    """The workers the run needs, which runs of the same needs share (pipelines.warm_workers)."""
+    timeout = os.environ.get(START_TIMEOUT_ENV)
+    return warm_workers.LaneSpec(
+        num_workers=config.num_workers, resources=tuple(sorted(config.worker_resources.items())),
+        use_gpu=config.train.device == "cuda", backend=process_group_backend(config.train.device),
+        start_retries=_start_retries(), env=((START_TIMEOUT_ENV, timeout),) if timeout else ())
+
+
+def _train_job(loop_config: dict) -> None:
+    """One run, on each worker of a warm Ray Train worker group (pipelines.warm_workers); torch.distributed is
+    already set up (pipelines.rendezvous)."""
     import ray.train
     import torch
 
@@ -175,10 +177,18 @@ def _train_worker(loop_config: dict) -> None:
     # then rank 0 the state.json that vouches for them all
     push_files = partial(_push_checkpoint_files, store, out) if store else None
     push_state = partial(_push_checkpoint_state, store, out) if store and rank == 0 else None
+    stop_signal = StopSignal(Path(loop_config["stop_file"]), store)
+    spare_cores = warm_workers.SpareCores(loop_config["threads"])  # the last run of a study takes the idle cores
+
+    def should_stop() -> bool:  # asked after every step
+        spare_cores()
+        return stop_signal()
+
     try:
         # every rank reports at each evaluation (ray.train.report is a collective), so Ray's dashboard has them
-        train(run, out, on_metrics=on_metrics, should_stop=StopSignal(Path(loop_config["stop_file"]), store),
-              on_checkpoint=push_state, on_checkpoint_files=push_files, on_eval=ray.train.report)
+        train(run, out, on_metrics=on_metrics, should_stop=should_stop,
+              on_checkpoint=push_state, on_checkpoint_files=push_files,
+              on_eval=lambda metrics: ray.train.report({**metrics, "run": out.name}))
         if store and rank == 0:
             _push_run(store, out)  # the result and the model, for the step's own node
     finally:
@@ -318,9 +328,9 @@ def _start_retries() -> int:
     return max(0, math.ceil(RESOURCE_WAIT_S / max(timeout, 1.0)) - 1)
 
 
-def _worker_error(e: Exception, config: TrainStepConfig, out: Path) -> Exception:
-    """Ray Train wraps worker exceptions; surface the first worker's own error, or say why no worker could start."""
-    if type(getattr(e, "controller_failure", None)).__name__ == "WorkerGroupStartupTimeoutError":
+def _worker_error(outcome: dict, config: TrainStepConfig, out: Path) -> Exception:
+    """The run's failure (pipelines.warm_workers): a worker's own error, or why no worker could start."""
+    if outcome.get("no_room"):
         checkpoint = (out / "checkpoint").is_dir() or (out / "checkpoint.old").is_dir()
         run_on_gpu = config.train.device == "cuda"
         return RunFailure(
@@ -330,9 +340,4 @@ def _worker_error(e: Exception, config: TrainStepConfig, out: Path) -> Exception
             + ("CPUs or GPUs); " if run_on_gpu else "CPUs); ")
             + ("its checkpoint is kept: " if checkpoint else "")
             + "add nodes or lower num_workers, then run the study again" + (" to resume" if checkpoint else ""))
-    failures = getattr(e, "worker_failures", None)
-    if failures:
-        rank, error = sorted(failures.items())[0]
-        cause = getattr(error, "cause", None) or error
-        return RuntimeError(f"training worker {rank} failed: {type(cause).__name__}: {str(cause).strip()}")
-    return e
+    return RuntimeError(outcome["error"])

@@ -3,7 +3,8 @@ imports ray.train).
 
 The workers call `ray.train.report` at each evaluation and at the end (pipelines/steps/train.py); Ray Train passes
 reports without a checkpoint only to its callbacks (its Result holds checkpointed ones), so this callback keeps the
-last one in the run's folder, where the step puts it in its summary.
+last one in the run's folder, where the step puts it in its summary. One Ray Train run trains many of the study's
+runs one after another (pipelines.warm_workers), so each report names its run's folder ("run").
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ RAY_TRAIN_REPORT = "ray-train-report.json"  # in the run's folder: the last metr
 
 
 class LastReport(UserCallback):
-    """Writes rank 0's metrics of each report to `path`. It runs in Ray Train's controller, which Ray Train places
-    on the node of the process that called fit() (the step's task), so `path` is in the step's folder."""
+    """Writes rank 0's metrics of each report to `<study>/<run>/ray-train-report.json`. It runs in Ray Train's
+    controller, which Ray Train places on the node of the process that called fit() (a lane on the study driver's
+    node), so the study folder is there."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, study: Path):
+        self.study = Path(study)
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        if metrics:
-            write_json_atomic(self.path, metrics[0])
+        run = metrics[0].get("run") if metrics else None
+        if run and "/" not in run and (self.study / run).is_dir():
+            write_json_atomic(self.study / run / RAY_TRAIN_REPORT, metrics[0])
