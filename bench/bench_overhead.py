@@ -67,7 +67,11 @@ T = TypeVar("T")
 
 LOOP_ROW = "orchestration: arscale vs plain PyTorch loop"
 STUDY_ROW = "orchestration: study wall time outside training steps"
-LOOP_GOAL, STUDY_GOAL = 0.95, 0.20
+BOUND_ROW = "study wall time ÷ compute bound"
+STARTUP_ROW = "start-up before a run's first step"
+GRID_ROW = "study wall time vs grid size"
+LOOP_GOAL, STUDY_GOAL, BOUND_GOAL, STARTUP_GOAL = 0.95, 0.08, 2.5, 3.0
+GRID_PRESET, GRID_SEEDS = "text-tiny", (1, 2, 4)  # its 5 sizes × seeds: grids of 5, 10 and 20 runs
 PRESET = "text-default"
 TOKENS = 100 * 32 * 128  # 100 steps of the top size: about a minute a side on 2 busy cores
 SMOKE_MODEL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "seq_len": 32}
@@ -274,7 +278,8 @@ class Timeline:
     end: float
     training: float = 0.0
     outside: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    runs: list[tuple[str, float, float, float]] = field(default_factory=list)  # name, before, in, after its loop
+    runs: list[tuple[str, float, float, float, float]] = field(default_factory=list)  # name, before, in, after its
+    # loop, and when its step started
     unstamped: list[str] = field(default_factory=list)  # runs whose result.json predates train_started_at
 
     @property
@@ -306,7 +311,8 @@ def study_timeline(study: Path, start: float | None = None, end: float | None = 
                 continue
             loop = result["train_started_at"], result["train_finished_at"]
             loops.append(loop)
-            t.runs.append((s["step"], loop[0] - s["started"], loop[1] - loop[0], s["finished"] - loop[1]))
+            t.runs.append((s["step"], loop[0] - s["started"], loop[1] - loop[0], s["finished"] - loop[1],
+                           s["started"]))
     cuts = sorted({t.start, t.end, *(x for _, a, b in spans for x in (a, b)), *(x for loop in loops for x in loop)})
     for a, b in zip(cuts, cuts[1:]):
         if not t.start <= a < t.end:
@@ -332,26 +338,94 @@ def print_timeline(t: Timeline) -> None:
     for kind, seconds in sorted(t.outside.items(), key=lambda kv: -kv[1]):
         print(f"  {seconds:7.1f} s  {seconds / t.wall:5.1%}  {kind}")
     print(f"\n  {'train step':<32} {'before loop':>11} {'loop':>8} {'after':>7}   (seconds)")
-    for name, before, inside, after in t.runs:
+    for name, before, inside, after, _ in t.runs:
         print(f"  {name:<32} {before:11.1f} {inside:8.1f} {after:7.1f}")
     if t.runs:
         print(f"  {'sum':<32} {sum(r[1] for r in t.runs):11.1f} {sum(r[2] for r in t.runs):8.1f} "
               f"{sum(r[3] for r in t.runs):7.1f}", flush=True)
 
 
-def run_study(out: Path, preset: str = PRESET) -> tuple[float, float]:
-    """`arscale study run PRESET --out OUT` in a subprocess; returns its start and end (unix times)."""
+def run_study(out: Path, preset: str = PRESET, overrides: tuple[str, ...] = ()) -> tuple[float, float]:
+    """`arscale study run PRESET [--set OVERRIDE ...] --out OUT` in a subprocess; returns its start and end (unix
+    times)."""
     log = out.with_name(f"{out.name}.log")
-    print(f"\nrunning `arscale study run {preset} --out {out}` (log: {log})", flush=True)
+    sets = [a for o in overrides for a in ("--set", o)]
+    print(f"\nrunning `arscale study run {preset} {' '.join(sets)} --out {out}` (log: {log})", flush=True)
     start = time.time()
     with open(log, "w") as f:
-        code = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "run", preset, "--out", str(out)],
+        code = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "run", preset, *sets, "--out", str(out)],
                               stdout=f, stderr=subprocess.STDOUT).returncode
     end = time.time()
     if code:
         tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
         raise RuntimeError(f"the study failed (exit {code}); the end of its log:\n{tail}")
     return start, end
+
+
+def compute_bound(config, cores: int) -> tuple[float, float, float]:
+    """(seconds, FLOPs, FLOP/s): the study's training and evaluation FLOPs (per-layer count, validation during
+    training included, as a dry run counts them) ÷ the fp32 matmul peak of one thread measured now × `cores`."""
+    from bench_mfu import matmul_peak
+
+    from pipelines.estimate import pending_jobs
+    from pipelines.plan import build_steps
+    from pipelines.step import topological_order
+
+    steps = topological_order(build_steps(config))
+    flops = sum(job.flops for job in pending_jobs([(s, {"state": "pending"}) for s in steps])[0])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        peak = max(matmul_peak(torch.float32).values()) * cores  # the best clock: a busy machine's wall clock lags
+    finally:
+        torch.set_num_threads(threads)
+    return flops / peak, flops, peak
+
+
+def bound_row(t: Timeline, study: Path) -> Row:
+    from pipelines.config import StudyConfig
+
+    config = StudyConfig.model_validate(read_json(study / "study.json")["config"])
+    cores = os.cpu_count() or 1
+    seconds, flops, peak = compute_bound(config, cores)
+    ratio = t.wall / seconds
+    return Row(BOUND_ROW, f"{ratio:.1f}× ({t.wall:.0f} s vs {seconds:.0f} s)", f"≤ {BOUND_GOAL:g}×",
+               check(ratio, at_most=BOUND_GOAL), ratio,
+               f"{config.name}: {flops:.2e} FLOPs of training and evaluation (per-layer count) at the fp32 matmul "
+               f"peak of {cores} core(s) measured beside it ({peak / 1e9:.0f} GFLOP/s in all, 1 thread each)")
+
+
+def startup_row(t: Timeline, smoke: bool) -> Row:
+    """Before each run's loop: the first runs start the warm worker groups (one per core), later runs reuse them."""
+    runs = sorted(t.runs, key=lambda r: r[4])
+    cores = os.cpu_count() or 1
+    first, later = runs[:cores], runs[cores:]
+    if not later:
+        return Row(STARTUP_ROW, f"first run {max(r[1] for r in first):.1f} s", f"≤ {STARTUP_GOAL:g} s", INFO, None,
+                   "one run only: no later run to measure")
+    worst = max(later, key=lambda r: r[1])
+    later_s = sorted(r[1] for r in later)
+    return Row(STARTUP_ROW, f"later runs: median {later_s[len(later_s) // 2]:.1f} s, max {worst[1]:.1f} s; "
+               f"first runs {', '.join(f'{r[1]:.1f}' for r in first)} s", f"≤ {STARTUP_GOAL:g} s (later runs)",
+               INFO if smoke else check(worst[1], at_most=STARTUP_GOAL), worst[1],
+               f"from the step's start to its loop's first step; {len(later)} later runs, the slowest "
+               f"{worst[0]}")
+
+
+def grid_row(root: Path) -> Row:
+    """The same study with 5, 10 and 20 runs (more seeds of each size): wall time ∝ runs^b."""
+    import numpy as np
+
+    runs, walls = [], []
+    for seeds in GRID_SEEDS:
+        out = root / f"grid-{seeds}"
+        start, end = run_study(out, GRID_PRESET, [f"training.seeds={seeds}"])
+        runs.append(len(list(out.glob("train-*/result.json"))))
+        walls.append(end - start)
+    b = float(np.polyfit(np.log(runs), np.log(walls), 1)[0])
+    return Row(GRID_ROW, f"wall ∝ runs^{b:.2f} ({', '.join(f'{n} runs {w:.0f} s' for n, w in zip(runs, walls))})",
+               "", INFO, b, f"{GRID_PRESET} with {', '.join(map(str, GRID_SEEDS))} seed(s) of each of its sizes, "
+               "each a new study (Ray's and the process's start-up included)")
 
 
 def study_row(t: Timeline, smoke: bool, source: str) -> Row:
@@ -369,7 +443,7 @@ def study_row(t: Timeline, smoke: bool, source: str) -> Row:
 # ---- both ----
 
 def measure(smoke: bool = False, tokens: int | None = None, study: Path | None = None,
-            only: tuple[str, ...] = ("loop", "study"), repeats: int = 1) -> list[Row]:
+            only: tuple[str, ...] = ("loop", "study", "grid"), repeats: int = 1) -> list[Row]:
     """Row 1 (loop) and row 2 (study). The smoke version takes row 2 from row 1's own training step: the code
     path, not a study."""
     rows = []
@@ -389,6 +463,14 @@ def measure(smoke: bool = False, tokens: int | None = None, study: Path | None =
                 timeline, source = study_timeline(root / PRESET, *run_study(root / PRESET)), f"{PRESET}, run now"
             print_timeline(timeline)
             rows.append(study_row(timeline, smoke, source))
+            if smoke:
+                rows.append(Row(BOUND_ROW, "n/a", f"≤ {BOUND_GOAL:g}×", SKIPPED, None, "smoke: no whole study"))
+            elif not timeline.unstamped:
+                rows.append(bound_row(timeline, study or root / PRESET))
+            rows.append(startup_row(timeline, smoke))
+        if "grid" in only:
+            rows.append(grid_row(root) if not smoke else
+                        Row(GRID_ROW, "n/a", "", SKIPPED, None, "smoke: three studies take minutes"))
     return rows
 
 
@@ -399,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="row 1: run (b) and (a) this many times each after the first (a), on a noisy machine")
     parser.add_argument("--study", type=Path, help="row 2 from this finished study folder instead of a new study")
-    parser.add_argument("--only", nargs="+", choices=("loop", "study"), default=("loop", "study"),
+    parser.add_argument("--only", nargs="+", choices=("loop", "study", "grid"), default=("loop", "study", "grid"),
                         help="run only these rows")
     args = parser.parse_args(argv)
     rows = measure(args.smoke, args.tokens, args.study, tuple(args.only), args.repeats)

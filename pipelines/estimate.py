@@ -3,8 +3,9 @@ wall time on this machine, from a throughput measured in about a second: a few t
 (no Ray, no data), of the model of the run that spends the most compute.
 
 The wall time is rough on purpose and says so: the measured steps leave out DeepSpeed, data loading and checkpoints,
-smaller models use the hardware worse than the measured one (their share of the time is underestimated), and each
-training run pays a fixed start-up for its Ray Train workers.
+smaller models use the hardware worse than the measured one (their share of the time is underestimated), and the
+first runs pay a fixed start-up for their Ray Train workers (later runs reuse them warm: pipelines.warm_workers).
+The critical path is the chain of dependent steps that takes longest: what no number of cores shortens.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pipelines.steps import train
 
 CONVENTION = "per_layer"  # each family's own count of what it computes: the count that tracks time
 FORWARD_SHARE = 1 / 3  # a forward pass is about a third of a training step (the backward pass costs about 2×)
-STARTUP_S = 20.0  # a Ray Train worker group's start-up, paid by every training run (about 20–25 s on CPUs)
+STARTUP_S = 20.0  # a Ray Train worker group's start-up (about 20–25 s on CPUs), paid once: the groups start at once
+WARM_START_S = 1.0  # a training run's start on warm workers (its model, DeepSpeed's set-up, its data)
 MEASURE_S = 1.0  # how long the throughput is measured for
 MAX_MEASURED_PARAMS = 20_000_000  # a model larger than this is not built: a timed matmul stands in
 MAX_STEP_FLOPS = {"cpu": 2e10, "cuda": 2e13}  # a timed step's batch is cut to stay within about a second
@@ -39,7 +41,12 @@ class Job:
     device: str  # "cpu" or "cuda"
     workers: int
     held: float  # CPUs (or GPUs) the step holds, all workers together
-    startup_s: float
+    startup_s: float  # its own, before its work
+    training: bool = False  # a training run (the first ones wait for their worker groups: STARTUP_S)
+    step: str = ""  # the step's name
+
+    def seconds(self, throughput: Throughput) -> float:
+        return self.flops / (throughput.flops_per_s * self.workers) + self.startup_s
 
 
 @dataclass
@@ -62,13 +69,14 @@ def pending_jobs(plan: list[tuple[Step, dict]]) -> tuple[list[Job], train.TrainS
         if step.name.startswith("train-"):
             validation = tc.train.eval_points * tc.train.eval_windows * run.seq_len  # tokens scored while training
             jobs.append(Job(run.flops(CONVENTION) + forward * validation, tc.train.device, tc.num_workers,
-                            tc.num_workers * (tc.gpus_per_worker if gpu else tc.cpus_per_worker), STARTUP_S))
+                            tc.num_workers * (tc.gpus_per_worker if gpu else tc.cpus_per_worker), WARM_START_S,
+                            training=True, step=step.name))
             if largest is None or jobs[-1].flops > largest[0]:
                 largest = jobs[-1].flops, tc
         else:
             e = getattr(step.config, "common", step.config)  # an image eval step wraps the common settings
             jobs.append(Job(forward * (e.max_tokens + e.samples * run.seq_len), tc.train.device, 1,
-                            min(tc.gpus_per_worker, 1.0) if gpu else 1, 0.0))
+                            min(tc.gpus_per_worker, 1.0) if gpu else 1, 0.0, step=step.name))
     return jobs, largest and largest[1]
 
 
@@ -148,17 +156,35 @@ def machine_capacity(device: str) -> float:
 
 def wall_time(jobs: list[Job], throughput: Throughput) -> tuple[float, float]:
     """(seconds, how many runs side by side): the steps' device-seconds shared out over this machine's CPUs or
-    GPUs, and never less than the longest step. Data-parallel workers split a run's FLOPs between them."""
+    GPUs, and never less than the longest step; plus, with training runs, one start-up of their worker groups.
+    Data-parallel workers split a run's FLOPs between them."""
     seconds = longest = 0.0
     for device in {j.device for j in jobs}:
         mine = [j for j in jobs if j.device == device]
-        times = [j.flops / (throughput.flops_per_s * j.workers) + j.startup_s for j in mine]
+        times = [j.seconds(throughput) for j in mine]
         capacity = max(machine_capacity(device), max(j.held for j in mine))
         seconds += sum(t * j.held for t, j in zip(times, mine)) / capacity
         longest = max(longest, *times)
-    trains = [j for j in jobs if j.startup_s] or jobs
+    trains = [j for j in jobs if j.training] or jobs
     side_by_side = max(1.0, machine_capacity(trains[0].device) // max(j.held for j in trains))
-    return max(seconds, longest), side_by_side
+    startup = STARTUP_S if any(j.training for j in jobs) else 0.0
+    return max(seconds, longest) + startup, side_by_side
+
+
+def critical_path(plan: list[tuple[Step, dict]], seconds: dict[str, float]) -> tuple[list[str], float]:
+    """The chain of dependent pending steps of `plan` whose `seconds` (by step name; 0 for those not in it) add up
+    the most: its step names, first to last, and its total."""
+    finish, before = {}, {}  # by step name: when it ends at the earliest, and the input it waits for last
+    for step, state in plan:  # in the plan's (topological) order
+        waits = [(finish[d.name], d.name) for d in step.inputs.values() if d.name in finish]
+        start, before[step.name] = max(waits) if waits else (0.0, None)
+        finish[step.name] = start + (0.0 if state["state"] == "succeeded" else seconds.get(step.name, 0.0))
+    name = max(reversed(finish), key=finish.get, default=None)  # of equal chains, the one that goes furthest
+    total, path = finish.get(name, 0.0), []
+    while name is not None:
+        path.append(name)
+        name = before[name]
+    return path[::-1], total
 
 
 def rough_duration(seconds: float) -> str:
@@ -173,9 +199,9 @@ def describe_cost(plan: list[tuple[Step, dict]]) -> str:
     jobs, largest = pending_jobs(plan)
     if not jobs:
         return "compute: nothing to train or evaluate (those steps are done)"
-    training = sum(j.flops for j in jobs if j.startup_s)
-    evaluation = sum(j.flops for j in jobs if not j.startup_s)
-    runs = sum(1 for j in jobs if j.startup_s)
+    training = sum(j.flops for j in jobs if j.training)
+    evaluation = sum(j.flops for j in jobs if not j.training)
+    runs = sum(1 for j in jobs if j.training)
     lines = [f"compute: {training:.2e} FLOPs training ({runs} runs) + {evaluation:.2e} evaluation "
              f"({CONVENTION} count, validation during training included)"]
     if largest is None:  # only evaluation steps are pending: time one of their models
@@ -183,9 +209,16 @@ def describe_cost(plan: list[tuple[Step, dict]]) -> str:
                        if s.name.startswith("eval-") and st["state"] != "succeeded")
     throughput = measure_throughput(largest)
     seconds, side_by_side = wall_time(jobs, throughput)
+    times = {j.step: j.seconds(throughput) for j in jobs}
+    path, path_s = critical_path(plan, times)
+    seconds = max(seconds, path_s + STARTUP_S)  # the work shared out over the cores, or the chain, whichever is longer
     lines.append(f"estimated wall time on this machine: ~{rough_duration(seconds)} for training and evaluation (rough: "
                  f"{human(throughput.flops_per_s)}FLOP/s per worker from {throughput.basis}, without DeepSpeed "
                  f"or data loading, for every run (smaller models run slower per FLOP); up to {side_by_side:g} "
-                 f"runs side by side; plus {STARTUP_S:.0f} s start-up per training run; corpus, tokenizer, shards "
-                 "and fit steps not counted)")
+                 f"runs side by side; {STARTUP_S:.0f} s to start their workers, reused warm by the runs after them; "
+                 "corpus, tokenizer, shards and fit steps not counted)")
+    timed = [f"{name} ~{rough_duration(times[name])}" for name in path if times.get(name, 0) >= 1]
+    if timed:
+        lines.append(f"critical path: ~{rough_duration(path_s + STARTUP_S)}, the longest chain of steps that wait on "
+                     f"each other (more runs side by side do not shorten it): {' → '.join(timed)}")
     return "\n".join(lines)

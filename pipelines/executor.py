@@ -26,7 +26,7 @@ from pipelines.admission import ClusterRoom
 from pipelines.errors import ClusterLost, StepStopped, UserError
 from pipelines.progress import StudyProgress
 from pipelines.ray_connect import task_env
-from pipelines.step import Step, config_dict, topological_order
+from pipelines.step import Step, chain_priorities, config_dict, topological_order
 from pipelines.step_runner import StepLaunch, execute_step, one_line_error
 from pipelines.step_status import STATUS, STOP_FILE, SUCCEEDED, ensure_failed, finish_commit, step_state
 from pipelines.storage import StudyStore
@@ -107,6 +107,7 @@ class Executor:
             room.check(step)
         if pending:
             self.log(f"{len(plan) - len(pending)} of {len(plan)} steps already done; running {len(pending)}")
+        chain = chain_priorities([step for step, _ in plan])  # the longest chains of work first
         remote = ray.remote(execute_step)
         running: dict[Any, tuple[Step, float, str | None]] = {}
         held: dict[str, list] = {}  # step name → the GPU shares it holds
@@ -117,7 +118,7 @@ class Executor:
                     pending.remove(step)
                     outcomes[step.name] = Outcome("blocked", error="an input step failed")
                     progress.finished(step.name, "blocked")
-                ready = sorted((s for s in pending if self._inputs_done(s, outcomes)), key=lambda s: -s.priority)
+                ready = sorted((s for s in pending if self._inputs_done(s, outcomes)), key=lambda s: -chain[s.name])
                 for step in ready:
                     taken = room.take(step.resources)
                     if taken is None:

@@ -90,7 +90,7 @@ class Step:
     inputs: Mapping[str, Step] = field(default_factory=dict)
     version: str = "1"  # bump when the function's output changes for the same config
     resources: Resources = Resources()
-    priority: float = 0.0  # among ready steps, higher starts first (training steps use their FLOPs)
+    priority: float = 0.0  # its own weight (training steps: their FLOPs); ready steps start by chain_priorities
     describe: str = ""  # one line shown by --dry-run
     work_tokens: int = 0  # a training step's tokens and FLOPs: the study's progress line and ETA count them
     work_flops: float = 0.0
@@ -120,6 +120,20 @@ def config_dict(config: Any) -> Any:
     if isinstance(config, dict):
         return {k: config_dict(v) for k, v in config.items()}
     return copy.deepcopy(config)
+
+
+def chain_priorities(steps: list[Step]) -> dict[str, float]:
+    """Each step's priority plus the largest such sum among the steps that read it: a ready step that a long chain
+    waits on (the evaluation and fit before a confirmation run) starts before one nothing much waits on.
+    `steps` holds every step with its inputs (topological_order's output)."""
+    readers: dict[str, list[str]] = {s.name: [] for s in steps}
+    for step in steps:
+        for dep in step.inputs.values():
+            readers[dep.name].append(step.name)
+    chain: dict[str, float] = {}
+    for step in reversed(topological_order(steps)):  # readers before the steps they read
+        chain[step.name] = step.priority + max((chain[r] for r in readers[step.name]), default=0.0)
+    return chain
 
 
 def topological_order(targets: list[Step]) -> list[Step]:

@@ -11,11 +11,13 @@ processes, and each later run starts in about a second.
 
 What Ray Train gives a run is kept: each run has its own step folder, status, checkpoint and MLflow run (the job's
 function does all that); a worker that dies mid-run makes Ray Train restart the lane's worker group, and the pool
-hands the restarted group the same job again, which resumes from its checkpoint (at most `restarts` times). A
-run whose function raises is failed, and the lane's worker group is then restarted, so nothing of a failed run
-lingers in the processes that train the next one. A worker that dies between runs is replaced the same way, and
-no job is handed to two groups. An idle lane leaves after `idle_s`, or at once when work of another shape waits,
-so its CPUs go back to the cluster.
+hands the restarted group the same job again, which resumes from its checkpoint (at most `restarts` times). A run
+whose function raises on a lone worker is failed at once (on one of several workers, where a peer's death also
+raises, it is resumed like a death, and fails with its error once its restarts are spent); either way the lane's
+worker group is restarted, so nothing of a failed run lingers in the processes that train the next one. A worker
+that dies between runs is replaced the same way, and no job is handed to two groups. An idle lane gives its CPUs
+back after `idle_s`, and sooner when other work needs them: at once for a job of another shape, within a second or
+two for any task that waits in the cluster (an evaluation, the fit).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IDLE_S = 5.0  # how long an idle lane waits for the next run of its shape before it gives its CPUs back
+IDLE_S = 60.0  # how long an idle lane waits for the next run of its shape when nothing else needs its CPUs
+DEMAND_CHECK_S = 0.5  # how often, while a lane is idle, the cluster's waiting work is looked at
 LANE_RESTARTS = 100  # Ray Train restarts of one lane's worker group in all (the pool bounds each job's own)
 CLOSE_WAIT_S = 30.0  # how long closing the pool waits for lanes to finish before they are killed
 SPARE_CHECK_S = 10.0  # how often a running job asks whether idle CPUs may join it (SpareCores)
@@ -60,6 +63,7 @@ class _Job:
     payload: dict
     restarts: int  # worker-group restarts it may resume after
     handouts: int = 0  # times a worker group was given it: more than one means it resumes after a restart
+    error: str | None = None  # the last error a worker of a multi-worker group raised (a dead peer's, perhaps)
     outcome: dict | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -70,6 +74,7 @@ class _Lane:
     spec: LaneSpec
     job: _Job | None = None  # the job in flight (handed out, not finished)
     state: str = "starting"  # starting → busy ⇄ idle → leaving
+    release: bool = False  # other work waits for its resources: it leaves instead of waiting for a job
     asks: int = 0  # next_job calls: only the latest one's caller is alive (a restarted group asks anew)
 
 
@@ -86,6 +91,7 @@ class WarmWorkers:
         self.started = 0
         self.closing = False
         self.changed = asyncio.Condition()
+        self.demand_watch = None  # the task that releases idle lanes for work that waits (started with the first job)
 
     async def run(self, spec: LaneSpec, fn: str, payload: dict, restarts: int) -> dict:
         """Run `fn(payload)` ("module:function") on every worker of a lane of `spec`; returns the outcome: {} when
@@ -93,6 +99,8 @@ class WarmWorkers:
         {"error": one line, "no_room": whether the workers never found room in the cluster}. A worker group that
         dies mid-job is restarted and resumes the job, up to `restarts` times."""
         job = _Job(next(self.ids), spec, fn, payload, restarts)
+        if self.demand_watch is None:
+            self.demand_watch = asyncio.get_running_loop().create_task(self._release_for_waiting_work())
         async with self.changed:
             self.queue.append(job)
             self._balance()
@@ -116,14 +124,15 @@ class WarmWorkers:
                     if job.handouts <= 1 + job.restarts:
                         lane.state = "busy"
                         return {"id": job.id, "fn": job.fn, "payload": job.payload}
-                    self._finish(lane, {"error": f"its training workers died {job.handouts - 1} times"})
+                    self._finish(lane, {"error": job.error or f"its training workers died {job.handouts - 1} times",
+                                        "no_room": False})
                     continue
                 job = next((j for j in self.queue if j.spec == lane.spec), None)
                 if job is not None:
                     self.queue.remove(job)
                     lane.job = job
                     continue
-                if self.closing or self._others_wait(lane.spec):
+                if self.closing or lane.release or self._others_wait(lane.spec):
                     return self._leave(lane)
                 if idle_until is None:
                     lane.state, idle_until = "idle", time.monotonic() + self.idle_s
@@ -136,13 +145,18 @@ class WarmWorkers:
                 except asyncio.TimeoutError:
                     pass
 
-    async def finish(self, lane_id: int, job_id: int, error: str | None = None) -> None:
-        """A lane's job ended: returned on every worker (no error), or raised on one (the first error wins)."""
+    async def finish(self, lane_id: int, job_id: int, error: str | None = None, retry: bool = False) -> None:
+        """A lane's job ended: returned on every worker (no error), or raised on one (the first error wins). With
+        `retry`, the error may be a dead peer's doing: the job stays in flight, for the restarted group to resume
+        (and fails with this error once its restarts are spent)."""
         async with self.changed:
             lane = self.lanes.get(lane_id)
             if lane and lane.job and lane.job.id == job_id:
-                self._finish(lane, {"error": error, "no_room": False} if error else {})
-                lane.state = "idle"  # its rank 0 asks for the next job now (after a restart, on error)
+                if retry:
+                    lane.job.error = lane.job.error or error
+                else:
+                    self._finish(lane, {"error": error, "no_room": False} if error else {})
+                    lane.state = "idle"  # its rank 0 asks for the next job now (after a restart, on error)
             self.changed.notify_all()
 
     async def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
@@ -155,8 +169,9 @@ class WarmWorkers:
             await asyncio.sleep(0.2)
 
     def threads(self, lane_id: int, own: int) -> int:
-        """The threads a one-worker lane's job may use now: its `own` CPUs, plus the cluster's free ones when it
-        is the only job left on a one-node cluster (the last run of a study, which would leave cores idle)."""
+        """The threads a one-worker lane's job may use now: its `own` CPUs, plus the cluster's free ones and those
+        idle lanes hold, when it is the only job left on a one-node cluster (the last run of a study, which would
+        leave cores idle). A job that comes to an idle lane takes its CPU back at the next look (SpareCores)."""
         import ray
 
         lane = self.lanes.get(lane_id)
@@ -165,11 +180,39 @@ class WarmWorkers:
             return own
         if sum(node["Alive"] for node in ray.nodes()) != 1:  # free CPUs elsewhere are of no use to this worker
             return own
-        return own + int(ray.available_resources().get("CPU", 0))
+        idle = sum(dict(other.spec.resources).get("CPU", 0.0) * other.spec.num_workers for other in self.lanes.values()
+                   if other is not lane and other.state == "idle")  # held for a next job that has not come
+        return own + int(ray.available_resources().get("CPU", 0.0) + idle)
 
     def lanes_started(self) -> int:
         """How many lanes (Ray Train runs) this pool has started."""
         return self.started
+
+    async def _release_for_waiting_work(self) -> None:
+        """While lanes are idle: when work outside the pool (an evaluation, a fit) waits for resources that idle
+        lanes hold, on two looks in a row (not a task the scheduler is about to place), release just enough of
+        them."""
+        loop, before = asyncio.get_running_loop(), {}
+        while not self.closing:
+            await asyncio.sleep(DEMAND_CHECK_S)
+            if not any(lane.state == "idle" and lane.job is None for lane in self.lanes.values()):
+                before = {}
+                continue
+            try:
+                waiting = await loop.run_in_executor(None, _waiting_resources)
+            except Exception:  # the cluster's status is out of reach this time
+                continue
+            needed = {k: min(v, before.get(k, 0.0)) for k, v in waiting.items()}
+            before = waiting
+            async with self.changed:
+                for lane in self.lanes.values():
+                    if not any(v > 0 for v in needed.values()):
+                        break
+                    held = {k: v * lane.spec.num_workers for k, v in lane.spec.resources}
+                    if lane.state == "idle" and lane.job is None and any(held.get(k) for k, v in needed.items() if v):
+                        lane.release = True
+                        needed = {k: v - held.get(k, 0.0) for k, v in needed.items()}
+                self.changed.notify_all()
 
     def _others_wait(self, spec: LaneSpec) -> bool:
         """Work of another spec waits: a queued job, or a lane still starting (its workers may need our CPUs)."""
@@ -223,6 +266,22 @@ class WarmWorkers:
                              {"error": "its training workers stopped before the run ended", "no_room": False})
             self._balance()
             self.changed.notify_all()
+
+
+def _waiting_resources() -> dict[str, float]:
+    """The CPUs and GPUs that tasks and actors waiting in the cluster ask for, all together (what `ray status`
+    lists as demands), less what is free now."""
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+    waiting: dict[str, float] = {}
+    for demand in [*demands.ray_task_actor_demand, *demands.placement_group_demand]:
+        for request in demand.bundles_by_count:
+            for kind in ("CPU", "GPU"):
+                waiting[kind] = waiting.get(kind, 0.0) + request.bundle.get(kind, 0.0) * request.count
+    free = ray.available_resources()
+    return {kind: max(0.0, amount - free.get(kind, 0.0)) for kind, amount in waiting.items()}
 
 
 def _first_line(e: BaseException) -> str:
@@ -280,9 +339,11 @@ def _lane_loop(config: dict) -> None:
         try:
             getattr(importlib.import_module(module), function)(job["payload"])
         except Exception as e:
+            # Alone, a worker's error is its run's. Among several, it may come from a peer that died (a collective
+            # cut short): the restarted group resumes the run, which fails only once its restarts are spent.
             error = f"training worker {rank} failed: {type(e).__name__}: {str(e).strip()}"
-            ray.get(pool.finish.remote(lane_id, job["id"], error))
-            raise  # Ray Train restarts the worker group: the next job gets fresh processes
+            ray.get(pool.finish.remote(lane_id, job["id"], error, retry=world > 1))
+            raise  # Ray Train restarts the worker group: fresh processes for what comes next
         if world > 1:
             dist.barrier()  # every rank is done before the job is
         if rank == 0:
@@ -339,15 +400,17 @@ def warm_workers(root: Path, *, named: bool = True, idle_s: float = IDLE_S) -> I
     ).remote(str(root), node, task_env(), idle_s)
     try:
         yield pool
-        try:  # lanes end their jobs (the steps that wait on them have returned) and leave
+    finally:
+        try:  # idle lanes leave (their Ray Train runs end cleanly), busy ones after their job (a stopped study's
+            # runs have stopped)
             ray.get(pool.close.remote(), timeout=CLOSE_WAIT_S + 10)
-        except Exception:  # the cluster is gone, or the pool with it: nothing left to close
+        except Exception:  # the cluster is gone, or the pool with it (a second Ctrl-C goes on after the kill)
             pass
-    finally:  # on an error or an interrupt, at once
-        try:
-            ray.kill(pool)  # and with it any lane still running (they are its tasks)
-        except Exception:
-            pass
+        finally:
+            try:
+                ray.kill(pool)  # and with it any lane still running (they are its tasks)
+            except Exception:
+                pass
 
 
 def find(root: Path):

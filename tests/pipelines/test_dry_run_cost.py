@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.estimate import Job, Throughput, describe_cost, machine_capacity, wall_time
+from pipelines.estimate import Job, Throughput, critical_path, describe_cost, machine_capacity, wall_time
 from pipelines.plan import build_steps
 from pipelines.step import topological_order
 from tests.support.cli import ROOT, subprocess_env
@@ -48,7 +48,25 @@ def test_dry_run_prints_the_flops_and_a_rough_wall_time(tmp_path, overrides):
     assert eta[3] == max((s for s in topological_order(build_steps(load_config("text-tiny", overrides)[0]))
                           if s.name.startswith("train-")),
                          key=lambda s: s.config.run(Path(".")).flops("per_layer")).config.name
+    path = re.search(r"^critical path: ~\S+, the longest chain of steps .*: (.*)$", r.stdout, re.M)
+    assert path and path[1].split(" ~")[0] == f"train-{eta[3]}", r.stdout  # text-tiny has no confirmation run
     assert "ray not started" in r.stdout and not (tmp_path / "s").exists()
+
+
+def test_the_critical_path_is_the_longest_chain_of_steps_that_wait_on_each_other():
+    """The default study: the largest run, its evaluation, the fit, then the confirmation run the fit plans."""
+    steps = topological_order(build_steps(load_config("text-default")[0]))
+    seconds = {s.name: s.config.run(Path(".")).flops("per_layer") / 1e11 for s in steps if s.name.startswith("train-")}
+    largest = max((name for name in seconds if "confirm" not in name), key=seconds.get)
+    confirm = next(name for name in seconds if "confirm" in name)
+    path, total = critical_path([(s, {"state": "pending"}) for s in steps], seconds)
+    assert path == ["corpus", "tokenizer", "shards", largest, largest.replace("train-", "eval-"), "fit", confirm,
+                    "report"], path  # (the report reads the confirmation run's own result)
+    assert total == pytest.approx(seconds[largest] + seconds[confirm])
+    # finished steps cost nothing: with the largest run done, the chain goes through the next largest
+    after = critical_path([(s, {"state": "succeeded" if s.name == largest else "pending"}) for s in steps], seconds)
+    second = max((n for n in seconds if n not in (largest, confirm)), key=seconds.get)
+    assert second in after[0] and after[1] == pytest.approx(seconds[second] + seconds[confirm])
 
 
 def test_wall_time_shares_the_work_over_this_machines_cpus():

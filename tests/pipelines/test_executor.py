@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.errors import UserError
 from pipelines.executor import Executor
-from pipelines.step import Resources, Step
+from pipelines.step import Resources, Step, chain_priorities, topological_order
 from pipelines.step_status import step_state
 
 
@@ -106,6 +106,20 @@ def test_steps_wait_for_free_cpus(tmp_path, ray_local):
     assert x["end"] <= y["start"] or y["end"] <= x["start"], "two 2-CPU steps must not overlap on 2 CPUs"
     with pytest.raises(UserError, match="needs 3 CPUs but the Ray cluster has 2"):
         Executor(tmp_path).run([Step("huge", produce, Value(0), resources=Resources(cpus=3))])
+
+
+def test_the_step_a_long_chain_waits_on_starts_first(tmp_path, ray_local):
+    """One CPU's worth of room (2-CPU steps on 2 CPUs): `small` has more work of its own than `gate`, but `long`
+    (most work) waits on `gate`, so gate starts first, then long, and small last; by own priority alone, small would
+    go first (the evaluation before a confirmation run, behind the grid's smaller runs)."""
+    two = Resources(cpus=2)
+    gate = Step("gate", produce, Value(1, sleep=0.5), resources=two, priority=1.0)
+    long = Step("long", produce, Value(2, sleep=0.5), inputs={"gate": gate}, resources=two, priority=10.0)
+    small = Step("small", produce, Value(3, sleep=0.5), resources=two, priority=5.0)
+    assert chain_priorities(topological_order([long, small])) == {"gate": 11.0, "long": 10.0, "small": 5.0}
+    Executor(tmp_path, log=lambda m: None).run([long, small])
+    starts = {s.name: json.loads((tmp_path / s.dirname / "out.json").read_text())["start"] for s in (gate, long, small)}
+    assert sorted(starts, key=starts.get) == ["gate", "long", "small"], starts
 
 
 def test_an_incomplete_final_directory_is_not_trusted(tmp_path, ray_local):

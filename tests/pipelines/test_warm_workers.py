@@ -1,7 +1,7 @@
 """Warm worker groups (pipelines.warm_workers) on a real local Ray and real Ray Train runs: later jobs of a shape
 run in the processes of the first; a failed job, or a worker killed between jobs, leaves the next job fresh
-workers, and no job is lost or run twice; an idle group gives its CPUs back at once to work of another shape; a job
-alone in the cluster may use its idle CPUs (SpareCores).
+workers, and no job is lost or run twice; an idle group gives its CPUs back at once to work of another shape, and
+to any task that waits for them; a job alone in the cluster may use its idle CPUs (SpareCores).
 (Real training on warm workers, and a worker killed mid-run: tests/faults/test_worker_killed.py and the studies.)"""
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ pytestmark = pytest.mark.slow
 
 ONE_CPU = LaneSpec(num_workers=1, resources=(("CPU", 1.0),), use_gpu=False, backend="gloo", start_retries=1)
 RECORD = "tests.support.warm_jobs:record"
+
+
+def process_id() -> int:
+    return os.getpid()
 
 
 def run(pool, spec: LaneSpec, job: int, log, **payload) -> dict:
@@ -84,5 +88,18 @@ def test_an_idle_group_leaves_at_once_for_work_of_another_shape(ray_local, tmp_p
     with warm_workers(tmp_path, named=False, idle_s=600) as pool:
         assert run(pool, two_cpus, 0, log) == {}
         assert run(pool, ONE_CPU, 1, log) == {}  # times out (180 s) if the idle group kept its CPUs
+        lanes = ray_local.get(pool.lanes_started.remote())
+    assert lanes == 2 and [r["job"] for r in records(log)] == [0, 1]
+
+
+def test_an_idle_group_gives_its_cpus_to_a_task_that_waits_for_them(ray_local, tmp_path):
+    """As an evaluation step or the fit, which the pool knows nothing of, waiting for a CPU the idle group holds."""
+    log = tmp_path / "jobs.jsonl"
+    two_cpus = LaneSpec(num_workers=1, resources=(("CPU", 2.0),), use_gpu=False, backend="gloo", start_retries=1)
+    with warm_workers(tmp_path, named=False, idle_s=600) as pool:
+        assert run(pool, two_cpus, 0, log) == {}
+        task = ray_local.remote(num_cpus=1, max_retries=0)(process_id)
+        assert ray_local.get(task.remote(), timeout=120)  # times out if the idle group kept its CPUs
+        assert run(pool, two_cpus, 1, log) == {}  # a new group, once the task is done
         lanes = ray_local.get(pool.lanes_started.remote())
     assert lanes == 2 and [r["job"] for r in records(log)] == [0, 1]
