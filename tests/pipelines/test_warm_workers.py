@@ -47,7 +47,8 @@ def test_later_jobs_run_in_the_processes_of_the_first(ray_local, tmp_path):
 def test_jobs_at_once_get_a_group_each(ray_local, tmp_path):
     log = tmp_path / "jobs.jsonl"
     with warm_workers(tmp_path, named=False) as pool, ThreadPoolExecutor(2) as threads:
-        outcomes = list(threads.map(lambda job: run(pool, ONE_CPU, job, log, sleep_s=3, ask_threads=True), range(2)))
+        outcomes = list(threads.map(lambda job: run(pool, ONE_CPU, job, log, meet=2, ask_threads=True, sleep_s=3),
+                                    range(2)))
         lanes = ray_local.get(pool.lanes_started.remote())
     ran = records(log)
     assert outcomes == [{}, {}] and lanes == 2 and len({r["pid"] for r in ran}) == 2, ran

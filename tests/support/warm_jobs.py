@@ -10,7 +10,15 @@ from pathlib import Path
 
 def record(payload: dict) -> None:
     """Append {"job", "pid", "at"} (and with payload["ask_threads"], "threads") to payload["log"] (every worker of
-    the group); then wait payload["sleep_s"], and raise when payload["fail"] says so."""
+    the group), first waiting for payload["meet"] jobs to get there if it says so; then wait payload["sleep_s"],
+    and raise when payload["fail"] says so."""
+    if payload.get("meet"):  # wait until this many jobs have come this far (all running at once)
+        arrived = Path(f"{payload['log']}.arrived")
+        with open(arrived, "a") as f:
+            f.write(f"{payload['job']}\n")
+        deadline = time.monotonic() + 120
+        while len(arrived.read_text().split()) < payload["meet"] and time.monotonic() < deadline:
+            time.sleep(0.1)
     entry = {"job": payload["job"], "pid": os.getpid(), "at": time.time()}
     if payload.get("ask_threads"):  # what SpareCores would set now, for a job of one CPU
         import ray
