@@ -65,8 +65,11 @@ class TrainConfig:
     batch_size: int = 32  # global batch, in sequences
     micro_batch_size: int | None = None  # per worker and micro-step; default: batch_size // workers
     lr: float = 2e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
     warmup_fraction: float = 0.05  # warmup as a share of the run's steps, unless warmup_tokens is set
+    schedule: str = added_field("cosine")  # after the warmup: cosine, wsd or constant (lr_multiplier)
+    decay_fraction: float = added_field(0.2)  # wsd: the share of the steps that decay (the cooldown)
+    decay_shape: str = added_field("1-sqrt")  # wsd: how the cooldown decays: linear, cosine or 1-sqrt
     warmup_tokens: int | None = added_field(None)  # warmup as tokens: the same length for every size of a grid
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -94,6 +97,12 @@ class TrainConfig:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.decay_shape not in DECAY_SHAPES:
+            raise ValueError(f"decay_shape must be one of {', '.join(DECAY_SHAPES)}, got {self.decay_shape!r}")
+        if not 0 < self.decay_fraction < 1:
+            raise ValueError(f"decay_fraction must be between 0 and 1 (exclusive), got {self.decay_fraction}")
 
 
 @dataclass(frozen=True)
@@ -199,13 +208,43 @@ class Curve:
     val: list[dict] = field(default_factory=list)  # {"step", "tokens", "loss"}
 
 
-def lr_multiplier(step: int, total_steps: int, warmup_fraction: float, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to `min_ratio` at the last step."""
+# How a cooldown falls from 1 to 0 as its progress p goes from 0 to 1. Hägele et al. (2024) found 1 − sqrt best.
+DECAY_SHAPES: dict[str, Callable[[float], float]] = {
+    "linear": lambda p: 1 - p,
+    "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+    "1-sqrt": lambda p: 1 - math.sqrt(p),
+}
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_fraction: float, min_ratio: float, schedule: str = "cosine",
+                  decay_fraction: float = 0.2, decay_shape: str = "1-sqrt") -> float:
+    """The learning rate of optimizer step `step` (from 0) of `total_steps`, as a share of the peak: a linear warmup
+    over the first `warmup_fraction` of the steps, then
+
+    - cosine: a cosine decay towards `min_ratio` over the rest;
+    - wsd (warmup-stable-decay): the peak until the last `decay_fraction` of the steps, which decay to `min_ratio`
+      (reached at the last step) along `decay_shape`;
+    - constant: the peak to the end (the trunk that WSD cooldowns branch off).
+    """
     warmup = max(1, round(warmup_fraction * total_steps))
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_ratio + (1 - min_ratio) * DECAY_SHAPES["cosine"](min(1.0, progress))
+    decay = max(1, round(decay_fraction * total_steps))
+    progress = (step - (total_steps - decay) + 1) / decay  # 1 at the last step
+    return 1.0 if progress <= 0 else min_ratio + (1 - min_ratio) * DECAY_SHAPES[decay_shape](min(1.0, progress))
+
+
+def lr_schedule(run: TrainRun) -> Callable[[int], float]:
+    """`run`'s lr_multiplier as a function of the step (what LambdaLR takes)."""
+    cfg, total, warmup = run.train, run.steps, run.warmup_fraction
+    return lambda step: lr_multiplier(step, total, warmup, cfg.min_lr_ratio, cfg.schedule, cfg.decay_fraction,
+                                      cfg.decay_shape)
 
 
 def deepspeed_config(cfg: TrainConfig, micro_batch: int, accumulation: int, world_size: int, precision: str) -> dict:
@@ -261,6 +300,14 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
     import torch.distributed as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
+    # A run that already finished here (its worker died after saving the result, or its step failed afterwards)
+    # is not trained again: rank 0 reads its result, and every rank hears whether there is one (gloo: CPU tensor).
+    finished = _finished_result(run, Path(out_dir)) if rank == 0 else None
+    flag = torch.tensor([1.0 if finished else 0.0])
+    if world > 1:
+        dist.all_reduce(flag)
+    if flag.item():
+        return finished or {"name": run.name, "status": "ok", "reason": "finished earlier"}
     torch.manual_seed(run.train.seed)
     model = run.build()
     windows = TokenWindows(load_token_stream(run.train_shards), model.seq_len, seed=run.train.seed)
@@ -276,6 +323,7 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
     tokens = outcome.steps * run.train.batch_size * model.seq_len
     result = {
         "name": run.name, "family": run.family, "status": outcome.status, "reason": outcome.reason,
+        "run": _fingerprint(run),  # what a finished result must match to stand for this run (_finished_result)
         "steps": outcome.steps, "tokens": tokens,
         "params": model.num_params(non_embedding=False), "params_nonembedding": model.num_params(),
         **{f"flops_{convention}": run.flops(convention, tokens) for convention in flops_conventions(run.family)},
@@ -359,8 +407,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(cfg.device) or None,
     )
     total = run.steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, total, run.warmup_fraction, cfg.min_lr_ratio))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(run))
     engine, _, _, _ = deepspeed.initialize(model=Objective(model), optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg, micro, accum, world, precision))
     if cfg.compile:
@@ -427,6 +474,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         # [summed mean loss, ranks asked to stop], on the engine's device: NCCL reduces only GPU tensors, and
         # adding losses there keeps the GPU from waiting on the host at every micro-step
         step_loss = torch.zeros(2, dtype=torch.float64, device=device)
+        step_lr = schedule.get_last_lr()[0]  # this step's (the engine's last micro-step moves the schedule on)
         for x in batches:
             loss = engine(x)
             engine.backward(loss)
@@ -446,7 +494,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
             break
         if step % cfg.log_every == 0 or step == total - 1:
             elapsed = time.perf_counter() - start
-            point = {"step": step, "tokens": tokens, "loss": out.last_loss, "lr": schedule.get_last_lr()[0]}
+            point = {"step": step, "tokens": tokens, "loss": out.last_loss, "lr": step_lr}
             curve.train.append(point)
             if rank == 0:
                 on_metrics({**point, "tokens_per_s": (step + 1 - first_step) * tokens_per_step / elapsed,
@@ -501,6 +549,17 @@ def _gathered_weights(model, rank: int) -> dict[str, torch.Tensor] | None:
     if missing:
         raise RuntimeError(f"could not gather the ZeRO-3 weights {sorted(missing)[:5]} for the saved model")
     return weights
+
+
+def _finished_result(run: TrainRun, out_dir: Path) -> dict | None:
+    """The result.json that `run` left in `out_dir` when it finished (status ok, its weights saved), else None."""
+    try:
+        result = read_json(out_dir / "result.json", "training result")
+    except (FileNotFoundError, ValueError):
+        return None
+    if result.get("status") != "ok" or result.get("run") != _fingerprint(run):
+        return None
+    return result if (out_dir / "model.safetensors").is_file() else None
 
 
 def _fingerprint(run: TrainRun) -> dict:

@@ -52,7 +52,7 @@ except ImportError:  # imported as bench.bench_overhead from the repository's ro
 from armodels.data import TokenWindows
 from armodels.files import read_json
 from armodels.shards import load_token_stream
-from armodels.train import lr_multiplier, model_costs, train_single_process
+from armodels.train import lr_schedule, model_costs, train_single_process
 from pipelines.config import load_config
 from pipelines.plan import train_configs
 from pipelines.step import StepContext, config_dict
@@ -115,8 +115,7 @@ def plain_loop(step: TrainStepConfig, shards: Path) -> dict:
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, run.steps, run.warmup_fraction, cfg.min_lr_ratio))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(run))
     losses, eval_seconds = [], 0.0
     start, cpu_start = time.perf_counter(), time.thread_time()  # torch computes in this thread alone (1 thread)
     for s in range(run.steps):

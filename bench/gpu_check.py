@@ -460,8 +460,7 @@ def check_plain(args, save) -> dict:
             [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device == "cuda" or None)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: train.lr_multiplier(s, run.steps, run.warmup_fraction, cfg.min_lr_ratio))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, train.lr_schedule(run))
         loss_fn = train.Objective(model)
         if cfg.compile:
             loss_fn = torch.compile(loss_fn)

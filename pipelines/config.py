@@ -285,6 +285,12 @@ class TrainingConfig(_Strict):
     warmup_fraction: float | None = Field(None, ge=0, lt=1)
     warmup_tokens: int | None = added_setting(None, ge=0)  # warmup in tokens, the same for every size (replaces
     # warmup_fraction; capped at half a run). A fraction warms a big run up for longer than a small one.
+    # The learning rate after the warmup: cosine decay to lr × min_lr_ratio; wsd (warmup-stable-decay): the peak,
+    # then a cooldown over the last decay_fraction of the steps, shaped linear, cosine or 1-sqrt (Hägele et al.
+    # 2024: 1-sqrt over 10-20% matches cosine); constant: the peak to the end.
+    schedule: Literal["cosine", "wsd", "constant"] = added_setting("cosine")
+    decay_fraction: float | None = added_setting(None, gt=0, lt=1)  # wsd only; default 0.2
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = added_setting(None)  # wsd only; default 1-sqrt
     weight_decay: float | None = Field(None, ge=0)
     beta1: float | None = Field(None, ge=0, lt=1)
     beta2: float | None = Field(None, ge=0, lt=1)
@@ -308,6 +314,15 @@ class TrainingConfig(_Strict):
             problems.append(f"lr_sweep: {problem}")
         if self.flops_budgets and (min(self.flops_budgets) <= 0 or self.tokens):
             problems.append("flops_budgets must be positive FLOPs and replace `tokens` (leave `tokens` out)")
+        for name in ("decay_fraction", "decay_shape"):
+            if getattr(self, name) is not None and self.schedule != "wsd":
+                problems.append(f"{name} shapes the cooldown of schedule: wsd; with schedule: {self.schedule} leave it "
+                                "out (or set schedule: wsd)")
+        warmup, decay = (TrainConfig.__dataclass_fields__[k].default if getattr(self, k) is None else getattr(self, k)
+                         for k in ("warmup_fraction", "decay_fraction"))
+        if self.schedule == "wsd" and warmup + decay >= 1:
+            problems.append(f"warmup_fraction ({warmup}) and decay_fraction ({decay}) together leave no stable phase: "
+                            "make them sum below 1")
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -27,7 +27,7 @@ from pipelines.errors import ClusterLost, StepStopped, UserError
 from pipelines.progress import StudyProgress
 from pipelines.ray_connect import task_env
 from pipelines.step import Step, chain_priorities, config_dict, topological_order
-from pipelines.step_runner import StepLaunch, execute_step, one_line_error
+from pipelines.step_runner import StepLaunch, execute_on_warm_workers, execute_step, one_line_error
 from pipelines.step_status import STATUS, STOP_FILE, SUCCEEDED, ensure_failed, finish_commit, step_state
 from pipelines.storage import StudyStore
 from pipelines.tracking import NullStudyTracking, StudyTracking, redact_text
@@ -108,7 +108,7 @@ class Executor:
         if pending:
             self.log(f"{len(plan) - len(pending)} of {len(plan)} steps already done; running {len(pending)}")
         chain = chain_priorities([step for step, _ in plan])  # the longest chains of work first
-        remote = ray.remote(execute_step)
+        remote = {"task": ray.remote(execute_step), "warm": ray.remote(execute_on_warm_workers)}
         running: dict[Any, tuple[Step, float, str | None]] = {}
         held: dict[str, list] = {}  # step name → the GPU shares it holds
         self._clear_stop()  # left by an earlier stop
@@ -217,8 +217,9 @@ class Executor:
         return any(outcomes.get(d.name, Outcome("pending")).state in ("failed", "blocked")
                    for d in step.inputs.values())
 
-    def _launch(self, remote, step: Step):
-        """Start a step as a Ray task (after creating its MLflow run); returns (object ref, run id)."""
+    def _launch(self, remote: dict, step: Step):
+        """Start a step as a Ray task (after creating its MLflow run), or as a job on the warm workers from a task
+        that holds nothing (`step.warm_lane`); returns (object ref, run id)."""
         inputs = {k: str(self.root / s.dirname) for k, s in step.inputs.items()}
         run_id = self._track(self.tracking.start_step_run, step.name, step.dirname, config_dict(step.config),
                              {k: s.dirname for k, s in step.inputs.items()})
@@ -238,8 +239,11 @@ class Executor:
         self.log(f"▶ {step.dirname}  ({step.resources.describe()})")
         launch = StepLaunch(step.fn, step.config, step.name, step.dirname, self.root, inputs, self.tracking.uri, run_id,
                             self.store.uri if self.store else None)
-        ref = remote.options(num_cpus=cpus, num_gpus=gpus, name=f"step:{step.name}", max_retries=0,
-                             runtime_env={"env_vars": task_env()}, **placement).remote(launch)
+        options = dict(num_cpus=cpus, num_gpus=gpus, name=f"step:{step.name}", max_retries=0,
+                       runtime_env={"env_vars": task_env()}, **placement)
+        if step.warm_lane is not None:
+            return remote["warm"].options(**options).remote(launch, step.warm_lane), run_id
+        ref = remote["task"].options(**options).remote(launch)
         return ref, run_id
 
     def _collect(self, ref, step: Step, seconds: float, run_id: str | None) -> Outcome:

@@ -289,11 +289,13 @@ def eval_step(cfg: StudyConfig, grid: GridConfig, tc: train.TrainStepConfig, tra
     else:
         step_fn = evaluate.evaluate_image_model
         step_cfg = evaluate.ImageEvalStepConfig(stream=grid.stream, common=run_eval_cfg)
-    eval_gpus = min(tc.gpus_per_worker, 1.0)
+    # on one warm worker of the training run's shape (the lane that trained it, when it is idle): no fresh process
+    lane = replace(train.lane_spec(tc), num_workers=1)
     return Step(f"eval-{tc.name}", step_fn, step_cfg, version=evaluate.VERSION,
-                resources=Resources(cpus=1, gpus=eval_gpus, gpus_per_worker=eval_gpus),
+                resources=Resources(cpus=tc.cpus_per_worker, held_by_workers=True, cpus_per_worker=tc.cpus_per_worker,
+                                    gpus=tc.gpus_per_worker, gpus_per_worker=tc.gpus_per_worker),
                 inputs={"train": train_run, "shards": shard_step, "tokenizer": decoder_step},
-                describe=f"val loss on ≤{human(e.max_tokens)} tokens, {e.samples} samples")
+                describe=f"val loss on ≤{human(e.max_tokens)} tokens, {e.samples} samples", warm_lane=lane)
 
 
 def describe_plan(plan: list[tuple[Step, dict]]) -> str:

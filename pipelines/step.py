@@ -94,6 +94,9 @@ class Step:
     describe: str = ""  # one line shown by --dry-run
     work_tokens: int = 0  # a training step's tokens and FLOPs: the study's progress line and ETA count them
     work_flops: float = 0.0
+    # a LaneSpec (pipelines.warm_workers): the whole step runs as one job on the study's warm workers of that shape,
+    # not in a Ray task of its own (an evaluation: torch work that would otherwise start a fresh process)
+    warm_lane: Any = None
 
     @property
     def hash(self) -> str:

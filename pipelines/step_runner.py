@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import shutil
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from armodels.checkpoint import CHECKPOINT_FOLDERS
-from pipelines.errors import StepStopped
+from pipelines.errors import RunFailure, StepStopped
 from pipelines.step import StepContext, StepFn
 from pipelines.step_status import FAILED, STOPPED, commit, write_finished, write_running
 from pipelines.storage import StudyStore
@@ -69,6 +70,30 @@ def execute_step(launch: StepLaunch) -> dict:
         store.push(final, launch.dirname)
         store.delete(tmp.name)
     return summary
+
+
+WARM_STEP_RESTARTS = 3  # a step on warm workers whose worker dies runs again in the restarted group, this often
+
+
+def execute_on_warm_workers(launch: StepLaunch, lane, restarts: int = WARM_STEP_RESTARTS) -> dict:
+    """Run one step as a job on the study's warm workers of shape `lane` (a pipelines.warm_workers.LaneSpec), from
+    a task that holds no resources of its own: `execute_step` there, with all it does (the step's folder, status
+    records, the object store). A step run outside a study brings a pool of its own. A worker that dies mid-step
+    is replaced and the step runs again from the start, up to `restarts` times."""
+    import ray
+
+    from pipelines import warm_workers
+
+    study_pool = warm_workers.find(launch.root)
+    with nullcontext(study_pool) if study_pool else warm_workers.warm_workers(launch.root, named=False) as pool:
+        outcome = ray.get(pool.run.remote(lane, f"{__name__}:_warm_job", {"launch": launch}, restarts))
+    if outcome.get("error"):
+        raise RunFailure(outcome["error"])
+    return outcome.get("result") or {}
+
+
+def _warm_job(payload: dict) -> dict:
+    return execute_step(payload["launch"])
 
 
 def one_line_error(e: BaseException) -> str:

@@ -7,6 +7,7 @@ processes, and each later run starts in about a second.
 
     study driver ── creates ──> WarmWorkers (an actor on the driver's node; one per study)
     train step task ── run(spec, fn, payload) ──> a lane of that spec: idle, or a new one
+    evaluation step's task ── run(spec, execute_step, its launch) ──> a one-worker lane of the same shape
     lane (a task on the driver's node) ── TorchTrainer.fit() ──> workers: loop { next_job; fn(payload) }
 
 What Ray Train gives a run is kept: each run has its own step folder, status, checkpoint and MLflow run (the job's
@@ -35,6 +36,7 @@ from pathlib import Path
 
 IDLE_S = 60.0  # how long an idle lane waits for the next run of its shape when nothing else needs its CPUs
 DEMAND_CHECK_S = 0.5  # how often, while a lane is idle, the cluster's waiting work is looked at
+RELEASE_GRACE_S = 15.0  # how long a lane let go for waiting work counts as given to it (the status lags)
 LANE_RESTARTS = 100  # Ray Train restarts of one lane's worker group in all (the pool bounds each job's own)
 CLOSE_WAIT_S = 30.0  # how long closing the pool waits for lanes to finish before they are killed
 SPARE_CHECK_S = 10.0  # how often a running job asks whether idle CPUs may join it (SpareCores)
@@ -95,7 +97,7 @@ class WarmWorkers:
 
     async def run(self, spec: LaneSpec, fn: str, payload: dict, restarts: int) -> dict:
         """Run `fn(payload)` ("module:function") on every worker of a lane of `spec`; returns the outcome: {} when
-        it returned on every worker, else
+        it returned on every worker ({"result": what rank 0's call returned} when that is not None), else
         {"error": one line, "no_room": whether the workers never found room in the cluster}. A worker group that
         dies mid-job is restarted and resumes the job, up to `restarts` times."""
         job = _Job(next(self.ids), spec, fn, payload, restarts)
@@ -145,8 +147,10 @@ class WarmWorkers:
                 except asyncio.TimeoutError:
                     pass
 
-    async def finish(self, lane_id: int, job_id: int, error: str | None = None, retry: bool = False) -> None:
-        """A lane's job ended: returned on every worker (no error), or raised on one (the first error wins). With
+    async def finish(self, lane_id: int, job_id: int, error: str | None = None, retry: bool = False,
+                     result: object = None) -> None:
+        """A lane's job ended: returned on every worker (no error; rank 0's `result`), or raised on one (the first
+        error wins). With
         `retry`, the error may be a dead peer's doing: the job stays in flight, for the restarted group to resume
         (and fails with this error once its restarts are spent)."""
         async with self.changed:
@@ -155,7 +159,8 @@ class WarmWorkers:
                 if retry:
                     lane.job.error = lane.job.error or error
                 else:
-                    self._finish(lane, {"error": error, "no_room": False} if error else {})
+                    self._finish(lane, {"error": error, "no_room": False} if error else
+                                 {} if result is None else {"result": result})
                     lane.state = "idle"  # its rank 0 asks for the next job now (after a restart, on error)
             self.changed.notify_all()
 
@@ -193,6 +198,7 @@ class WarmWorkers:
         lanes hold, on two looks in a row (not a task the scheduler is about to place), release just enough of
         them."""
         loop, before = asyncio.get_running_loop(), {}
+        released: list[tuple[float, dict[str, float]]] = []  # (when, what) lanes were let go for waiting work
         while not self.closing:
             await asyncio.sleep(DEMAND_CHECK_S)
             if not any(lane.state == "idle" and lane.job is None for lane in self.lanes.values()):
@@ -204,6 +210,11 @@ class WarmWorkers:
                 continue
             needed = {k: min(v, before.get(k, 0.0)) for k, v in waiting.items()}
             before = waiting
+            # The cluster's status lags: a task that a released lane's CPUs already went to is still listed as
+            # waiting for a few seconds. What was released lately counts as given, or every idle lane would go.
+            released = [(at, held) for at, held in released if time.monotonic() - at < RELEASE_GRACE_S]
+            for _, held in released:
+                needed = {k: v - held.get(k, 0.0) for k, v in needed.items()}
             async with self.changed:
                 for lane in self.lanes.values():
                     if not any(v > 0 for v in needed.values()):
@@ -211,6 +222,7 @@ class WarmWorkers:
                     held = {k: v * lane.spec.num_workers for k, v in lane.spec.resources}
                     if lane.state == "idle" and lane.job is None and any(held.get(k) for k, v in needed.items() if v):
                         lane.release = True
+                        released.append((time.monotonic(), held))
                         needed = {k: v - held.get(k, 0.0) for k, v in needed.items()}
                 self.changed.notify_all()
 
@@ -337,17 +349,17 @@ def _lane_loop(config: dict) -> None:
         global _current
         _current = (pool, lane_id)
         try:
-            getattr(importlib.import_module(module), function)(job["payload"])
+            result = getattr(importlib.import_module(module), function)(job["payload"])
         except Exception as e:
             # Alone, a worker's error is its run's. Among several, it may come from a peer that died (a collective
             # cut short): the restarted group resumes the run, which fails only once its restarts are spent.
-            error = f"training worker {rank} failed: {type(e).__name__}: {str(e).strip()}"
+            error = f"warm worker {rank} failed: {type(e).__name__}: {str(e).strip()}"
             ray.get(pool.finish.remote(lane_id, job["id"], error, retry=world > 1))
             raise  # Ray Train restarts the worker group: fresh processes for what comes next
         if world > 1:
             dist.barrier()  # every rank is done before the job is
         if rank == 0:
-            ray.get(pool.finish.remote(lane_id, job["id"]))
+            ray.get(pool.finish.remote(lane_id, job["id"], result=result))
 
 
 _current: tuple | None = None  # in a lane's worker: (pool, lane id) of the job it runs

@@ -6,8 +6,8 @@
 
 Modules: `runs` (loading, hygiene), `flops` (compute conventions), `forms` (their names), `laws` and `frontier`
 (the forms), `fit` (per-form functions, `fit_runs`), `bootstrap`, `backtest`, `optimal` (compute-optimal allocation),
-`advise` (next run to train), `selection` (forms compared by out-of-sample error), `plots`, `optimize` (the batched
-L-BFGS under the fits).
+`advise` (next run to train), `selection` (forms compared by out-of-sample error), `annealing` (whole loss curves
+from the learning-rate schedule), `plots`, `optimize` (the batched L-BFGS under the fits).
 """
 
 import importlib
@@ -19,6 +19,7 @@ _EXPORTS = {
     "Backtest": "results", "FitResult": "results", "Prediction": "results",
     "FitInputError": "runs", "load_runs_csv": "runs", "FORMS": "forms",
     "FormComparison": "selection", "compare_forms": "selection",
+    **{name: "annealing" for name in ("AnnealingCurve", "backtest_annealing", "fit_annealing")},
     **{name: "fit" for name in ("fit_chinchilla", "fit_compute", "fit_envelope", "fit_isoflop", "fit_law",
                                 "fit_params", "fit_runs", "fit_tokens")},
 }

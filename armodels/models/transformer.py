@@ -186,16 +186,30 @@ class Transformer(ARModel):
             h = h + self.wpe_next(self.ordering[steps])
         return self.drop(h)
 
-    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
+    def _start_and_rest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of step 0 [B, 1, V] and of steps 1.. [B, T-1, V], and the tokens they predict [B, T], all in step
+        order."""
         steps = torch.arange(self.seq_len, device=x.device)
         # raster order (the only one without any_order): steps are positions, so both gathers would be copies
-        raster = not self.any_order
-        previous = F.pad(x[:, :-1] if raster else x[:, self.ordering[:-1]], (1, 0))  # step s sees step s-1's token
+        in_steps = x if not self.any_order else x[:, self.ordering]
+        previous = F.pad(in_steps[:, :-1], (1, 0))  # step s sees step s-1's token
         h = self._step_inputs(previous, steps)
         first, _ = self._run(h[:, :1])  # the start, seen by no later step
         rest, _ = self._run(h[:, 1:])
+        return first, rest, in_steps
+
+    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
+        first, rest, _ = self._start_and_rest(x)
         logits = torch.cat([first, rest], dim=1)
-        return logits if raster else logits[:, self.ordering.argsort()]  # step order back to positions
+        return logits if not self.any_order else logits[:, self.ordering.argsort()]  # step order back to positions
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """ARModel.loss without joining the logits into one tensor: a copy of the step's largest activation (and
+        of its gradient) that costs a few percent of a CPU step at the default sizes (bench_mfu.py --breakdown)."""
+        first, rest, targets = self._start_and_rest(x)
+        nll = F.cross_entropy(first.float().flatten(0, 1), targets[:, 0], reduction="sum")
+        nll = nll + F.cross_entropy(rest.float().flatten(0, 1), targets[:, 1:].flatten(), reduction="sum")
+        return nll / x.numel()
 
     def decoder(self, batch_size: int) -> "CachedDecoder":
         return CachedDecoder(self, batch_size)

@@ -61,6 +61,39 @@ def test_learning_rate_schedule_warms_up_then_decays():
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
 
 
+@pytest.mark.parametrize("shape, at_half", [("linear", 0.55), ("cosine", 0.55), ("1-sqrt", 1 - math.sqrt(0.5) * 0.9)])
+def test_wsd_holds_the_peak_then_cools_down_over_its_last_steps(shape, at_half):
+    """100 steps, 10 of warmup, the last 20 decay to 0.1 of the peak along `shape` (half-way: step 89)."""
+    lrs = [lr_multiplier(s, 100, 0.1, 0.1, "wsd", 0.2, shape) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10:80] == [1.0] * 70  # the stable phase
+    assert all(a > b for a, b in zip(lrs[79:], lrs[80:]))  # the cooldown falls at every step
+    assert lrs[89] == pytest.approx(0.1 + 0.9 * {"linear": 0.5, "cosine": 0.5}.get(shape, 1 - math.sqrt(0.5)))
+    assert lrs[89] == pytest.approx(at_half) and lrs[-1] == pytest.approx(0.1)  # the minimum at the last step
+    assert [lr_multiplier(s, 100, 0.1, 0.1, "constant") for s in range(9, 100)] == [1.0] * 91
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(schedule="step"), "schedule must be one of cosine, wsd, constant"),
+    (dict(schedule="wsd", decay_fraction=1.0), "decay_fraction must be between 0 and 1"),
+    (dict(schedule="wsd", decay_shape="sqrt"), "decay_shape must be one of linear, cosine, 1-sqrt"),
+])
+def test_a_bad_schedule_is_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(tokens=100, **bad)
+
+
+def test_a_wsd_run_follows_its_schedule_and_logs_it(tmp_path, shards):
+    run = make_run(shards, schedule="wsd", decay_fraction=0.25, decay_shape="linear", log_every=1)
+    result = train_single_process(run, tmp_path)
+    assert result["status"] == "ok"
+    logged = [p["lr"] for p in json.loads((tmp_path / "curve.json").read_text())["train"]]
+    planned = [run.train.lr * lr_multiplier(s, run.steps, run.warmup_fraction, 0.1, "wsd", 0.25, "linear")
+               for s in range(run.steps)]
+    assert logged == pytest.approx(planned) and len(logged) == run.steps == 47
+    assert logged.count(run.train.lr) == 47 - 1 - 12  # the peak but at the first step (a 2-step warmup) and the last 12
+
+
 def test_batches_depend_only_on_the_step_not_the_worker_split():
     windows = TokenWindows(np.arange(10_000), seq_len=16, seed=3)
     x = windows.train_batch(5, 8)
@@ -118,6 +151,18 @@ def test_a_stopped_run_resumes_from_its_checkpoint_exactly(tmp_path, shards):
     for a, b in zip(curves[0]["train"] + curves[0]["val"], curves[1]["train"] + curves[1]["val"]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     assert resumed["final_val_loss"] == pytest.approx(whole["final_val_loss"], rel=1e-5)
+
+
+def test_a_run_that_finished_is_not_trained_again_in_its_folder(tmp_path, shards):
+    """Its worker died after the result was saved, or its step failed afterwards: the next attempt finds the result
+    (finished work is kept); another run's result in the folder does not count."""
+    run = make_run(shards, tokens=8_000)
+    first = train_single_process(run, tmp_path)
+    seen = []
+    again = train_single_process(run, tmp_path, on_metrics=seen.append)
+    assert again == first and seen == []  # not one step trained
+    other = train_single_process(make_run(shards, tokens=8_000, lr=1e-3), tmp_path, on_metrics=seen.append)
+    assert other["status"] == "ok" and other["run"] != first["run"] and seen
 
 
 def test_a_damaged_checkpoint_is_refused_with_its_name(tmp_path, shards):

@@ -1,6 +1,7 @@
 """The executor on a real local Ray: versioned directories, skipping, selective re-runs, failures, concurrency."""
 
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from pipelines.errors import UserError
 from pipelines.executor import Executor
 from pipelines.step import Resources, Step, chain_priorities, topological_order
 from pipelines.step_status import step_state
+from pipelines.warm_workers import LaneSpec, warm_workers
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,44 @@ def test_the_step_a_long_chain_waits_on_starts_first(tmp_path, ray_local):
     Executor(tmp_path, log=lambda m: None).run([long, small])
     starts = {s.name: json.loads((tmp_path / s.dirname / "out.json").read_text())["start"] for s in (gate, long, small)}
     assert sorted(starts, key=starts.get) == ["gate", "long", "small"], starts
+
+
+def produce_and_say_where(config: Value, ctx) -> dict:
+    """`produce`, and the process it ran in (steps on warm workers)."""
+    (ctx.output / "pid").write_text(str(os.getpid()))
+    return produce(config, ctx)
+
+
+def on_warm_workers(name: str, config: Value, **inputs: Step) -> Step:
+    lane = LaneSpec(num_workers=1, resources=(("CPU", 1.0),), use_gpu=False, backend="gloo", start_retries=1)
+    return Step(name, produce_and_say_where, config, inputs=inputs, warm_lane=lane,
+                resources=Resources(cpus=1, held_by_workers=True, cpus_per_worker=1))
+
+
+@pytest.mark.slow
+def test_steps_on_warm_workers_share_their_process_and_a_failed_one_fails_alone(tmp_path, ray_local):
+    """Evaluations run this way: each step a job on the study's warm workers, with its own folder, status record and
+    summary, and the next step in the same process; a step that fails there fails as any step does (its partial
+    work and error.log kept), and the next one gets a fresh process."""
+    a = on_warm_workers("a", Value(1))
+    b = on_warm_workers("b", Value(2), a=a)
+    failing = on_warm_workers("failing", Value(5, fail=True))
+    after = on_warm_workers("after", Value(7))
+    with warm_workers(tmp_path) as pool:  # the study's pool, as run_study makes it
+        done = Executor(tmp_path, log=lambda m: None).run([b])
+        failed = Executor(tmp_path, log=lambda m: None).run([failing])
+        fresh = Executor(tmp_path, log=lambda m: None).run([after])
+        lanes = ray_local.get(pool.lanes_started.remote())
+    assert {n: o.state for n, o in done.items()} == {"a": "succeeded", "b": "succeeded"}
+    assert done["b"].summary == {"total": 3} and step_state(tmp_path, b.dirname)["summary"] == {"total": 3}
+    pid = {s.name: (tmp_path / s.dirname / "pid").read_text() for s in (a, b, after)}
+    assert pid["a"] == pid["b"] != str(os.getpid())
+    assert failed["failing"].state == "failed" and "RuntimeError: asked to fail (value 5)" in failed["failing"].error
+    tmp = tmp_path / f"{failing.dirname}.tmp"
+    assert json.loads((tmp / "STATUS.json").read_text())["state"] == "failed"
+    assert (tmp / "partial.txt").exists() and "RuntimeError" in (tmp / "error.log").read_text()
+    assert fresh["after"].state == "succeeded" and pid["after"] != pid["a"]
+    assert lanes == 1  # Ray Train restarted the lane's worker group after the failure: no second lane
 
 
 def test_an_incomplete_final_directory_is_not_trusted(tmp_path, ray_local):

@@ -93,6 +93,11 @@ def test_the_confirmation_run_is_planned_at_r_times_the_largest_compute(tmp_path
     ("fit:\n  convention: chinchilla\n", r"fit\.convention: chinchilla does not count rnn models' compute"),
     ("fit:\n  convention: flops\n", r"fit\.convention: Input should be"),
     ("training:\n  flops_budgets: [1.0e+9, 3.0e+9]\nfit:\n  confirm: 4\n", r"fit\.confirm: .*tokens_per_param"),
+    ("training:\n  schedule: step\n", r"training\.schedule: Input should be 'cosine', 'wsd' or 'constant'"),
+    ("training:\n  schedule: wsd\n  decay_fraction: 1.2\n", r"training\.decay_fraction: Input should be less than 1"),
+    ("training:\n  schedule: wsd\n  decay_fraction: 0\n", r"training\.decay_fraction: Input should be greater than 0"),
+    ("training:\n  decay_fraction: 0.1\n", r"training: decay_fraction shapes the cooldown of schedule: wsd"),
+    ("training:\n  schedule: wsd\n  warmup_fraction: 0.5\n  decay_fraction: 0.5\n", r"leave no stable phase"),
 ])
 def test_bad_design_settings_give_one_line_naming_the_key(tmp_path, extra, message):
     text = "name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hidden: 8}]}]\n" + extra

@@ -60,7 +60,7 @@ def test_a_failed_job_leaves_the_next_one_fresh_workers(ray_local, tmp_path):
     with warm_workers(tmp_path, named=False) as pool:
         outcomes = [run(pool, ONE_CPU, 0, log), run(pool, ONE_CPU, 1, log, fail=True), run(pool, ONE_CPU, 2, log)]
     assert outcomes[0] == {} and outcomes[2] == {}, outcomes
-    assert outcomes[1] == {"error": "training worker 0 failed: ValueError: job 1 fails on purpose", "no_room": False}
+    assert outcomes[1] == {"error": "warm worker 0 failed: ValueError: job 1 fails on purpose", "no_room": False}
     ran = records(log)
     assert [r["job"] for r in ran] == [0, 1, 2], ran  # each once: the failed one is not retried
     assert ran[2]["pid"] != ran[1]["pid"], ran  # not the process the failure happened in
@@ -104,3 +104,25 @@ def test_an_idle_group_gives_its_cpus_to_a_task_that_waits_for_them(ray_local, t
         assert run(pool, two_cpus, 1, log) == {}  # a new group, once the task is done
         lanes = ray_local.get(pool.lanes_started.remote())
     assert lanes == 2 and [r["job"] for r in records(log)] == [0, 1]
+
+
+def sleep_then_say_where(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_task_that_waits_takes_one_idle_group_and_leaves_the_other_warm(ray_local, tmp_path):
+    """The fit after a study's grid: one CPU wanted, two idle groups of one CPU each. One leaves for it; the other
+    stays warm for the confirmation run after the fit, although the cluster's status lists the fit as waiting for
+    a few seconds after it started."""
+    log = tmp_path / "jobs.jsonl"
+    with warm_workers(tmp_path, named=False, idle_s=600) as pool:
+        with ThreadPoolExecutor(2) as threads:  # two groups, one job each at once
+            assert list(threads.map(lambda job: run(pool, ONE_CPU, job, log, meet=2), (0, 1))) == [{}, {}]
+        task = ray_local.remote(num_cpus=1, max_retries=0)(sleep_then_say_where)
+        assert ray_local.get(task.remote(8.0), timeout=120)
+        assert run(pool, ONE_CPU, 2, log) == {}
+        lanes = ray_local.get(pool.lanes_started.remote())
+    ran = records(log)
+    assert lanes == 2, ran  # a third group would mean both left for the one task
+    assert ran[2]["pid"] in {ran[0]["pid"], ran[1]["pid"]}, ran
