@@ -84,6 +84,9 @@ class TrainConfig:
     eval_windows: int = 64  # validation windows per evaluation
     log_every: int = 10  # steps between metric reports
     checkpoints: int = 10  # evenly spaced mid-run checkpoints to resume from (0: none); a stop request adds one
+    # steps after which a copy of the checkpoint is kept for good, in branch-<step>/: a WSD trunk's branch points,
+    # where its cooldown branches start (TrainRun.start_from)
+    branch_points: tuple[int, ...] = added_field(())
     # (under ZeRO 1-3 each worker saves its own partition: a checkpoint resumes only with the zero_stage, number of
     # workers and precision that saved it; armodels.checkpoint)
 
@@ -97,6 +100,10 @@ class TrainConfig:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        object.__setattr__(self, "branch_points", tuple(sorted(set(self.branch_points))))  # run.json has a list
+        if self.branch_points and (self.zero_stage or min(self.branch_points) < 1):
+            raise ValueError("branch_points must be steps ≥ 1 of a zero_stage 0 run (a ZeRO checkpoint is split "
+                             "among the workers that saved it)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.decay_shape not in DECAY_SHAPES:
@@ -152,6 +159,9 @@ class TrainRun:
     train_shards: str
     val_shards: str
     name: str = "run"
+    # a branch point of another run (its branch-<step>/ folder) to start from when the run's own folder holds no
+    # checkpoint: a cooldown branch continues its trunk there, with its own schedule
+    start_from: str | None = None
 
     def build(self):
         return armodels.build(self.family, **self.model)
@@ -162,7 +172,8 @@ class TrainRun:
     @classmethod
     def from_dict(cls, d: dict) -> TrainRun:
         return cls(family=d["family"], model=dict(d["model"]), train=TrainConfig(**d["train"]),
-                   train_shards=d["train_shards"], val_shards=d["val_shards"], name=d.get("name", "run"))
+                   train_shards=d["train_shards"], val_shards=d["val_shards"], name=d.get("name", "run"),
+                   start_from=d.get("start_from"))
 
     @classmethod
     def load(cls, path: Path) -> TrainRun:
@@ -396,7 +407,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     if device.type == "cuda":
         torch.cuda.set_device(device)
     can_checkpoint = True  # until a ZeRO checkpoint finds no folder that every rank's files reach
-    resume = _matching_checkpoint(out_dir, run, rank, world, precision)
+    resume = _matching_checkpoint(out_dir, run, rank, world, precision) or _branch_start(run, precision)
     if resume and not cfg.zero_stage:
         resume.load_weights(model)  # before DeepSpeed wraps the parameters (ZeRO: DeepSpeed loads them, below)
     model.to(device)  # before the optimizer: its fused kernel needs the parameters where they will live
@@ -423,6 +434,9 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         engine.optimizer.load_state_dict(resume.optimizer["optimizer"])
         schedule.load_state_dict(resume.optimizer["scheduler"])
         _set_rng(resume.optimizer, device)
+    if resume:  # the next step's lr by this run's own schedule (a branch's cooldown differs from its trunk's)
+        for group, base in zip(optimizer.param_groups, schedule.base_lrs):
+            group["lr"] = base * lr_schedule(run)(resume.step)
     if resume:
         curve.train, curve.val = resume.state["curve"]["train"], resume.state["curve"]["val"]
         first_step = out.steps = out.resumed_at = resume.step
@@ -449,6 +463,17 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         dist.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
         return can_checkpoint
 
+    def keep_branch_point(steps_done: int) -> None:
+        """A checkpoint after `steps_done` steps that outlives the run, in branch-<steps>/ (zero_stage 0)."""
+        if rank == 0:
+            state = {"run": _fingerprint(run), "zero_stage": 0, "world_size": world, "precision": precision,
+                     "curve": asdict(curve), "initial_loss": out.initial_loss, "last_loss": out.last_loss,
+                     "train_seconds": out.earlier_seconds + time.perf_counter() - start}
+            optimizer_state = {"optimizer": engine.optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                               **_rng_state(device)}
+            save_checkpoint(branch_folder(out_dir, steps_done), steps_done, model, optimizer_state, state)
+        dist.barrier()
+
     def evaluate() -> float:
         engine.eval()
         with torch.no_grad():
@@ -474,7 +499,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         # [summed mean loss, ranks asked to stop], on the engine's device: NCCL reduces only GPU tensors, and
         # adding losses there keeps the GPU from waiting on the host at every micro-step
         step_loss = torch.zeros(2, dtype=torch.float64, device=device)
-        step_lr = schedule.get_last_lr()[0]  # this step's (the engine's last micro-step moves the schedule on)
+        step_lr = optimizer.param_groups[0]["lr"]  # this step's (its last micro-step moves the schedule on)
         for x in batches:
             loss = engine(x)
             engine.backward(loss)
@@ -507,6 +532,8 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
                      "val_loss_subset": curve.val[-1]["loss"]})
         if (stop or step + 1 in checkpoint_steps) and can_checkpoint:
             stop = checkpoint(step + 1) and stop  # with no checkpoint kept, stopping would lose the run: go on
+        if step + 1 in cfg.branch_points:
+            keep_branch_point(step + 1)
         if stop:
             out.status, out.reason = "interrupted", f"stopped on request after step {step + 1} of {total}"
             break
@@ -549,6 +576,35 @@ def _gathered_weights(model, rank: int) -> dict[str, torch.Tensor] | None:
     if missing:
         raise RuntimeError(f"could not gather the ZeRO-3 weights {sorted(missing)[:5]} for the saved model")
     return weights
+
+
+# What a branch may change of its trunk's training settings: its length, schedule and checkpointing.
+BRANCH_SETTINGS = ("tokens", "schedule", "decay_fraction", "decay_shape", "branch_points", "checkpoints", "eval_points")
+
+
+def branch_folder(trunk_dir: Path, step: int) -> Path:
+    """Where a run keeps its branch point after `step` steps (TrainConfig.branch_points)."""
+    return Path(trunk_dir) / f"branch-{step:09d}"
+
+
+def _branch_start(run: TrainRun, precision: str) -> Checkpoint | None:
+    """The branch point `run` starts from (run.start_from), checked against it: the same family, model and
+    training settings but for BRANCH_SETTINGS, one saved with zero_stage 0 in the same precision. None without one."""
+    if not run.start_from:
+        return None
+    start = load_checkpoint(Path(run.start_from))
+    if start is None:
+        raise ValueError(f"{run.start_from} holds no checkpoint to start the branch {run.name} from; run its trunk")
+    trunk, own = start.state.get("run", {}), _fingerprint(run)
+    differs = [k for k in ("family", "model") if trunk.get(k) != own[k]]
+    differs += [f"train.{k}" for k, v in own["train"].items()
+                if k not in BRANCH_SETTINGS and trunk.get("train", {}).get(k) != v]
+    if differs or run.train.zero_stage or start.precision != precision:
+        what = ", ".join(differs) or "zero_stage or precision"
+        raise ValueError(f"the branch {run.name} differs from the trunk it starts from ({run.start_from}) in {what}")
+    if start.step >= run.steps:
+        raise ValueError(f"the branch {run.name} ({run.steps} steps) would start after its end, at step {start.step}")
+    return start
 
 
 def _finished_result(run: TrainRun, out_dir: Path) -> dict | None:

@@ -252,7 +252,7 @@ class ModelsConfig(_Strict):
 
 # Fields of `training` that plan the runs (token budgets, workers, devices); every other one is a TrainConfig field.
 PLANNING_FIELDS = ("tokens", "tokens_per_param", "tokens_per_param_of", "min_tokens", "max_tokens", "flops_budgets",
-                   "num_workers", "cpus_per_worker", "device", "gpus_per_worker", "seeds", "lr_sweep")
+                   "num_workers", "cpus_per_worker", "device", "gpus_per_worker", "seeds", "lr_sweep", "cooldowns")
 
 
 class TrainingConfig(_Strict):
@@ -291,6 +291,10 @@ class TrainingConfig(_Strict):
     schedule: Literal["cosine", "wsd", "constant"] = added_setting("cosine")
     decay_fraction: float | None = added_setting(None, gt=0, lt=1)  # wsd only; default 0.2
     decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = added_setting(None)  # wsd only; default 1-sqrt
+    # WSD cooldown branches (schedule: wsd): each size trains one trunk at the peak lr, and a cooldown branches off
+    # it for each of these budgets, in tokens per parameter (≤ tokens_per_param, the trunk's planned length): one
+    # (N, D) point each, for the compute of one run of the longest.
+    cooldowns: list[float] | None = added_setting(None)
     weight_decay: float | None = Field(None, ge=0)
     beta1: float | None = Field(None, ge=0, lt=1)
     beta2: float | None = Field(None, ge=0, lt=1)
@@ -314,6 +318,8 @@ class TrainingConfig(_Strict):
             problems.append(f"lr_sweep: {problem}")
         if self.flops_budgets and (min(self.flops_budgets) <= 0 or self.tokens):
             problems.append("flops_budgets must be positive FLOPs and replace `tokens` (leave `tokens` out)")
+        if self.cooldowns is not None:
+            problems += [f"cooldowns: {p}" for p in self._cooldown_problems()]
         for name in ("decay_fraction", "decay_shape"):
             if getattr(self, name) is not None and self.schedule != "wsd":
                 problems.append(f"{name} shapes the cooldown of schedule: wsd; with schedule: {self.schedule} leave it "
@@ -326,6 +332,18 @@ class TrainingConfig(_Strict):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _cooldown_problems(self) -> list[str]:
+        if not self.cooldowns or min(self.cooldowns) <= 0:
+            return ["must be a non-empty list of positive budgets in tokens per parameter"]
+        if self.schedule != "wsd":
+            return [f"cooldown branches need schedule: wsd (a {self.schedule} run has no cooldown to branch off)"]
+        if self.tokens or self.flops_budgets:
+            return ["budgets are in tokens per parameter; leave training.tokens and flops_budgets out"]
+        if max(self.cooldowns) > self.tokens_per_param:
+            return [f"{max(self.cooldowns):g} tokens per parameter is longer than the trunk (tokens_per_param: "
+                    f"{self.tokens_per_param:g}); raise tokens_per_param to extend the trunk"]
+        return []
 
     def train_config(self, *, tokens: int, seed: int, device: str = "cpu", **size_options: Any) -> TrainConfig:
         """The armodels.train.TrainConfig of one run: this section's training options, by name (those left out keep

@@ -68,7 +68,8 @@ def pending_jobs(plan: list[tuple[Step, dict]]) -> tuple[list[Job], train.TrainS
         gpu = tc.train.device == "cuda"
         if step.name.startswith("train-"):
             validation = tc.train.eval_points * tc.train.eval_windows * run.seq_len  # tokens scored while training
-            jobs.append(Job(run.flops(CONVENTION) + forward * validation, tc.train.device, tc.num_workers,
+            own = run.flops(CONVENTION, tc.own_tokens())  # a cooldown branch: its cooldown, not its trunk's steps
+            jobs.append(Job(own + forward * validation, tc.train.device, tc.num_workers,
                             tc.num_workers * (tc.gpus_per_worker if gpu else tc.cpus_per_worker), WARM_START_S,
                             training=True, step=step.name))
             if largest is None or jobs[-1].flops > largest[0]:
@@ -194,6 +195,20 @@ def rough_duration(seconds: float) -> str:
     return f"{seconds / 86400:,.0f} days" if seconds < 365 * 86400 else f"{seconds / (365 * 86400):.2g} years"
 
 
+def cooldown_savings(plan: list[tuple[Step, dict]]) -> str | None:
+    """For a design with WSD cooldown branches: its training FLOPs (trunks and cooldowns, done or not) against the
+    same (N, D) points trained as one run each, as a cosine grid must; None without branches."""
+    trains = [step.config for step, _ in plan if step.name.startswith("train-") and step.config.trunk]
+    points = [tc for tc in trains if tc.train.schedule == "wsd"]  # the branches; the rest are trunk segments
+    if not points:
+        return None
+    spent = sum(tc.run(Path(".")).flops(CONVENTION, tc.own_tokens()) for tc in trains)
+    separate = sum(tc.run(Path(".")).flops(CONVENTION) for tc in points)
+    return (f"WSD cooldowns: {spent:.2e} FLOPs of training for {len(points)} (N, D) points off "
+            f"{len({tc.trunk for tc in points})} trunks, {spent / separate:.0%} of the {separate:.2e} that one run "
+            "per point would take (a cosine grid)")
+
+
 def describe_cost(plan: list[tuple[Step, dict]]) -> str:
     """Two lines for a dry run: the FLOPs of what would run, and a rough wall time on this machine."""
     jobs, largest = pending_jobs(plan)
@@ -204,6 +219,8 @@ def describe_cost(plan: list[tuple[Step, dict]]) -> str:
     runs = sum(1 for j in jobs if j.training)
     lines = [f"compute: {training:.2e} FLOPs training ({runs} runs) + {evaluation:.2e} evaluation "
              f"({CONVENTION} count, validation during training included)"]
+    if savings := cooldown_savings(plan):
+        lines.append(savings)
     if largest is None:  # only evaluation steps are pending: time one of their models
         largest = next(s.inputs["train"].config for s, st in plan
                        if s.name.startswith("eval-") and st["state"] != "succeeded")

@@ -107,6 +107,9 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
             if t.flops_budgets:
                 per_token = flops_per_token(grid.family, model, cfg.fit.convention)
                 budgets = {f"{name}-c{c:.0e}".replace("+", ""): max(1, round(c / per_token)) for c in t.flops_budgets}
+            if t.cooldowns:  # WSD branches off one trunk: the trunk's planned tokens, scaled to each budget
+                ratio = grid.tokens_per_param or t.tokens_per_param
+                budgets = {f"{name}-cd{c:g}": max(1, round(budgets[name] * c / ratio)) for c in sorted(t.cooldowns)}
             try:
                 device = resolve_device(size.get("device") or t.device, gpus)
             except DeviceError as e:
@@ -119,15 +122,42 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
                     budgets.items(), lrs.items(), seeds.items()):
                 run_train = t.train_config(tokens=tokens, seed=seed, device=device, lr=lr,
                                            **{k: size.get(k) for k in ("batch_size", "beta2", "warmup_tokens")})
-                out.append((grid, train.TrainStepConfig(
+                tc = train.TrainStepConfig(
                     name=budget_name + lr_suffix + seed_suffix, family=grid.family, model=model, train=run_train,
                     num_workers=size.get("num_workers") or t.num_workers, cpus_per_worker=t.cpus_per_worker,
-                    gpus_per_worker=(size.get("gpus_per_worker") or t.gpus_per_worker) if on_gpu else 0.0)))
+                    gpus_per_worker=(size.get("gpus_per_worker") or t.gpus_per_worker) if on_gpu else 0.0)
+                if t.cooldowns:
+                    tc = cooldown_branch(tc, f"{name}{lr_suffix}{seed_suffix}", min(budgets.values()))
+                out.append((grid, tc))
     names = [c.name for _, c in out]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise UserError(f"models: several sizes are named {', '.join(repeated)}; give them distinct `name`s")
     return out
+
+
+def cooldown_branch(tc: train.TrainStepConfig, trunk: str, shortest: int) -> train.TrainStepConfig:
+    """Run `tc` (schedule wsd) as a cooldown branch of the trunk named `trunk`: it starts from the trunk's branch
+    point where its own cooldown begins. Every run of one trunk warms up over the same tokens (the configured
+    warmup_tokens, else warmup_fraction of the `shortest` budget), so a branch is exactly a straight WSD run."""
+    warmup = tc.train.warmup_tokens
+    if warmup is None:
+        warmup = round(tc.train.warmup_fraction * shortest)
+    tc = replace(tc, train=replace(tc.train, warmup_tokens=warmup), trunk=trunk)
+    steps = tc.run(Path(".")).steps
+    return replace(tc, start_step=steps - max(1, round(tc.train.decay_fraction * steps)))
+
+
+def trunk_segments(branches: list[train.TrainStepConfig]) -> list[train.TrainStepConfig]:
+    """The trunk that `branches` (of one trunk) branch off, as a chain of segments at the peak lr: one ending at
+    each branch's start, each starting from the one before. A longer budget added later only adds segments at the
+    end, so the trunk is extended, not trained again."""
+    base = branches[0]
+    tokens_per_step = base.train.batch_size * base.run(Path(".")).seq_len
+    ends = sorted({b.start_step for b in branches})
+    return [replace(base, name=f"{base.trunk}-trunk-{human(end * tokens_per_step)}", start_step=start,
+                    train=replace(base.train, tokens=end * tokens_per_step, schedule="constant", branch_points=(end,)))
+            for start, end in zip([0, *ends], ends)]
 
 
 def confirm_run(cfg: StudyConfig, grid: GridConfig, runs: list[train.TrainStepConfig]) -> train.TrainStepConfig:
@@ -159,7 +189,7 @@ def confirm_run(cfg: StudyConfig, grid: GridConfig, runs: list[train.TrainStepCo
     window = [c for c in candidates if 1 <= c[1] < 1.15]
     chosen = (min(window, key=lambda c: (round(c[0], 6), c[1])) if window
               else min(candidates, key=lambda c: abs(math.log(c[1]))))[2]
-    return replace(chosen, name=f"{grid.series}-confirm-{cfg.fit.confirm:g}x")
+    return replace(chosen, name=f"{grid.series}-confirm-{cfg.fit.confirm:g}x", trunk="", start_step=0)  # straight
 
 
 def train_configs(cfg: StudyConfig, gpus: float = 0.0) -> list[train.TrainStepConfig]:
@@ -229,9 +259,20 @@ def build_steps(cfg: StudyConfig, gpus: float = 0.0) -> list[Step]:
     f = cfg.fit
     planned = grid_runs(cfg, gpus)
     trains, evals = {}, {}
+    segments: dict[tuple[str, int], Step] = {}  # (trunk, the step it ends at) → its segment (WSD cooldowns)
+    for trunk in sorted({tc.trunk for _, tc in planned if tc.trunk}):
+        grid = next(g for g, tc in planned if tc.trunk == trunk)
+        before = {}
+        for segment in trunk_segments([tc for _, tc in planned if tc.trunk == trunk]):
+            step = train_step(segment, train.train_model, {"shards": streams[grid.stream][0], **before}, f.convention,
+                              "trunk: ")
+            segments[trunk, segment.train.branch_points[0]] = step
+            before = {"trunk": step}
     for grid, tc in planned:
         shard_step, decoder_step = streams[grid.stream]
-        trains[tc.name] = train_step(tc, train.train_model, {"shards": shard_step}, f.convention)
+        trunk = {"trunk": segments[tc.trunk, tc.start_step]} if tc.trunk else {}
+        trains[tc.name] = train_step(tc, train.train_model, {"shards": shard_step, **trunk}, f.convention,
+                                     "cooldown: " if tc.trunk else "")
         evals[tc.name] = eval_step(cfg, grid, tc, trains[tc.name], shard_step, decoder_step)
     # confirmation runs (fit.confirm): one per grid, trained after the fit, whose lr-vs-size law sets their lr
     confirms = {grid.series: confirm_run(cfg, grid, [tc for g, tc in planned if g is grid])
@@ -267,14 +308,16 @@ def train_step(tc: train.TrainStepConfig, function, inputs: dict[str, Step], con
                what: str = "") -> Step:
     """The step that trains run `tc` with `function` (train_model, or train_confirmation for a confirmation run)."""
     run = tc.run(Path("."))
-    flops = run.flops(convention)
+    tokens = tc.own_tokens()  # a cooldown branch or trunk segment trains from where its trunk left off
+    flops = run.flops(convention, tokens)
+    start = f" from {human(run.tokens_seen - tokens)}" if tokens < run.tokens_seen else ""
     return Step(f"train-{tc.name}", function, tc, inputs=inputs, version=train.VERSION,
                 resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True,
                                     cpus_per_worker=tc.cpus_per_worker, gpus=tc.num_workers * tc.gpus_per_worker,
                                     gpus_per_worker=tc.gpus_per_worker), priority=flops,
-                work_tokens=run.tokens_seen, work_flops=flops,
+                work_tokens=tokens, work_flops=flops,
                 describe=(f"{what}{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
-                          f"{human(run.tokens_seen)} tokens, {flops:.2e} FLOPs ({convention}); "
+                          f"{human(run.tokens_seen)} tokens{start}, {flops:.2e} FLOPs ({convention}); "
                           f"{tc.describe_workers()}"))
 
 

@@ -31,7 +31,7 @@ from armodels.config_fields import added_field
 from armodels.device import process_group_backend
 from armodels.files import file_sha256, read_json, write_json_atomic
 from armodels.shards import read_manifest
-from armodels.train import TrainConfig, TrainRun, train
+from armodels.train import TrainConfig, TrainRun, branch_folder, train
 from pipelines import warm_workers
 from pipelines.errors import RunFailure, StepStopped
 from pipelines.progress import PROGRESS_FILE, TrainingProgress
@@ -54,6 +54,10 @@ class TrainStepConfig:
     num_workers: int = 1
     cpus_per_worker: int = 1
     gpus_per_worker: float = added_field(0.0)  # with train.device "cuda": a fraction of one GPU, or whole GPUs
+    # WSD cooldowns (plan.cooldown_steps): the trunk this run belongs to, and the step of its input `trunk`'s branch
+    # point it starts from (0: from scratch). A branch trains its cooldown from there; a trunk segment, its stretch.
+    trunk: str = added_field("")
+    start_step: int = added_field(0)
 
     @property
     def worker_resources(self) -> dict[str, float]:
@@ -67,9 +71,17 @@ class TrainStepConfig:
         each = " each" if self.num_workers > 1 else ""
         return f"{workers}, {self.cpus_per_worker} CPU{'s' if self.cpus_per_worker > 1 else ''}{gpus}{each}"
 
-    def run(self, shards_dir: Path) -> TrainRun:
+    def run(self, shards_dir: Path, trunk_dir: Path | None = None) -> TrainRun:
+        """The run, on the shards in `shards_dir`; one with a start step starts from `trunk_dir`'s branch point."""
+        start = str(branch_folder(trunk_dir, self.start_step)) if self.start_step and trunk_dir else None
         return TrainRun(family=self.family, model=self.model, train=self.train, name=self.name,
-                        train_shards=str(Path(shards_dir) / "train"), val_shards=str(Path(shards_dir) / "val"))
+                        train_shards=str(Path(shards_dir) / "train"), val_shards=str(Path(shards_dir) / "val"),
+                        start_from=start)
+
+    def own_tokens(self) -> int:
+        """The tokens this step trains itself: all of its run's, less those of the trunk it starts from."""
+        run = self.run(Path("."))
+        return run.tokens_seen - self.start_step * self.train.batch_size * run.seq_len
 
 
 def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
@@ -77,7 +89,7 @@ def train_model(config: TrainStepConfig, ctx: StepContext) -> dict:
 
     from pipelines.steps.train_reports import RAY_TRAIN_REPORT  # imports ray.train
 
-    run = config.run(ctx.inputs["shards"])
+    run = config.run(ctx.inputs["shards"], ctx.inputs.get("trunk"))
     vocab = read_manifest(run.train_shards).vocab_size
     if vocab > run.model["vocab_size"]:
         raise ValueError(f"the tokenizer has {vocab} tokens but the model only {run.model['vocab_size']}")
@@ -160,6 +172,9 @@ def _train_job(loop_config: dict) -> None:
     if store:  # a study in an object store: this node may lack the shards and the checkpoint to resume from
         shards = Path(run.train_shards).parent
         store.pull(shards.name, shards)
+        if run.start_from:  # and the trunk whose branch point it starts from
+            trunk = Path(run.start_from).parent
+            store.pull(trunk.name, trunk)
         out.mkdir(parents=True, exist_ok=True)
         _pull_checkpoint(store, out)
     # rank 0 logs for all workers; the others get a tracker that does nothing

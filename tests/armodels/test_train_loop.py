@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from armodels.data import TokenWindows
 from armodels.evaluate import evaluate_loss
 from armodels.shards import load_token_stream
-from armodels.train import TrainConfig, TrainRun, load_model, lr_multiplier, train_single_process
+from armodels.train import TrainConfig, TrainRun, branch_folder, load_model, lr_multiplier, train_single_process
 
 
 def make_run(shards, family="transformer", model=None, **train) -> TrainRun:
@@ -92,6 +93,40 @@ def test_a_wsd_run_follows_its_schedule_and_logs_it(tmp_path, shards):
                for s in range(run.steps)]
     assert logged == pytest.approx(planned) and len(logged) == run.steps == 47
     assert logged.count(run.train.lr) == 47 - 1 - 12  # the peak but at the first step (a 2-step warmup) and the last 12
+
+
+def test_a_cooldown_branch_off_a_trunk_equals_a_straight_wsd_run(tmp_path, shards):
+    """The trunk trains at the peak lr and keeps its state after step 35; the branch starts there and cools down
+    over its last 12 steps: the same data, lr curve and losses as one WSD run of the branch's 47 steps."""
+    wsd = dict(schedule="wsd", decay_fraction=0.25, warmup_tokens=2 * 16 * 32, checkpoints=0, log_every=1)
+    straight = make_run(shards, **wsd)
+    trunk = make_run(shards, tokens=35 * 16 * 32, schedule="constant", warmup_tokens=2 * 16 * 32, checkpoints=0,
+                     branch_points=(35,), log_every=1)
+    assert straight.steps == 47 and trunk.steps == 35
+    assert train_single_process(trunk, tmp_path / "trunk")["status"] == "ok"
+    assert (branch_folder(tmp_path / "trunk", 35) / "checkpoint" / "state.json").is_file()  # kept after the end
+    branch = replace(straight, start_from=str(branch_folder(tmp_path / "trunk", 35)))
+    branched = train_single_process(branch, tmp_path / "branch")
+    whole = train_single_process(straight, tmp_path / "straight")
+    assert branched["resumed_at_step"] == 35 and branched["steps"] == whole["steps"] == 47
+    curves = [json.loads((tmp_path / d / "curve.json").read_text())["train"] for d in ("branch", "straight")]
+    assert [p["step"] for p in curves[0]] == list(range(47)) == [p["step"] for p in curves[1]]
+    assert [p["lr"] for p in curves[0]] == pytest.approx([p["lr"] for p in curves[1]], rel=1e-12)
+    assert [p["loss"] for p in curves[0]] == pytest.approx([p["loss"] for p in curves[1]], rel=1e-5)
+    assert branched["final_val_loss"] == pytest.approx(whole["final_val_loss"], rel=1e-5)
+
+
+def test_a_branch_must_match_its_trunk(tmp_path, shards):
+    trunk = make_run(shards, tokens=10 * 16 * 32, schedule="constant", branch_points=(5,), checkpoints=0)
+    train_single_process(trunk, tmp_path / "trunk")
+    start = str(branch_folder(tmp_path / "trunk", 5))
+    other_lr = replace(make_run(shards, lr=1e-3, schedule="wsd"), start_from=start)
+    with pytest.raises(ValueError, match=r"differs from the trunk it starts from .* in train\.lr"):
+        train_single_process(other_lr, tmp_path / "other")
+    with pytest.raises(ValueError, match="holds no checkpoint to start the branch"):
+        train_single_process(replace(make_run(shards, schedule="wsd"), start_from=str(tmp_path)), tmp_path / "none")
+    with pytest.raises(ValueError, match="branch_points must be steps"):
+        TrainConfig(tokens=100, branch_points=(3,), zero_stage=1)
 
 
 def test_batches_depend_only_on_the_step_not_the_worker_split():

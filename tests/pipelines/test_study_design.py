@@ -98,6 +98,11 @@ def test_the_confirmation_run_is_planned_at_r_times_the_largest_compute(tmp_path
     ("training:\n  schedule: wsd\n  decay_fraction: 0\n", r"training\.decay_fraction: Input should be greater than 0"),
     ("training:\n  decay_fraction: 0.1\n", r"training: decay_fraction shapes the cooldown of schedule: wsd"),
     ("training:\n  schedule: wsd\n  warmup_fraction: 0.5\n  decay_fraction: 0.5\n", r"leave no stable phase"),
+    ("training:\n  cooldowns: [5, 10]\n", r"training\.cooldowns: cooldown branches need schedule: wsd"),
+    ("training:\n  schedule: wsd\n  cooldowns: [5, 40]\n",
+     r"cooldowns: 40 tokens per parameter is longer than the trunk \(tokens_per_param: 20\); raise tokens_per_param"),
+    ("training:\n  schedule: wsd\n  cooldowns: []\n", r"cooldowns: must be a non-empty list of positive budgets"),
+    ("training:\n  schedule: wsd\n  tokens: 1000\n  cooldowns: [5]\n", r"leave training.tokens and flops_budgets"),
 ])
 def test_bad_design_settings_give_one_line_naming_the_key(tmp_path, extra, message):
     text = "name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hidden: 8}]}]\n" + extra
@@ -178,3 +183,66 @@ def test_l_of_n_uses_the_runs_at_the_designs_tokens_per_parameter():
     chosen = run_table(records, "per_layer")
     kept = matched_ratio(chosen)
     assert isinstance(kept, pd.DataFrame) and sorted(kept["run_id"]) == ["r1000", "r2000", "r4000", "r8000"]
+
+
+COOLDOWNS = """name: s
+models:
+  seq_len: 32
+  grids:
+    - family: transformer
+      sizes:
+        - {n_layer: 1, n_embd: 16, n_head: 2}
+training:
+  schedule: wsd
+  decay_fraction: 0.2
+  tokens_per_param: 20
+  cooldowns: [5, 10, 20]
+  batch_size: 8
+fit:
+  confirm: 2
+"""
+
+
+def test_cooldowns_are_planned_as_one_trunk_in_segments_and_a_branch_per_budget(tmp_path):
+    steps = {s.name: s for s in topological_order(build_steps(load(tmp_path, COOLDOWNS)))}
+    trunk = [steps[n] for n in steps if "-trunk-" in n]
+    branches = {n: steps[n] for n in steps if n.startswith("train-") and "-cd" in n}
+    assert len(trunk) == 3 and len(branches) == 3
+    for before, segment in zip([None, *trunk], trunk):  # a chain: each segment starts where the one before ended
+        assert segment.config.train.schedule == "constant"
+        assert (segment.inputs.get("trunk"), segment.config.start_step) == (
+            (before, before.config.train.branch_points[0]) if before else (None, 0))
+    for name, branch in branches.items():
+        run = branch.config.run(tmp_path)
+        start = branch.config.start_step
+        assert branch.config.train.schedule == "wsd" and start == run.steps - round(0.2 * run.steps)
+        assert branch.inputs["trunk"].config.train.branch_points == (start,)  # the segment that ends there
+        assert branch.work_tokens == (run.steps - start) * 8 * 32  # its cooldown only
+        assert f"eval-{name[len('train-'):]}" in steps
+    warmups = {s.config.train.warmup_tokens for s in [*trunk, *branches.values()]}
+    assert len(warmups) == 1  # every run of the trunk warms up alike, so a branch is a straight WSD run
+    confirm = steps["train-transformer-confirm-2x"].config
+    assert (confirm.trunk, confirm.start_step, confirm.train.schedule) == ("", 0, "wsd")  # a straight run
+
+
+def test_a_longer_cooldown_added_later_extends_the_trunk_and_keeps_every_earlier_step(tmp_path):
+    before = {s.name: s.hash for s in topological_order(build_steps(load(tmp_path, COOLDOWNS)))}
+    longer = COOLDOWNS.replace("tokens_per_param: 20", "tokens_per_param: 40").replace("[5, 10, 20]", "[5, 10, 20, 40]")
+    after = {s.name: s.hash for s in topological_order(build_steps(load(tmp_path, longer)))}
+    kept = [n for n in before if n.startswith("train-") and "confirm" not in n]
+    assert len(kept) == 6 and all(after[n] == before[n] for n in kept)
+    added = sorted(n for n in after if n.startswith("train-") and n not in before and "confirm" not in n)
+    assert [n.removeprefix("train-transformer-3.2k-") for n in added] == ["cd40", "trunk-101k"]  # and no more
+
+
+def test_a_dry_run_prints_what_the_cooldowns_save(tmp_path):
+    from pipelines.estimate import cooldown_savings
+
+    plan = [(s, {"state": "pending"}) for s in topological_order(build_steps(load(tmp_path, COOLDOWNS)))]
+    line = cooldown_savings(plan)
+    trains = [s.config for s, _ in plan if s.name.startswith("train-") and s.config.trunk]
+    spent = sum(tc.run(tmp_path).flops("per_layer", tc.own_tokens()) for tc in trains)
+    separate = sum(tc.run(tmp_path).flops("per_layer") for tc in trains if tc.train.schedule == "wsd")
+    assert line.startswith(f"WSD cooldowns: {spent:.2e} FLOPs of training for 3 (N, D) points off 1 trunks, "
+                           f"{spent / separate:.0%} of the {separate:.2e}")
+    assert 0.6 < spent / separate < 0.7  # budgets 5, 10 and 20 with 20% cooldowns: the trunk is paid once

@@ -1,0 +1,69 @@
+"""WSD cooldown branches end to end on real Ray, DeepSpeed and MLflow: each size trains one trunk at the peak lr,
+in segments, and each budget's cooldown starts from the trunk's state at its branch point; a longer budget added
+later extends the trunk and keeps every earlier step."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from armodels.train import branch_folder, lr_multiplier
+from pipelines.config import StudyConfig
+from pipelines.study import run_study
+from tests.support.studies import step_dir
+
+pytestmark = pytest.mark.slow
+
+COOLDOWNS = {
+    "name": "cooldowns-e2e",
+    "corpus": {"source": "python-stdlib", "max_bytes": 400_000, "val_fraction": 0.1},
+    "tokenizer": {"vocab_size": 280, "train_bytes": 200_000},
+    "shards": {"shard_tokens": 100_000},
+    "models": {"seq_len": 32, "grids": [{"family": "transformer", "sizes": [
+        {"n_layer": 1, "n_embd": 8, "n_head": 2}, {"n_layer": 1, "n_embd": 16, "n_head": 2}]}]},
+    "training": {"schedule": "wsd", "decay_fraction": 0.25, "tokens_per_param": 4, "tokens_per_param_of": "total",
+                 "cooldowns": [2, 4], "batch_size": 8, "eval_points": 1, "eval_windows": 4, "checkpoints": 1},
+    "evaluation": {"max_tokens": 2000, "samples": 0},
+    "fit": {"bootstrap": 20},
+}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("cooldowns")
+    cfg = StudyConfig.model_validate(COOLDOWNS)
+    return out, run_study(cfg, tmp_path_factory.mktemp("cfg") / "cooldowns.yaml", out)
+
+
+def test_each_cooldown_starts_from_its_trunks_branch_point(study):
+    out, outcomes = study
+    assert {o.state for o in outcomes.values()} == {"succeeded"}
+    branches = sorted(n for n in outcomes if n.startswith("train-") and "-cd" in n)
+    assert len(branches) == 4 and len([n for n in outcomes if "-trunk-" in n]) == 4
+    for name in branches:
+        folder = step_dir(out, name)
+        run = json.loads((folder / "run.json").read_text())
+        result = json.loads((folder / "result.json").read_text())
+        start = int(run["start_from"].rsplit("-", 1)[1])
+        assert result["status"] == "ok" and result["resumed_at_step"] == start and result["steps"] > start
+        assert (branch_folder(run["start_from"].rsplit("/", 1)[0], start) / "checkpoint" / "state.json").is_file()
+        curve = json.loads((folder / "curve.json").read_text())["train"]
+        assert curve[0]["step"] == 0 and curve[-1]["step"] == result["steps"] - 1  # the trunk's part, then its own
+        t = run["train"]
+        warmup = t["warmup_tokens"] / (result["tokens"] / result["steps"] * result["steps"])
+        expected = [t["lr"] * lr_multiplier(p["step"], result["steps"], warmup, t["min_lr_ratio"], "wsd", 0.25)
+                    for p in curve]
+        assert [p["lr"] for p in curve] == pytest.approx(expected)  # one WSD schedule across trunk and cooldown
+        assert (step_dir(out, "eval-" + name[len("train-"):]) / "eval.json").is_file()
+
+
+def test_a_longer_budget_later_extends_the_trunk_and_reruns_nothing_else(study, tmp_path):
+    out, _ = study
+    longer = copy.deepcopy(COOLDOWNS)
+    longer["training"].update(tokens_per_param=8, cooldowns=[2, 4, 8])
+    outcomes = run_study(StudyConfig.model_validate(longer), tmp_path / "longer.yaml", out)
+    ran = sorted(n for n, o in outcomes.items() if o.state == "succeeded" and n.startswith("train-"))
+    assert len(ran) == 4 and sum(n.endswith("-cd8") for n in ran) == 2 and sum("-trunk-" in n for n in ran) == 2, ran
+    assert all(o.state == "skipped" for n, o in outcomes.items() if n.startswith("train-") and n not in ran)
