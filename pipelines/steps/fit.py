@@ -232,17 +232,22 @@ def lr_study(table: pd.DataFrame) -> dict:
 
 
 def matched_ratio(chosen: pd.DataFrame) -> pd.DataFrame:
-    """The runs at the design's tokens per parameter (within 10% of the median, by non-embedding or all parameters,
-    whichever the design holds fixed), or all runs when they share one token budget: L(N) compares sizes at
-    matched data, not at a data cap that binds some of them."""
+    """The runs at the design's tokens per parameter (within 10%, by non-embedding or all parameters, whichever the
+    design holds fixed: the ratio most sizes share, the longest of those), or all runs when they share one token
+    budget: L(N) compares sizes at matched data, not at a data cap that binds some of them, nor at a short budget
+    of cooldown branches when a longer one covers every size."""
     if len(chosen) and chosen["tokens"].max() <= (1 + MATCHED_RATIO_RTOL) * chosen["tokens"].min():
         return chosen
+    groups = []  # (sizes it covers, its ratio, its runs) for each ratio some run has, by either parameter count
     for column in ("params_nonembedding", "params"):
         ratio = chosen["tokens"] / chosen[column]
-        matched = (ratio / ratio.median() - 1).abs() <= MATCHED_RATIO_RTOL
-        if matched.all():
-            return chosen
-    return chosen[matched]
+        for reference in ratio.unique():
+            matched = (ratio / reference - 1).abs() <= MATCHED_RATIO_RTOL
+            if matched.all():
+                return chosen
+            groups.append((chosen.loc[matched, "params"].nunique(), reference, matched))
+    # several ratios (capped runs; the budgets of cooldown branches): the one most sizes share, the longest of those
+    return chosen[max(groups, key=lambda g: g[:2])[2]]
 
 
 def select_form(frontier: pd.DataFrame, config: FitStepConfig) -> dict:

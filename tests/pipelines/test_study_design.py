@@ -183,6 +183,11 @@ def test_l_of_n_uses_the_runs_at_the_designs_tokens_per_parameter():
     chosen = run_table(records, "per_layer")
     kept = matched_ratio(chosen)
     assert isinstance(kept, pd.DataFrame) and sorted(kept["run_id"]) == ["r1000", "r2000", "r4000", "r8000"]
+    # cooldown branches: every size at 5, 10 and 20 tokens per parameter; L(N) takes the longest budget
+    branches = [record(f"r{n}-cd{c}", n, c * n, 1e-3, 0, 4.0 - n / 1e4 - c / 100) for n in (1000, 2000, 4000)
+                for c in (5, 10, 20)]
+    kept = matched_ratio(run_table(branches, "per_layer"))
+    assert sorted(kept["run_id"]) == ["r1000-cd20", "r2000-cd20", "r4000-cd20"]
 
 
 COOLDOWNS = """name: s
