@@ -221,8 +221,10 @@ class Executor:
         """Start a step as a Ray task (after creating its MLflow run), or as a job on the warm workers from a task
         that holds nothing (`step.warm_lane`); returns (object ref, run id)."""
         inputs = {k: str(self.root / s.dirname) for k, s in step.inputs.items()}
+        parent = step.inputs.get(step.nested_under) if step.nested_under else None
+        parent_run = step_state(self.root, parent.dirname).get("mlflow_run_id") if parent else None
         run_id = self._track(self.tracking.start_step_run, step.name, step.dirname, config_dict(step.config),
-                             {k: s.dirname for k, s in step.inputs.items()})
+                             {k: s.dirname for k, s in step.inputs.items()}, parent_run)
         # a step whose workers hold its resources runs as a task that holds none
         cpus = 0 if step.resources.held_by_workers else step.resources.cpus
         gpus = 0 if step.resources.held_by_workers else step.resources.gpus

@@ -315,7 +315,7 @@ def train_step(tc: train.TrainStepConfig, function, inputs: dict[str, Step], con
                 resources=Resources(cpus=tc.num_workers * tc.cpus_per_worker, held_by_workers=True,
                                     cpus_per_worker=tc.cpus_per_worker, gpus=tc.num_workers * tc.gpus_per_worker,
                                     gpus_per_worker=tc.gpus_per_worker), priority=flops,
-                work_tokens=tokens, work_flops=flops,
+                work_tokens=tokens, work_flops=flops, nested_under="trunk" if "trunk" in inputs else None,
                 describe=(f"{what}{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
                           f"{human(run.tokens_seen)} tokens{start}, {flops:.2e} FLOPs ({convention}); "
                           f"{tc.describe_workers()}"))

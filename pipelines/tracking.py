@@ -327,10 +327,13 @@ class StudyTracking:
             self.client.update_run(run.info.run_id, status="RUNNING")
         self.parent_run_id = run.info.run_id
 
-    def start_step_run(self, name: str, dirname: str, config: dict, inputs: dict[str, str]) -> str:
+    def start_step_run(self, name: str, dirname: str, config: dict, inputs: dict[str, str],
+                       parent_run_id: str | None = None) -> str:
         """A nested run for one execution of a step, with its `config` (pipelines.step.config_dict) as params; tags
-        trace it to its inputs' versioned directories."""
-        tags = {"mlflow.parentRunId": self.parent_run_id, "arscale.step": name, "arscale.step_dir": dirname,
+        trace it to its inputs' versioned directories. It nests under the study's run, or under `parent_run_id`
+        (a cooldown branch under the trunk it continues)."""
+        tags = {"mlflow.parentRunId": parent_run_id or self.parent_run_id, "arscale.step": name,
+                "arscale.step_dir": dirname,
                 "arscale.step_hash": dirname.rsplit("-", 1)[-1], **self.system_tags}
         tags.update({f"arscale.input.{k}": v for k, v in inputs.items()})
         run = _with_retries(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
@@ -363,7 +366,8 @@ class NullStudyTracking:
 
     uri = None
 
-    def start_step_run(self, name: str, dirname: str, config: dict, inputs: dict[str, str]) -> None:
+    def start_step_run(self, name: str, dirname: str, config: dict, inputs: dict[str, str],
+                       parent_run_id: str | None = None) -> None:
         return None
 
     def finish_run(self, run_id: str, ok: bool, error: str | None = None) -> None:

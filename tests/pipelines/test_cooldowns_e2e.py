@@ -59,6 +59,21 @@ def test_each_cooldown_starts_from_its_trunks_branch_point(study):
         assert (step_dir(out, "eval-" + name[len("train-"):]) / "eval.json").is_file()
 
 
+def test_each_branch_is_an_mlflow_run_nested_under_the_trunk_it_continues(study):
+    from mlflow.tracking import MlflowClient
+
+    out, outcomes = study
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    for name in [n for n in outcomes if n.startswith("train-") and ("-cd" in n or "-trunk-" in n)]:
+        status = json.loads((step_dir(out, name) / "STATUS.json").read_text())
+        trunk = status["inputs"].get("trunk")
+        parent = client.get_run(status["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
+        if trunk:  # a branch, or a segment after the first: under the segment it continues
+            assert parent == json.loads((out / trunk / "STATUS.json").read_text())["mlflow_run_id"], name
+        else:  # the first segment: under the study's run
+            assert client.get_run(parent).data.tags.get("mlflow.parentRunId") is None, name
+
+
 def test_a_longer_budget_later_extends_the_trunk_and_reruns_nothing_else(study, tmp_path):
     out, _ = study
     longer = copy.deepcopy(COOLDOWNS)
