@@ -116,6 +116,21 @@ def test_a_cooldown_branch_off_a_trunk_equals_a_straight_wsd_run(tmp_path, shard
     assert branched["final_val_loss"] == pytest.approx(whole["final_val_loss"], rel=1e-5)
 
 
+def test_a_branch_stopped_mid_cooldown_resumes_from_its_own_checkpoint(tmp_path, shards):
+    wsd = dict(schedule="wsd", decay_fraction=0.25, warmup_tokens=2 * 16 * 32, log_every=1)
+    trunk = make_run(shards, tokens=35 * 16 * 32, schedule="constant", warmup_tokens=2 * 16 * 32, checkpoints=0,
+                     branch_points=(35,), log_every=1)
+    train_single_process(trunk, tmp_path / "trunk")
+    branch = replace(make_run(shards, checkpoints=0, **wsd), start_from=str(branch_folder(tmp_path / "trunk", 35)))
+    calls = iter(range(1000))
+    stopped = train_single_process(branch, tmp_path / "branch", should_stop=lambda: next(calls) >= 4)
+    assert stopped["status"] == "interrupted" and stopped["steps"] == 40  # 5 steps into its cooldown
+    resumed = train_single_process(branch, tmp_path / "branch")
+    assert resumed["resumed_at_step"] == 40 and resumed["status"] == "ok"  # its own checkpoint, not the trunk's
+    whole = train_single_process(make_run(shards, checkpoints=0, **wsd), tmp_path / "straight")
+    assert resumed["final_val_loss"] == pytest.approx(whole["final_val_loss"], rel=1e-5)
+
+
 def test_a_branch_must_match_its_trunk(tmp_path, shards):
     trunk = make_run(shards, tokens=10 * 16 * 32, schedule="constant", branch_points=(5,), checkpoints=0)
     train_single_process(trunk, tmp_path / "trunk")
