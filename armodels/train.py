@@ -434,21 +434,24 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         engine.optimizer.load_state_dict(resume.optimizer["optimizer"])
         schedule.load_state_dict(resume.optimizer["scheduler"])
         _set_rng(resume.optimizer, device)
-    if resume:  # the next step's lr by this run's own schedule (a branch's cooldown differs from its trunk's)
-        for group, base in zip(optimizer.param_groups, schedule.base_lrs):
-            group["lr"] = base * lr_schedule(run)(resume.step)
     if resume:
+        for group, base in zip(optimizer.param_groups, schedule.base_lrs):  # by this run's own schedule: a branch's
+            group["lr"] = base * lr_schedule(run)(resume.step)  # cooldown differs from the trunk's saved one
         curve.train, curve.val = resume.state["curve"]["train"], resume.state["curve"]["val"]
         first_step = out.steps = out.resumed_at = resume.step
         out.initial_loss, out.last_loss = resume.state["initial_loss"], resume.state["last_loss"]
         out.earlier_seconds = resume.state["train_seconds"]
 
+    def run_state() -> dict:
+        """What a checkpoint's state.json says of the run so far."""
+        return {"run": _fingerprint(run), "zero_stage": cfg.zero_stage, "world_size": world, "precision": precision,
+                "curve": asdict(curve), "initial_loss": out.initial_loss, "last_loss": out.last_loss,
+                "train_seconds": out.earlier_seconds + time.perf_counter() - start}
+
     def checkpoint(steps_done: int) -> bool:
         """Save a checkpoint after `steps_done` steps (every rank calls it); False if none could be kept."""
         nonlocal can_checkpoint
-        state = {"run": _fingerprint(run), "zero_stage": cfg.zero_stage, "world_size": world, "precision": precision,
-                 "curve": asdict(curve), "initial_loss": out.initial_loss, "last_loss": out.last_loss,
-                 "train_seconds": out.earlier_seconds + time.perf_counter() - start}
+        state = run_state()
         if cfg.zero_stage:  # every rank writes its partition
             saved = save_zero_checkpoint(out_dir, steps_done, engine, state, _rng_state(device),
                                          on_checkpoint.on_files)
@@ -466,12 +469,9 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     def keep_branch_point(steps_done: int) -> None:
         """A checkpoint after `steps_done` steps that outlives the run, in branch-<steps>/ (zero_stage 0)."""
         if rank == 0:
-            state = {"run": _fingerprint(run), "zero_stage": 0, "world_size": world, "precision": precision,
-                     "curve": asdict(curve), "initial_loss": out.initial_loss, "last_loss": out.last_loss,
-                     "train_seconds": out.earlier_seconds + time.perf_counter() - start}
             optimizer_state = {"optimizer": engine.optimizer.state_dict(), "scheduler": schedule.state_dict(),
                                **_rng_state(device)}
-            save_checkpoint(branch_folder(out_dir, steps_done), steps_done, model, optimizer_state, state)
+            save_checkpoint(branch_folder(out_dir, steps_done), steps_done, model, optimizer_state, run_state())
         dist.barrier()
 
     def evaluate() -> float:
