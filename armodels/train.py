@@ -587,6 +587,11 @@ def branch_folder(trunk_dir: Path, step: int) -> Path:
     return Path(trunk_dir) / f"branch-{step:09d}"
 
 
+def branch_step(folder: str | Path) -> int:
+    """The step of a branch point from its folder's name (branch_folder's inverse)."""
+    return int(Path(folder).name.removeprefix("branch-"))
+
+
 def _branch_start(run: TrainRun, precision: str) -> Checkpoint | None:
     """The branch point `run` starts from (run.start_from), checked against it: the same family, model and
     training settings but for BRANCH_SETTINGS, one saved with zero_stage 0 in the same precision. None without one."""

@@ -7,6 +7,7 @@ e.g. under reports/ in the repository.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from armodels.files import read_json
+from armodels.train import TrainRun, branch_step
 from pipelines.config import IMAGE_STREAMS, TEXT_STREAM
 from pipelines.progress import human
 from pipelines.report_html import write_report_html
@@ -55,13 +57,42 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
     provenance = {name: read_json(d / STATUS) for name, d in sorted(ctx.inputs.items())}
     images = _image_figures(ctx, runs, order) if "images" in config.config and config.config["images"] else None
     plots = {p.name for p in ctx.output.glob("*.png")}
-    text = render(config, runs, order, fits, samples, provenance, plots, images, curves, comparison)
+    convention = config.config.get("fit", {}).get("convention", "per_layer")
+    text = render(config, runs, order, fits, samples, provenance, plots, images, curves, comparison,
+                  _cooldown_section(ctx, convention))
     (ctx.output / "report.md").write_text(text)
     write_report_html(ctx.output)  # converted from report.md, so the two never disagree
     # The output folder is still the step's .tmp folder here; the study prints the final path when it ends.
     ctx.log(f"wrote report.md and report.html: {len(order)} runs, {len(plots)} plots")
     ctx.tracker.log_artifacts(ctx.output, "report")
     return {"runs": len(runs), "ok_runs": sum(r["status"] == "ok" for r in runs.values())}
+
+
+def _cooldown_section(ctx: StepContext, convention: str) -> list[str]:
+    """For a design with WSD cooldown branches: the training compute of its trunks and cooldowns against the same
+    (N, D) points trained as one run each (a cosine grid), from the branches' run.json."""
+    branches = [TrainRun.load(d / "run.json") for name, d in sorted(ctx.inputs.items())
+                if name.startswith("train-") and (d / "run.json").is_file()]
+    branches = [run for run in branches if run.start_from]
+    if not branches:
+        return []
+    trunks: dict[str, tuple[TrainRun, int]] = {}  # (family, shape, lr, seed) → a branch of it, the trunk's steps
+    spent = separate = 0.0
+    for run in branches:
+        start, per_step = branch_step(run.start_from), run.train.batch_size * run.seq_len
+        key = json.dumps([run.family, run.model, run.train.lr, run.train.seed], sort_keys=True)
+        trunks[key] = (run, max(start, trunks.get(key, (run, 0))[1]))
+        spent += run.flops(convention, (run.steps - start) * per_step)
+        separate += run.flops(convention)
+    spent += sum(run.flops(convention, steps * run.train.batch_size * run.seq_len) for run, steps in trunks.values())
+    t = branches[0].train
+    return ["## Cooldown branches", "",
+            f"Each size trained one trunk at the peak learning rate, and each (N, D) point is a cooldown branched off "
+            f"it (WSD: the last {t.decay_fraction:.0%} of the run's steps, {t.decay_shape} down to "
+            f"{t.min_lr_ratio:g}× the peak), which ends exactly as a straight WSD run of its length would. Training "
+            f"compute: {spent:.3g} FLOPs ({convention}) for {len(branches)} points off {len(trunks)} trunks, "
+            f"{spent / separate:.0%} of the {separate:.3g} FLOPs that one run per point (a cosine grid) would "
+            "take.", ""]
 
 
 def _image_figures(ctx: StepContext, runs: dict, order: list[str]) -> dict:
@@ -100,8 +131,9 @@ def _by_run(ctx: StepContext, prefix: str, filename: str) -> dict[str, dict]:
 
 def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, samples: dict, provenance: dict,
            plots: set[str], images: dict | None = None, curves: dict | None = None,
-           comparison: dict | None = None) -> str:
-    """The report's Markdown. `images`: an image study's data source and tokenizer metrics (None for text)."""
+           comparison: dict | None = None, design: list[str] | None = None) -> str:
+    """The report's Markdown. `images`: an image study's data source and tokenizer metrics (None for text);
+    `design`: lines on how the runs were trained (a WSD design's cooldown branches)."""
     c = config.config
     convention = c.get("fit", {}).get("convention", "per_layer")
     confirm_runs = [r for r in order if "-confirm-" in r]
@@ -123,6 +155,7 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
            f"FLOPs counted as `{convention}` ({CONVENTION_MEANING.get(convention, convention)}).", ""]
     out += [_headline(family, fits.get(family, {}), runs) for family in families] + [""]
     out += _scale_section(families, fits, convention)
+    out += design or []
     if confirm_runs:
         out += _confirm_section(families, fits, runs)
     if images is not None:

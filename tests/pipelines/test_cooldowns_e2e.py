@@ -59,6 +59,18 @@ def test_each_cooldown_starts_from_its_trunks_branch_point(study):
         assert (step_dir(out, "eval-" + name[len("train-"):]) / "eval.json").is_file()
 
 
+def test_the_report_says_what_the_cooldowns_saved_as_the_dry_run_does(study):
+    from pipelines.estimate import cooldown_savings
+    from pipelines.plan import build_steps
+    from pipelines.step import topological_order
+
+    out, _ = study
+    plan = [(s, {"state": "succeeded"}) for s in topological_order(build_steps(StudyConfig.model_validate(COOLDOWNS)))]
+    share = cooldown_savings(plan).split(" FLOPs of training for 4 (N, D) points off 2 trunks, ")[1].split(" ")[0]
+    report = (step_dir(out, "report") / "report.md").read_text()
+    assert "## Cooldown branches" in report and f"for 4 points off 2 trunks, {share} of the " in report
+
+
 def test_each_branch_is_an_mlflow_run_nested_under_the_trunk_it_continues(study):
     from mlflow.tracking import MlflowClient
 
