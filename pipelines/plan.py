@@ -274,6 +274,8 @@ def build_steps(cfg: StudyConfig, gpus: float = 0.0) -> list[Step]:
         trains[tc.name] = train_step(tc, train.train_model, {"shards": shard_step, **trunk}, f.convention,
                                      "cooldown: " if tc.trunk else "")
         evals[tc.name] = eval_step(cfg, grid, tc, trains[tc.name], shard_step, decoder_step)
+    # a WSD design's branches: the fit step also fits their whole training curves (fit.annealing_fits)
+    branch_trains = {f"train-{tc.name}": trains[tc.name] for _, tc in planned if tc.trunk}
     # confirmation runs (fit.confirm): one per grid, trained after the fit, whose lr-vs-size law sets their lr
     confirms = {grid.series: confirm_run(cfg, grid, [tc for g, tc in planned if g is grid])
                  for grid in cfg.models.grids} if f.confirm is not None else {}
@@ -282,7 +284,7 @@ def build_steps(cfg: StudyConfig, gpus: float = 0.0) -> list[Step]:
                                       isoflop=bool(cfg.training.flops_budgets),
                                       confirm={series: fit.planned_confirm(tc, f.convention)
                                                for series, tc in confirms.items()}),
-                    inputs=evals, version=fit.VERSION,
+                    inputs={**evals, **branch_trains}, version=fit.VERSION,
                     describe=f"L(C) and L(N) power laws, {f.bootstrap} bootstraps, hold out top {f.holdout_top} "
                              "budget(s)")
     confirm_evals = {}

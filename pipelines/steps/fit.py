@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import scaling
+import scaling.annealing
 import scaling.plots
 from armodels.files import read_json, write_json_atomic
 from pipelines.progress import human
@@ -71,7 +74,10 @@ def planned_confirm(tc, convention: str) -> dict:
 
 
 def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
-    records = [read_json(d / "eval.json", "evaluation record") for _, d in sorted(ctx.inputs.items())]
+    # inputs: each run's evaluation (by run name), and for a WSD design each cooldown branch's training (train-<run>)
+    trained = {name.removeprefix("train-"): d for name, d in ctx.inputs.items() if name.startswith("train-")}
+    records = [read_json(d / "eval.json", "evaluation record") for name, d in sorted(ctx.inputs.items())
+               if not name.startswith("train-")]
     runs = run_table(records, config.convention)
     runs.to_csv(ctx.output / "runs.csv", index=False)
 
@@ -80,6 +86,11 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
         fits[series], results = fit_family(series, table, config, ctx)
         selected[series] = results.get(fits[series]["selected"])
         summary.update(_summary(series, fits[series]))
+    for series, trunks in annealing_fits(trained, {r["run_id"]: series_of(r) for r in records}).items():
+        fits[series]["curves"] = trunks
+        for t in trunks:
+            ctx.log(f"{series} whole curves, {t['trunk']}: " + (t["error"] if "error" in t else (
+                f"{len(t['backtest'])} branches' final losses predicted within {t['worst_error']:.1%}")))
     comparison = compare_families(selected)
     if comparison:
         largest = max(r.law.axis.max() for r in selected.values() if r is not None)
@@ -321,6 +332,54 @@ def compare_families(results: dict) -> dict | None:
             pairs.append({"better": a, "worse": b, "difference": at[b]["loss"] - at[a]["loss"],
                           "beyond_noise": bool(separated)})
     return {"compute": common, "series": at, "pairs": pairs}
+
+
+CURVE_TAIL = 5  # a run's final loss in the whole-curve backtest: the mean of its last logged training losses
+
+
+def annealing_fits(trained: dict[str, Path], series: dict[str, str]) -> dict[str, list[dict]]:
+    """The learning-rate annealing law (scaling.annealing) of each trunk of a WSD design, by series: fitted on its
+    cooldown branches' training curves (each holds the trunk's part before its cooldown; the warmup left out), and
+    each branch's final loss (the mean of its last CURVE_TAIL logged losses) predicted from the other branches'
+    curves. `trained`: the branches' training folders by run name; trunks with fewer than 3 finished branches are
+    left out (a backtest fits on at least 2)."""
+    from armodels.train import TrainRun, lr_schedule  # torch: imported only for a WSD design
+
+    groups: dict[tuple[str, str], list] = {}
+    for name, folder in sorted(trained.items()):
+        run = TrainRun.load(folder / "run.json")
+        if not run.start_from or read_json(folder / "result.json", "training result")["status"] != "ok":
+            continue
+        points = read_json(folder / "curve.json", "training curve")["train"]
+        trunk = json.dumps([run.family, run.model, run.train.lr, run.train.seed], sort_keys=True)
+        lrs = [run.train.lr * m for m in map(lr_schedule(run), range(run.steps))]
+        curve = scaling.annealing.AnnealingCurve(lrs, [p["step"] for p in points], [p["loss"] for p in points])
+        groups.setdefault((series[name], trunk), []).append((name, run, curve))
+    out: dict[str, list[dict]] = {}
+    for (name_of_series, _), branches in groups.items():
+        if len(branches) < 3:
+            continue
+        branches.sort(key=lambda b: b[1].steps)
+        trunk_name = re.sub(r"-cd[^-]+", "", branches[0][0])  # the size, its lr and seed: what its branches share
+        warmup = round(branches[0][1].warmup_fraction * branches[0][1].steps)
+        try:
+            law = scaling.annealing.fit_annealing([c for _, _, c in branches], min_step=warmup)
+        except ValueError as e:
+            out.setdefault(name_of_series, []).append({"trunk": trunk_name, "error": str(e)})
+            continue
+        backtest = []
+        for i, (name, _, held_out) in enumerate(branches):
+            others = scaling.annealing.fit_annealing([c for j, (_, _, c) in enumerate(branches) if j != i],
+                                                     min_step=warmup)
+            tail = held_out.steps[-CURVE_TAIL:]
+            predicted = float(np.mean(others.predict(held_out.lrs, tail)))
+            actual = float(np.mean(held_out.losses[-CURVE_TAIL:]))
+            backtest.append({"run": name, "tokens": branches[i][1].tokens_seen, "predicted": predicted,
+                             "actual": actual, "error": predicted / actual - 1})
+        out.setdefault(name_of_series, []).append({
+            "trunk": trunk_name, "params_nonembedding": branches[0][1].costs().params_nonembedding,
+            "law": law.to_dict(), "backtest": backtest, "worst_error": max(abs(b["error"]) for b in backtest)})
+    return out
 
 
 def series_of(record: dict) -> str:

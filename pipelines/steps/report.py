@@ -156,6 +156,7 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
     out += [_headline(family, fits.get(family, {}), runs) for family in families] + [""]
     out += _scale_section(families, fits, convention)
     out += design or []
+    out += _whole_curves_section(families, fits)
     if confirm_runs:
         out += _confirm_section(families, fits, runs)
     if images is not None:
@@ -324,6 +325,33 @@ def _confirm_section(families: list[str], fits: dict, runs: dict) -> list[str]:
                    f"{'—' if error is None else f'{error:+.2%}'} | {inside} |")
         if conf.get("identified") is False:
             out.append("| | the fit is not identified: no point prediction | | | | | | | | | | |")
+    return out + [""]
+
+
+def _whole_curves_section(families: list[str], fits: dict) -> list[str]:
+    """A WSD design's lr-annealing fits (fit.annealing_fits): each trunk's law and its branches' backtest."""
+    rows = [(family, t) for family in families for t in fits.get(family, {}).get("curves", [])]
+    if not rows:
+        return []
+    out = ["## Whole training curves", "",
+           "Each trunk's training curves (its cooldown branches, each with the trunk's part before it, the warmup "
+           "left out) fitted by the learning-rate annealing law of Tissue et al. (2024), L(s) = L0 + A·S1^−α − C·S2 "
+           "(S1: the summed learning rate so far; S2: its summed fall, with momentum "
+           f"{rows[0][1].get('law', {}).get('momentum', 0.999):g}). Each branch's final loss (the mean of its last "
+           "logged training losses) is predicted from the other branches' curves. These are training losses of "
+           "single batches, one model size per law: the law says nothing about other sizes, and an L0 or C at its "
+           "bound (near 0) is not identified by these curves.", "",
+           "| family | trunk | L0 | A | α | C | points | branches: predicted vs actual final loss | worst |",
+           "|---|---|--:|--:|--:|--:|--:|---|--:|"]
+    for family, t in rows:
+        if "error" in t:
+            out.append(f"| {family} | {t['trunk']} | | | | | | not fitted: {t['error']} | |")
+            continue
+        law = t["law"]["params"]
+        branches = ", ".join(f"{human(b['tokens'])} tokens {b['predicted']:.4f} vs {b['actual']:.4f} "
+                             f"({b['error']:+.1%})" for b in t["backtest"])
+        out.append(f"| {family} | {t['trunk']} | {law['L0']:.3g} | {law['A']:.3g} | {law['alpha']:.3f} | "
+                   f"{law['C']:.3g} | {t['law']['points']} | {branches} | {t['worst_error']:.1%} |")
     return out + [""]
 
 

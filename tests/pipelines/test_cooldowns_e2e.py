@@ -24,7 +24,7 @@ COOLDOWNS = {
     "models": {"seq_len": 32, "grids": [{"family": "transformer", "sizes": [
         {"n_layer": 1, "n_embd": 8, "n_head": 2}, {"n_layer": 1, "n_embd": 16, "n_head": 2}]}]},
     "training": {"schedule": "wsd", "decay_fraction": 0.25, "tokens_per_param": 4, "tokens_per_param_of": "total",
-                 "cooldowns": [2, 4], "batch_size": 8, "eval_points": 1, "eval_windows": 4, "checkpoints": 1},
+                 "cooldowns": [1, 2, 4], "batch_size": 8, "eval_points": 1, "eval_windows": 4, "checkpoints": 1},
     "evaluation": {"max_tokens": 2000, "samples": 0},
     "fit": {"bootstrap": 20},
 }
@@ -41,7 +41,7 @@ def test_each_cooldown_starts_from_its_trunks_branch_point(study):
     out, outcomes = study
     assert {o.state for o in outcomes.values()} == {"succeeded"}
     branches = sorted(n for n in outcomes if n.startswith("train-") and "-cd" in n)
-    assert len(branches) == 4 and len([n for n in outcomes if "-trunk-" in n]) == 4
+    assert len(branches) == 6 and len([n for n in outcomes if "-trunk-" in n]) == 6
     for name in branches:
         folder = step_dir(out, name)
         run = json.loads((folder / "run.json").read_text())
@@ -66,9 +66,23 @@ def test_the_report_says_what_the_cooldowns_saved_as_the_dry_run_does(study):
 
     out, _ = study
     plan = [(s, {"state": "succeeded"}) for s in topological_order(build_steps(StudyConfig.model_validate(COOLDOWNS)))]
-    share = cooldown_savings(plan).split(" FLOPs of training for 4 (N, D) points off 2 trunks, ")[1].split(" ")[0]
+    share = cooldown_savings(plan).split(" FLOPs of training for 6 (N, D) points off 2 trunks, ")[1].split(" ")[0]
     report = (step_dir(out, "report") / "report.md").read_text()
-    assert "## Cooldown branches" in report and f"for 4 points off 2 trunks, {share} of the " in report
+    assert "## Cooldown branches" in report and f"for 6 points off 2 trunks, {share} of the " in report
+
+
+def test_the_fit_fits_each_trunks_whole_curves_and_predicts_each_branch_from_the_others(study):
+    out, _ = study
+    trunks = json.loads((step_dir(out, "fit") / "fit.json").read_text())["families"]["transformer"]["curves"]
+    assert len(trunks) == 2
+    for trunk in trunks:
+        assert set(trunk["law"]["params"]) == {"L0", "A", "alpha", "C"} and trunk["law"]["runs"] == 3
+        assert [b["run"].rsplit("-", 1)[1] for b in trunk["backtest"]] == ["cd1", "cd2", "cd4"]
+        for b in trunk["backtest"]:
+            assert b["error"] == pytest.approx(b["predicted"] / b["actual"] - 1)
+        assert trunk["worst_error"] == max(abs(b["error"]) for b in trunk["backtest"]) < 0.25
+    report = (step_dir(out, "report") / "report.md").read_text()
+    assert "## Whole training curves" in report and all(f"| {t['trunk']} |" in report for t in trunks)
 
 
 def test_each_branch_is_an_mlflow_run_nested_under_the_trunk_it_continues(study):
@@ -89,7 +103,7 @@ def test_each_branch_is_an_mlflow_run_nested_under_the_trunk_it_continues(study)
 def test_a_longer_budget_later_extends_the_trunk_and_reruns_nothing_else(study, tmp_path):
     out, _ = study
     longer = copy.deepcopy(COOLDOWNS)
-    longer["training"].update(tokens_per_param=8, cooldowns=[2, 4, 8])
+    longer["training"].update(tokens_per_param=8, cooldowns=[1, 2, 4, 8])
     outcomes = run_study(StudyConfig.model_validate(longer), tmp_path / "longer.yaml", out)
     ran = sorted(n for n, o in outcomes.items() if o.state == "succeeded" and n.startswith("train-"))
     assert len(ran) == 4 and sum(n.endswith("-cd8") for n in ran) == 2 and sum("-trunk-" in n for n in ran) == 2, ran
