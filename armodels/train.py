@@ -494,6 +494,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
 
     start, out.steps_started_at = time.perf_counter(), time.time()
     batches = step_batches(first_step)
+    window_loss, window_from = 0.0, first_step  # the loss summed since the last logged point, and its first step
     for step in range(first_step, total):
         model.before_train_step(step)  # MADE moves to this step's mask here
         # [summed mean loss, ranks asked to stop], on the engine's device: NCCL reduces only GPU tensors, and
@@ -517,9 +518,14 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         if not math.isfinite(out.last_loss):
             out.status, out.reason = "diverged", f"loss became {out.last_loss} at step {step} ({tokens} tokens)"
             break
+        window_loss += out.last_loss
         if step % cfg.log_every == 0 or step == total - 1:
             elapsed = time.perf_counter() - start
-            point = {"step": step, "tokens": tokens, "loss": out.last_loss, "lr": step_lr}
+            # loss: this step's batch; loss_mean: every step's since the last point (from mean_from), log_every
+            # times less noisy, for fits of the whole curve (scaling.annealing)
+            point = {"step": step, "tokens": tokens, "loss": out.last_loss, "lr": step_lr,
+                     "loss_mean": window_loss / (step + 1 - window_from), "mean_from": window_from}
+            window_loss, window_from = 0.0, step + 1
             curve.train.append(point)
             if rank == 0:
                 on_metrics({**point, "tokens_per_s": (step + 1 - first_step) * tokens_per_step / elapsed,

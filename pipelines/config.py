@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 import armodels
 from armodels.bpe import MAX_VOCAB_SIZE
@@ -110,6 +110,20 @@ class ShardConfig(_Strict):
 
 # Keys of a size entry that belong to the study, not to the family's config.
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become folder names cannot leave the study folder
+
+
+def _tokens_per_param(value: Any) -> Any:
+    """One problem for a bad tokens_per_param, not one per member of its type's union."""
+    ratios = value if isinstance(value, list) else [value]
+    if not ratios or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < float("inf")
+                             for r in ratios):
+        raise ValueError(f"one positive number of tokens per parameter, or a non-empty list of them (got {value!r})")
+    return value
+
+
+# Tokens per parameter: one ratio for every size, or several (sizes × token budgets: each size trained at each)
+TokensPerParam = Annotated[Union[float, list[float]], BeforeValidator(_tokens_per_param)]
+GRID_TRAINING_KEYS = ("tokens_per_param", "schedule", "decay_fraction", "decay_shape")  # a grid may override these
 SIZE_OPTIONS = ("name", "tokens", "lr", "num_workers", "device", "gpus_per_worker", "seeds", "lr_sweep", "batch_size",
                 "beta2", "warmup_tokens")
 DEVICES = ("auto", "cpu", "cuda")  # training.device; auto: GPUs when the cluster has them (armodels.device)
@@ -182,14 +196,32 @@ class GridConfig(_Strict):
     # values in raster order), "vqvae" or "fsq" (the code grid of that image tokenizer, in raster order).
     stream: Literal["text", "pixels", "vqvae", "fsq"] = TEXT_STREAM
     sizes: list[dict[str, Any]] = Field(min_length=1)
-    # Overrides training.tokens_per_param for this grid: families differ in how many tokens a parameter is worth
-    # (a PixelCNN over pixels wants far more than a transformer over codes).
-    tokens_per_param: float | None = added_setting(None, gt=0)
+    # What the fits and the report call this grid's runs (and their names begin with), instead of the family: two
+    # grids of one family that differ in how they train (e.g. `cosine` and `wsd`) are fitted and compared apart.
+    label: str | None = added_setting(None, pattern=SAFE_NAME)
+    # Overrides of training's keys for this grid. tokens_per_param: families differ in how many tokens a parameter
+    # is worth (a PixelCNN over pixels wants far more than a transformer over codes); schedule and its decay: two
+    # grids can compare schedules on the same sizes and budgets.
+    tokens_per_param: TokensPerParam | None = added_setting(None)
+    schedule: Literal["cosine", "wsd", "constant"] | None = added_setting(None)
+    decay_fraction: float | None = added_setting(None, gt=0, lt=1)
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = added_setting(None)
 
     @property
     def series(self) -> str:
-        """What the fits and the report compare: the family, or in image studies the stream and the family."""
+        """What the fits and the report compare: the label, else the family (in image studies the stream and the
+        family)."""
+        if self.label:
+            return self.label
         return self.family if self.stream == TEXT_STREAM else f"{self.stream}-{self.family}"
+
+    def training_overrides(self) -> dict[str, Any]:
+        """The training keys this grid sets. A schedule set here replaces the study's schedule settings too: its
+        decay keys apply only where the grid's schedule is wsd."""
+        out = {k: getattr(self, k) for k in GRID_TRAINING_KEYS if getattr(self, k) is not None}
+        if "schedule" in out and out["schedule"] != "wsd":
+            out |= {k: None for k in ("decay_fraction", "decay_shape") if k not in out}
+        return out
 
     @model_validator(mode="after")
     def _sizes_fit_the_family(self):
@@ -260,8 +292,10 @@ class TrainingConfig(_Strict):
     # design when the ratio is near the optimum: every run then sits on the compute frontier). min_tokens and
     # max_tokens clip it; a cap that gives several sizes the same tokens turns L(C) into a fixed-data curve, so
     # the default is no cap.
+    # A list of ratios trains every size at each (sizes × token budgets, for Chinchilla's Approach 3): with schedule
+    # cosine or constant one run per budget (named -tpp<ratio>), with wsd cooldown branches off one trunk per size.
     tokens: int | None = Field(None, gt=0)
-    tokens_per_param: float = Field(20.0, gt=0)
+    tokens_per_param: TokensPerParam = 20.0
     # which parameters tokens_per_param counts: Kaplan et al.'s non-embedding ones, or all (Hoffmann et al.)
     tokens_per_param_of: Literal["nonembedding", "total"] = added_setting("nonembedding")
     min_tokens: int | None = Field(None, gt=0)
@@ -320,6 +354,9 @@ class TrainingConfig(_Strict):
             problems.append("flops_budgets must be positive FLOPs and replace `tokens` (leave `tokens` out)")
         if self.cooldowns is not None:
             problems += [f"cooldowns: {p}" for p in self._cooldown_problems()]
+        if len(self.ratios) > 1 and (self.tokens or self.flops_budgets):
+            problems.append("tokens_per_param: a list of ratios sets each size's token budgets; leave training.tokens "
+                            "and flops_budgets out")
         for name in ("decay_fraction", "decay_shape"):
             if getattr(self, name) is not None and self.schedule != "wsd":
                 problems.append(f"{name} shapes the cooldown of schedule: wsd; with schedule: {self.schedule} leave it "
@@ -340,10 +377,31 @@ class TrainingConfig(_Strict):
             return [f"cooldown branches need schedule: wsd (a {self.schedule} run has no cooldown to branch off)"]
         if self.tokens or self.flops_budgets:
             return ["budgets are in tokens per parameter; leave training.tokens and flops_budgets out"]
-        if max(self.cooldowns) > self.tokens_per_param:
+        if len(self.ratios) > 1:
+            return ["give the budgets once: cooldowns with one tokens_per_param (the trunk's length), or a list of "
+                    "tokens_per_param with schedule: wsd (planned as cooldowns off a trunk of the longest)"]
+        if max(self.cooldowns) > self.trunk_ratio:
             return [f"{max(self.cooldowns):g} tokens per parameter is longer than the trunk (tokens_per_param: "
-                    f"{self.tokens_per_param:g}); raise tokens_per_param to extend the trunk"]
+                    f"{self.trunk_ratio:g}); raise tokens_per_param to extend the trunk"]
         return []
+
+    @property
+    def ratios(self) -> list[float]:
+        """The tokens-per-parameter budgets of every size, shortest first."""
+        return sorted(self.tokens_per_param) if isinstance(self.tokens_per_param, list) else [self.tokens_per_param]
+
+    @property
+    def trunk_ratio(self) -> float:
+        """The longest budget: a WSD trunk's planned length, and the confirmation run's tokens per parameter."""
+        return self.ratios[-1]
+
+    @property
+    def branch_budgets(self) -> list[float] | None:
+        """The budgets trained as WSD cooldown branches off one trunk per size (cooldowns, or a list of
+        tokens_per_param with schedule wsd); None: each budget is a run of its own."""
+        if self.cooldowns:
+            return sorted(self.cooldowns)
+        return self.ratios if self.schedule == "wsd" and len(self.ratios) > 1 else None
 
     def train_config(self, *, tokens: int, seed: int, device: str = "cpu", **size_options: Any) -> TrainConfig:
         """The armodels.train.TrainConfig of one run: this section's training options, by name (those left out keep
@@ -395,10 +453,26 @@ class StudyConfig(_Strict):
     def is_image_study(self) -> bool:
         return self.images is not None
 
+    def training_for(self, grid: GridConfig) -> TrainingConfig:
+        """The training section as `grid` sees it: with the keys the grid overrides (GridConfig.training_overrides)."""
+        overrides = grid.training_overrides()
+        if not overrides:
+            return self.training
+        return TrainingConfig.model_validate({**self.training.model_dump(exclude_unset=True), **overrides})
+
     @model_validator(mode="after")
     def _streams_match_the_data(self):
         problems = []
         for i, grid in enumerate(self.models.grids):
+            try:
+                self.training_for(grid)
+            except ValidationError as e:  # the study's training with this grid's overrides is not a valid one
+                # a problem in one of training's own keys is named at the grid key that brought it about
+                overridden = next(iter(grid.training_overrides()))
+                problems += [f"models.grids.{i}." + (f"{where}: {message}" if where.split(".")[0] in GRID_TRAINING_KEYS
+                                                     else f"{overridden}: with training.{where}: {message}" if where
+                                                     else f"{overridden}: {message}")
+                             for where, message in validation_problems(e)]
             if self.is_image_study and grid.stream == TEXT_STREAM:
                 problems.append(f"models.grids.{i}.stream: an image study models pixels, vqvae or fsq, not text")
             if not self.is_image_study and grid.stream != TEXT_STREAM:

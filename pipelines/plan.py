@@ -37,16 +37,16 @@ from pipelines.steps import corpus, evaluate, fit, images, report, text_shards, 
 from pipelines.steps.images import pixel_levels
 
 
-def token_budget(cfg: StudyConfig, grid: GridConfig, costs: ModelCosts, override: int | None) -> int:
-    """Tokens for one size of `grid`: its override, else training.tokens, else tokens_per_param (the grid's, else
-    training's) × its parameters (non-embedding or all: training.tokens_per_param_of), clipped to
-    [min_tokens, max_tokens] where those are set."""
-    t = cfg.training
+def token_budget(cfg: StudyConfig, grid: GridConfig, costs: ModelCosts, override: int | None,
+                 ratio: float | None = None) -> int:
+    """Tokens for one size of `grid`: its override, else training.tokens, else `ratio` tokens per parameter (by
+    default the grid's longest, see StudyConfig.training_for) × its parameters (non-embedding or all:
+    training.tokens_per_param_of), clipped to [min_tokens, max_tokens] where those are set."""
+    t = cfg.training_for(grid)
     if override or t.tokens:
         return override or t.tokens
     params = costs.params if t.tokens_per_param_of == "total" else costs.params_nonembedding
-    ratio = grid.tokens_per_param or t.tokens_per_param
-    return int(min(max(ratio * params, t.min_tokens or 0), t.max_tokens or float("inf")))
+    return int(min(max((ratio or t.trunk_ratio) * params, t.min_tokens or 0), t.max_tokens or float("inf")))
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,10 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
     Each of those is trained at every learning rate of its lr_sweep (names end in -lr<lr>) and with each of its
     seeds (the study's seed, then seed + 1, ... named -s1, -s2, ...). Each run's device (training.device or the
     size's) is resolved against `gpus`, the GPUs of the cluster."""
-    t = cfg.training
     shapes = stream_shapes(cfg)
     out = []
     for grid in cfg.models.grids:
+        t = cfg.training_for(grid)
         shape = shapes[grid.stream]
         if armodels.is_image_family(grid.family) and shape.grid is None:
             raise UserError(f"models: {grid.family} models single-channel images; the {grid.stream} stream of "
@@ -107,9 +107,11 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
             if t.flops_budgets:
                 per_token = flops_per_token(grid.family, model, cfg.fit.convention)
                 budgets = {f"{name}-c{c:.0e}".replace("+", ""): max(1, round(c / per_token)) for c in t.flops_budgets}
-            if t.cooldowns:  # WSD branches off one trunk: the trunk's planned tokens, scaled to each budget
-                ratio = grid.tokens_per_param or t.tokens_per_param
-                budgets = {f"{name}-cd{c:g}": max(1, round(budgets[name] * c / ratio)) for c in sorted(t.cooldowns)}
+            if t.branch_budgets:  # WSD branches off one trunk: the trunk's planned tokens, scaled to each budget
+                budgets = {f"{name}-cd{c:g}": max(1, round(budgets[name] * c / t.trunk_ratio))
+                           for c in t.branch_budgets}
+            elif len(t.ratios) > 1:  # sizes × token budgets, one run each
+                budgets = {f"{name}-tpp{r:g}": token_budget(cfg, grid, costs, size.get("tokens"), r) for r in t.ratios}
             try:
                 device = resolve_device(size.get("device") or t.device, gpus)
             except DeviceError as e:
@@ -126,7 +128,7 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
                     name=budget_name + lr_suffix + seed_suffix, family=grid.family, model=model, train=run_train,
                     num_workers=size.get("num_workers") or t.num_workers, cpus_per_worker=t.cpus_per_worker,
                     gpus_per_worker=(size.get("gpus_per_worker") or t.gpus_per_worker) if on_gpu else 0.0)
-                if t.cooldowns:
+                if t.branch_budgets:
                     tc = cooldown_branch(tc, f"{name}{lr_suffix}{seed_suffix}", min(budgets.values()))
                 out.append((grid, tc))
     names = [c.name for _, c in out]
@@ -282,6 +284,8 @@ def build_steps(cfg: StudyConfig, gpus: float = 0.0) -> list[Step]:
     fit_step = Step("fit", fit.fit_study,
                     fit.FitStepConfig(**f.model_dump(exclude={"confirm"}), seed=cfg.seed,
                                       isoflop=bool(cfg.training.flops_budgets),
+                                      chinchilla=any(len(cfg.training_for(g).ratios) > 1 or
+                                                     cfg.training_for(g).cooldowns for g in cfg.models.grids),
                                       confirm={series: fit.planned_confirm(tc, f.convention)
                                                for series, tc in confirms.items()}),
                     inputs={**evals, **branch_trains}, version=fit.VERSION,
@@ -328,7 +332,8 @@ def eval_step(cfg: StudyConfig, grid: GridConfig, tc: train.TrainStepConfig, tra
     """The step that scores run `tc` on the held-out split and samples from it."""
     e = cfg.evaluation
     # a GPU run is evaluated and sampled on a GPU too, with the share of one that a worker of its run had
-    run_eval_cfg = evaluate.EvalStepConfig(**e.model_dump(), seed=cfg.seed, device=tc.train.device)
+    run_eval_cfg = evaluate.EvalStepConfig(**e.model_dump(), seed=cfg.seed, device=tc.train.device,
+                                           series=grid.label or "")
     if grid.stream == TEXT_STREAM:
         step_fn, step_cfg = evaluate.evaluate_model, run_eval_cfg
     else:

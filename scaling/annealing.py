@@ -30,6 +30,7 @@ from scipy.signal import lfilter
 MOMENTUM = 0.999  # λ of the annealing area (Tissue et al.'s choice; 0.99-0.999 fit alike in their paper)
 HUBER_SCALE = 0.01  # residuals (in log loss) beyond ~1% count linearly: a noisy minibatch loss does not steer the fit
 ALPHA_STARTS = (0.1, 0.3, 0.6, 1.0)  # starting exponents: the fit is not convex in α
+BOUND_SHARE = 1e-3  # a parameter within this share of its bound (a term worth less of the loss) is not identified
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class AnnealingFit:
     rmse: float  # root mean square relative error of the fitted points (log loss)
     points: int
     runs: int
+    at_bound: tuple[str, ...] = ()  # parameters the fit left at a bound: the curves do not identify them
 
     def predict(self, lrs: Sequence[float], steps: Sequence[int] | None = None) -> np.ndarray:
         """The loss after each of `steps` (default: the last step) of a run with schedule `lrs`."""
@@ -83,7 +85,8 @@ class AnnealingFit:
 
     def to_dict(self) -> dict:
         return {"form": "lr_annealing", "params": {"L0": self.L0, "A": self.A, "alpha": self.alpha, "C": self.C},
-                "momentum": self.momentum, "rmse": self.rmse, "points": self.points, "runs": self.runs}
+                "momentum": self.momentum, "rmse": self.rmse, "points": self.points, "runs": self.runs,
+                "at_bound": list(self.at_bound)}
 
 
 def _law(x: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
@@ -134,7 +137,12 @@ def fit_annealing(curves: Sequence[AnnealingCurve], *, momentum: float = MOMENTU
         raise ValueError("the annealing law did not converge from any start")
     rmse = float(np.sqrt(np.mean(residuals(best.x) ** 2)))
     L0, A, alpha, C = map(float, best.x)
-    return AnnealingFit(L0, A, alpha, C, momentum, rmse, len(losses), len(curves))
+    # a term worth under BOUND_SHARE of the loss, or an exponent at its limit, is one the curves did not pin down
+    at_bound = tuple(name for name, stuck in (
+        ("L0", L0 <= BOUND_SHARE * losses.min() or L0 >= (1 - BOUND_SHARE) * upper[0]),
+        ("alpha", alpha <= lower[2] * (1 + BOUND_SHARE) or alpha >= upper[2] * (1 - BOUND_SHARE)),
+        ("C", C * s2.max() <= BOUND_SHARE * losses.min())) if stuck)
+    return AnnealingFit(L0, A, alpha, C, momentum, rmse, len(losses), len(curves), at_bound)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class EvalStepConfig:
     seed: int
     threads: int = 1
     device: str = added_field("cpu")  # the training run's: a GPU run is scored and sampled on a GPU
+    series: str = added_field("")  # the grid's label (GridConfig.label), when it has one: what the fits group by
 
 
 def run_record(train_dir: Path) -> dict:
@@ -68,6 +69,8 @@ def evaluate_model(config: EvalStepConfig, ctx: StepContext) -> dict:
     torch.set_num_threads(config.threads)
     train_dir = ctx.inputs["train"]
     record = run_record(train_dir)
+    if config.series:
+        record["series"] = config.series
     if (unfinished := _unfinished(ctx, record)) is not None:
         return unfinished
 
@@ -106,7 +109,7 @@ def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
     torch.set_num_threads(c.threads)
     train_dir = ctx.inputs["train"]
     record = run_record(train_dir)
-    record.update(stream=config.stream, series=f"{config.stream}-{record['family']}")
+    record.update(stream=config.stream, series=c.series or f"{config.stream}-{record['family']}")
     if (unfinished := _unfinished(ctx, record)) is not None:
         return unfinished
 

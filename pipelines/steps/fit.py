@@ -36,6 +36,7 @@ import pandas as pd
 import scaling
 import scaling.annealing
 import scaling.plots
+from armodels.config_fields import added_field
 from armodels.files import read_json, write_json_atomic
 from pipelines.progress import human
 from pipelines.step import StepContext
@@ -59,6 +60,7 @@ class FitStepConfig:
     predict_multipliers: tuple[float, ...]
     seed: int
     isoflop: bool = False  # the grid trains each size at several FLOPs budgets
+    chinchilla: bool = added_field(False)  # the grid trains each size at several token budgets: fit L(N, D)
     confirm: dict = field(default_factory=dict)  # series -> planned_confirm(): the confirmation run to predict
 
     def __post_init__(self) -> None:
@@ -140,12 +142,17 @@ def fit_family(series: str, table: pd.DataFrame, config: FitStepConfig, ctx: Ste
     out: dict = {"design": describe_design(table, frontier, config.convention), "noise": seed_noise(chosen),
                  "lr": lr_study(table)}
     results = {}
-    forms = [*COMPUTE_FORMS, "params"] + (list(ISOFLOP_FORMS) if config.isoflop else [])
+    forms = [*COMPUTE_FORMS, "params"] + (list(ISOFLOP_FORMS) if config.isoflop else
+                                          ["chinchilla"] if config.chinchilla else [])
     unfinished = table[table["status"] != "ok"]  # given to every fit, which lists them as left out, and why
     for form in forms:
         rows = {"params": matched_ratio(chosen), **dict.fromkeys(ISOFLOP_FORMS, chosen)}.get(form, frontier)
         rows = pd.concat([rows, unfinished])
-        predict = [*targets, *([confirm["compute"]] if confirm else [])] if form != "params" else []
+        predict = [*targets, *([confirm["compute"]] if confirm else [])] if form in COMPUTE_FORMS else []
+        if form in ISOFLOP_FORMS:  # the same multiples of the largest run, in the compute this form counts
+            column = f"flops_{_form_convention(form, config.convention) or config.convention}"
+            largest_there = frontier[column].max() if column in frontier else None
+            predict = [m * largest_there for m in config.predict_multipliers] if largest_there else targets
         try:
             result = scaling.fit_runs(rows, form, convention=_form_convention(form, config.convention),
                                       bootstrap=config.bootstrap, holdout_top=config.holdout_top,
@@ -340,9 +347,9 @@ CURVE_TAIL = 5  # a run's final loss in the whole-curve backtest: the mean of it
 def annealing_fits(trained: dict[str, Path], series: dict[str, str]) -> dict[str, list[dict]]:
     """The learning-rate annealing law (scaling.annealing) of each trunk of a WSD design, by series: fitted on its
     cooldown branches' training curves (each holds the trunk's part before its cooldown; the warmup left out), and
-    each branch's final loss (the mean of its last CURVE_TAIL logged losses) predicted from the other branches'
-    curves. `trained`: the branches' training folders by run name; trunks with fewer than 3 finished branches are
-    left out (a backtest fits on at least 2)."""
+    each branch's final loss (the mean of its last CURVE_TAIL logged points, each the mean training loss since the
+    point before) predicted from the other branches' curves. `trained`: the branches' training folders by run name;
+    trunks with fewer than 3 finished branches are left out (a backtest fits on at least 2)."""
     from armodels.train import TrainRun, lr_schedule  # torch: imported only for a WSD design
 
     groups: dict[tuple[str, str], list] = {}
@@ -353,7 +360,10 @@ def annealing_fits(trained: dict[str, Path], series: dict[str, str]) -> dict[str
         points = read_json(folder / "curve.json", "training curve")["train"]
         trunk = json.dumps([run.family, run.model, run.train.lr, run.train.seed], sort_keys=True)
         lrs = [run.train.lr * m for m in map(lr_schedule(run), range(run.steps))]
-        curve = scaling.annealing.AnnealingCurve(lrs, [p["step"] for p in points], [p["loss"] for p in points])
+        # each point's mean loss over the steps since the one before, at their middle step (the law is smooth
+        # over so few steps); a single batch's loss where the run logged no means
+        steps = [(p["mean_from"] + p["step"]) // 2 if "loss_mean" in p else p["step"] for p in points]
+        curve = scaling.annealing.AnnealingCurve(lrs, steps, [p.get("loss_mean", p["loss"]) for p in points])
         groups.setdefault((series[name], trunk), []).append((name, run, curve))
     out: dict[str, list[dict]] = {}
     for (name_of_series, _), branches in groups.items():

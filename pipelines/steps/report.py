@@ -58,8 +58,8 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
     images = _image_figures(ctx, runs, order) if "images" in config.config and config.config["images"] else None
     plots = {p.name for p in ctx.output.glob("*.png")}
     convention = config.config.get("fit", {}).get("convention", "per_layer")
-    text = render(config, runs, order, fits, samples, provenance, plots, images, curves, comparison,
-                  _cooldown_section(ctx, convention))
+    spent, design = _training_compute(ctx, runs, convention)
+    text = render(config, runs, order, fits, samples, provenance, plots, images, curves, comparison, design, spent)
     (ctx.output / "report.md").write_text(text)
     write_report_html(ctx.output)  # converted from report.md, so the two never disagree
     # The output folder is still the step's .tmp folder here; the study prints the final path when it ends.
@@ -68,31 +68,43 @@ def write_report(config: ReportStepConfig, ctx: StepContext) -> dict:
     return {"runs": len(runs), "ok_runs": sum(r["status"] == "ok" for r in runs.values())}
 
 
-def _cooldown_section(ctx: StepContext, convention: str) -> list[str]:
-    """For a design with WSD cooldown branches: the training compute of its trunks and cooldowns against the same
-    (N, D) points trained as one run each (a cosine grid), from the branches' run.json."""
-    branches = [TrainRun.load(d / "run.json") for name, d in sorted(ctx.inputs.items())
-                if name.startswith("train-") and (d / "run.json").is_file()]
-    branches = [run for run in branches if run.start_from]
-    if not branches:
-        return []
-    trunks: dict[str, tuple[TrainRun, int]] = {}  # (family, shape, lr, seed) → a branch of it, the trunk's steps
-    spent = separate = 0.0
-    for run in branches:
-        start, per_step = branch_step(run.start_from), run.train.batch_size * run.seq_len
+def _training_compute(ctx: StepContext, runs: dict, convention: str) -> tuple[dict[str, float], list[str]]:
+    """The training FLOPs each series spent, from its runs' run.json (a WSD design's trunks counted once, up to its
+    last branch point; confirmation runs left out), and for a design with cooldown branches, the report's lines on
+    what its trunks and cooldowns spent against the same (N, D) points trained as one run each (a cosine grid)."""
+    spent: dict[str, float] = {}
+    trunks: dict[str, tuple[str, TrainRun, int]] = {}  # (family, shape, lr, seed) → series, a branch, trunk steps
+    branches, on_branches = [], 0.0  # the cooldown branches, and what they and their trunks spent
+    for name, folder in sorted(ctx.inputs.items()):
+        run_name = name.removeprefix("train-")
+        if not name.startswith("train-") or run_name not in runs or "-confirm-" in run_name:
+            continue
+        run, series = TrainRun.load(folder / "run.json"), series_of(runs[run_name])
+        if not run.start_from:
+            spent[series] = spent.get(series, 0.0) + run.flops(convention)
+            continue
+        branches.append(run)
+        start = branch_step(run.start_from)
         key = json.dumps([run.family, run.model, run.train.lr, run.train.seed], sort_keys=True)
-        trunks[key] = (run, max(start, trunks.get(key, (run, 0))[1]))
-        spent += run.flops(convention, (run.steps - start) * per_step)
-        separate += run.flops(convention)
-    spent += sum(run.flops(convention, steps * run.train.batch_size * run.seq_len) for run, steps in trunks.values())
+        trunks[key] = (series, run, max(start, trunks.get(key, ("", run, 0))[2]))
+        own = run.flops(convention, (run.steps - start) * run.train.batch_size * run.seq_len)
+        spent[series] = spent.get(series, 0.0) + own
+        on_branches += own
+    for series, run, steps in trunks.values():
+        trunk = run.flops(convention, steps * run.train.batch_size * run.seq_len)
+        spent[series] += trunk
+        on_branches += trunk
+    if not branches:
+        return spent, []
+    separate = sum(run.flops(convention) for run in branches)
     t = branches[0].train
-    return ["## Cooldown branches", "",
-            f"Each size trained one trunk at the peak learning rate, and each (N, D) point is a cooldown branched off "
-            f"it (WSD: the last {t.decay_fraction:.0%} of the run's steps, {t.decay_shape} down to "
-            f"{t.min_lr_ratio:g}× the peak), which ends exactly as a straight WSD run of its length would. Training "
-            f"compute: {spent:.3g} FLOPs ({convention}) for {len(branches)} points off {len(trunks)} trunks, "
-            f"{spent / separate:.0%} of the {separate:.3g} FLOPs that one run per point (a cosine grid) would "
-            "take.", ""]
+    return spent, ["## Cooldown branches", "",
+                   f"Each size trained one trunk at the peak learning rate, and each (N, D) point is a cooldown "
+                   f"branched off it (WSD: the last {t.decay_fraction:.0%} of the run's steps, {t.decay_shape} down "
+                   f"to {t.min_lr_ratio:g}× the peak), which ends exactly as a straight WSD run of its length would. "
+                   f"Training compute: {on_branches:.3g} FLOPs ({convention}) for {len(branches)} points off "
+                   f"{len(trunks)} trunks, {on_branches / separate:.0%} of the {separate:.3g} FLOPs that one run per "
+                   "point (a cosine grid) would take.", ""]
 
 
 def _image_figures(ctx: StepContext, runs: dict, order: list[str]) -> dict:
@@ -131,9 +143,11 @@ def _by_run(ctx: StepContext, prefix: str, filename: str) -> dict[str, dict]:
 
 def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, samples: dict, provenance: dict,
            plots: set[str], images: dict | None = None, curves: dict | None = None,
-           comparison: dict | None = None, design: list[str] | None = None) -> str:
+           comparison: dict | None = None, design: list[str] | None = None,
+           spent: dict[str, float] | None = None) -> str:
     """The report's Markdown. `images`: an image study's data source and tokenizer metrics (None for text);
-    `design`: lines on how the runs were trained (a WSD design's cooldown branches)."""
+    `design`: lines on how the runs were trained (a WSD design's cooldown branches); `spent`: each series'
+    training FLOPs."""
     c = config.config
     convention = c.get("fit", {}).get("convention", "per_layer")
     confirm_runs = [r for r in order if "-confirm-" in r]
@@ -157,6 +171,7 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
     out += _scale_section(families, fits, convention)
     out += design or []
     out += _whole_curves_section(families, fits)
+    out += _side_by_side_section(families, fits, spent or {}, convention)
     if confirm_runs:
         out += _confirm_section(families, fits, runs)
     if images is not None:
@@ -206,7 +221,7 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
         out += [title.replace("compute", "parameters"), ""]
         out += _fit_section(family_fits.get("params", {}), f"params-{family}.png", plots, "N",
                             "non-embedding parameters, at the design's tokens per parameter")
-        if "isoflop" in family_fits:
+        if "isoflop" in family_fits or "chinchilla" in family_fits:
             out += ["## Compute-optimal allocation" if len(families) == 1
                     else f"## {family}: compute-optimal allocation", ""]
             out += _allocation_section(family, family_fits, plots)
@@ -337,21 +352,68 @@ def _whole_curves_section(families: list[str], fits: dict) -> list[str]:
            "Each trunk's training curves (its cooldown branches, each with the trunk's part before it, the warmup "
            "left out) fitted by the learning-rate annealing law of Tissue et al. (2024), L(s) = L0 + A·S1^−α − C·S2 "
            "(S1: the summed learning rate so far; S2: its summed fall, with momentum "
-           f"{rows[0][1].get('law', {}).get('momentum', 0.999):g}). Each branch's final loss (the mean of its last "
-           "logged training losses) is predicted from the other branches' curves. These are training losses of "
-           "single batches, one model size per law: the law says nothing about other sizes, and an L0 or C at its "
-           "bound (near 0) is not identified by these curves.", "",
+           f"{rows[0][1].get('law', {}).get('momentum', 0.999):g}). Each branch's final loss (the mean training "
+           "loss of its last steps) is predicted from the other branches' curves. These are training losses (each "
+           "point the mean over the steps since the one before), one model size per law: the law says nothing about "
+           "other sizes, and a parameter marked at its bound is not identified by these curves.", "",
            "| family | trunk | L0 | A | α | C | points | branches: predicted vs actual final loss | worst |",
            "|---|---|--:|--:|--:|--:|--:|---|--:|"]
     for family, t in rows:
         if "error" in t:
             out.append(f"| {family} | {t['trunk']} | | | | | | not fitted: {t['error']} | |")
             continue
-        law = t["law"]["params"]
+        law, stuck = t["law"]["params"], set(t["law"].get("at_bound", ()))
+        shown = {k: (f"{law[k]:{spec}}" + (" (at bound: not identified)" if k in stuck else ""))
+                 for k, spec in (("L0", ".3g"), ("A", ".3g"), ("alpha", ".3f"), ("C", ".3g"))}
         branches = ", ".join(f"{human(b['tokens'])} tokens {b['predicted']:.4f} vs {b['actual']:.4f} "
                              f"({b['error']:+.1%})" for b in t["backtest"])
-        out.append(f"| {family} | {t['trunk']} | {law['L0']:.3g} | {law['A']:.3g} | {law['alpha']:.3f} | "
-                   f"{law['C']:.3g} | {t['law']['points']} | {branches} | {t['worst_error']:.1%} |")
+        out.append(f"| {family} | {t['trunk']} | {shown['L0']} | {shown['A']} | {shown['alpha']} | "
+                   f"{shown['C']} | {t['law']['points']} | {branches} | {t['worst_error']:.1%} |")
+    return out + [""]
+
+
+def _side_by_side_section(families: list[str], fits: dict, spent: dict[str, float], convention: str) -> list[str]:
+    """With several series fitted by Approach 3 (sizes × token budgets, e.g. a cosine grid and a WSD grid of the same
+    sizes): each one's training compute, L(N, D) with intervals, compute-optimal allocation and prediction at the
+    first multiple of its largest run, and whether each prediction lies inside the other series' interval."""
+    fitted = [f for f in families if "E" in (fits.get(f, {}).get("chinchilla") or {})]
+    if len(fitted) < 2:
+        return []
+    most = max(spent.get(f, 0.0) for f in fitted)
+    level = fits[fitted[0]]["chinchilla"].get("ci_level", 0.9)
+    out = ["## Side by side: compute, L(N, D) and allocation", "",
+           f"Each series fitted by Chinchilla's Approach 3, L(N, D) = E + A/N^α + B/D^β (N non-embedding parameters, "
+           f"C = 6ND), with {level:.0%} intervals from the fit's bootstrap. Its prediction is the loss of the "
+           "compute-optimal (N, D) at the first prediction multiple of the series' largest run.", "",
+           f"| series | training FLOPs ({convention}) | share of the most | E | A | α | B | β | a (N* ∝ C^a) | "
+           "b (D* ∝ C^b) | at | N* | D* | predicted loss | interval |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    predictions = {}
+    for f in fitted:
+        fit = fits[f]["chinchilla"]
+        ci = fit.get("ci", {})
+        cells = [f"{_general(fit.get(k))} [{_general((ci.get(k) or [None, None])[0])}, "
+                 f"{_general((ci.get(k) or [None, None])[1])}]" for k in ("E", "A", "alpha", "B", "beta")]
+        p = (fit.get("predictions") or [{}])[0]
+        predictions[f] = p
+        loss = _num(p.get("loss")) if _identified(fit) else "not identified"
+        out.append(f"| {f} | {_sci(spent.get(f))} | {_percent(spent.get(f, 0) / most if most else None)} | "
+                   f"{' | '.join(cells)} | {_num(fit.get('a'))} | {_num(fit.get('b'))} | {_sci(p.get('compute'))} | "
+                   f"{_count(p.get('n_opt'))} | {_count(p.get('d_opt'))} | {loss} | "
+                   f"[{_num(p.get('low'))}, {_num(p.get('high'))}] |")
+    out.append("")
+    for f in fitted:
+        for other in fitted:
+            p, q = predictions[f], predictions[other]
+            if other == f or p.get("loss") is None or q.get("low") is None or q.get("high") is None:
+                continue
+            inside = "inside" if q["low"] <= p["loss"] <= q["high"] else "**outside**"
+            out.append(f"- {f}'s prediction ({_num(p['loss'])}) lies {inside} {other}'s {level:.0%} interval "
+                       f"[{_num(q['low'])}, {_num(q['high'])}].")
+    unidentified = [f"{f} ({'; '.join(fits[f]['chinchilla'].get('unidentified') or [])})" for f in fitted
+                    if not _identified(fits[f]["chinchilla"])]
+    if unidentified:
+        out.append(f"- Not identified, so no point prediction: {', '.join(unidentified)}.")
     return out + [""]
 
 

@@ -93,6 +93,13 @@ def test_a_wsd_run_follows_its_schedule_and_logs_it(tmp_path, shards):
                for s in range(run.steps)]
     assert logged == pytest.approx(planned) and len(logged) == run.steps == 47
     assert logged.count(run.train.lr) == 47 - 1 - 12  # the peak but at the first step (a 2-step warmup) and the last 12
+    # logged every 5 steps, each point also holds the mean loss of the steps since the point before
+    every_step = [p["loss"] for p in json.loads((tmp_path / "curve.json").read_text())["train"]]
+    assert train_single_process(replace(run, train=replace(run.train, log_every=5)), tmp_path / "b")["status"] == "ok"
+    points = json.loads((tmp_path / "b" / "curve.json").read_text())["train"]
+    assert [(p["mean_from"], p["step"]) for p in points[:3]] == [(0, 0), (1, 5), (6, 10)] and points[-1]["step"] == 46
+    for p in points:
+        assert p["loss_mean"] == pytest.approx(np.mean(every_step[p["mean_from"]:p["step"] + 1]), rel=1e-5)
 
 
 def test_a_cooldown_branch_off_a_trunk_equals_a_straight_wsd_run(tmp_path, shards):

@@ -103,6 +103,11 @@ def test_the_confirmation_run_is_planned_at_r_times_the_largest_compute(tmp_path
      r"cooldowns: 40 tokens per parameter is longer than the trunk \(tokens_per_param: 20\); raise tokens_per_param"),
     ("training:\n  schedule: wsd\n  cooldowns: []\n", r"cooldowns: must be a non-empty list of positive budgets"),
     ("training:\n  schedule: wsd\n  tokens: 1000\n  cooldowns: [5]\n", r"leave training.tokens and flops_budgets"),
+    ("training:\n  schedule: wsd\n  tokens_per_param: [5, 10]\n  cooldowns: [5]\n",
+     r"training\.cooldowns: give the budgets once"),
+    ("training:\n  tokens: 1000\n  tokens_per_param: [5, 10]\n", r"training\.tokens_per_param: a list of ratios"),
+    ("training:\n  tokens_per_param: [5, 0]\n",
+     r"training\.tokens_per_param: one positive number of tokens per parameter, or a non-empty list"),
 ])
 def test_bad_design_settings_give_one_line_naming_the_key(tmp_path, extra, message):
     text = "name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hidden: 8}]}]\n" + extra
@@ -251,3 +256,63 @@ def test_a_dry_run_prints_what_the_cooldowns_save(tmp_path):
     assert line.startswith(f"WSD cooldowns: {spent:.2e} FLOPs of training for 3 (N, D) points off 1 trunks, "
                            f"{spent / separate:.0%} of the {separate:.2e}")
     assert 0.6 < spent / separate < 0.7  # budgets 5, 10 and 20 with 20% cooldowns: the trunk is paid once
+
+
+BUDGETS = """name: s
+models:
+  seq_len: 32
+  grids:
+    - {family: transformer, label: cosine, schedule: cosine, sizes: &sizes [{n_layer: 1, n_embd: 8, n_head: 2},
+                                                                           {n_layer: 1, n_embd: 16, n_head: 2}]}
+    - {family: transformer, label: wsd, schedule: wsd, sizes: *sizes}
+training:
+  tokens_per_param: [5, 10, 20]
+  tokens_per_param_of: total
+  batch_size: 8
+"""
+
+
+def test_sizes_times_token_budgets_are_one_run_each_by_cosine_and_cooldown_branches_by_wsd(tmp_path):
+    """A list of tokens_per_param trains every size at each budget; two labelled grids that differ only in their
+    schedule become two series: the cosine one one run per point, the WSD one a trunk per size and its branches."""
+    cfg = load(tmp_path, BUDGETS)
+    steps = {s.name: s for s in topological_order(build_steps(cfg))}
+    cosine = {n: s.config for n, s in steps.items() if n.startswith("train-cosine-")}
+    branches = {n: s.config for n, s in steps.items() if n.startswith("train-wsd-") and "-cd" in n}
+    assert sorted(n.rsplit("-", 1)[1] for n in cosine) == sorted(["tpp5", "tpp10", "tpp20"] * 2)
+    assert sorted(n.rsplit("-", 1)[1] for n in branches) == sorted(["cd5", "cd10", "cd20"] * 2)
+    assert len([n for n in steps if n.startswith("train-wsd-") and "-trunk-" in n]) == 6
+    for name, tc in cosine.items():
+        run = tc.run(tmp_path)
+        ratio = float(name.rsplit("-tpp", 1)[1])
+        assert tc.train.schedule == "cosine" and not tc.trunk
+        assert run.tokens_seen == pytest.approx(ratio * run.costs().params, abs=8 * 32)  # whole steps
+        twin = branches[name.replace("cosine-", "wsd-").replace("-tpp", "-cd")]
+        assert twin.train.schedule == "wsd" and twin.run(tmp_path).tokens_seen == run.tokens_seen  # the same point
+    assert steps["fit"].config.chinchilla and not steps["fit"].config.isoflop  # Approach 3 on each series
+    series = {s.config.series for n, s in steps.items() if n.startswith("eval-")}
+    assert series == {"cosine", "wsd"}  # what the fits group by
+    assert cfg.training_for(cfg.models.grids[0]).branch_budgets is None
+    assert cfg.training_for(cfg.models.grids[1]).branch_budgets == [5, 10, 20]
+
+
+def test_a_study_without_labels_or_budget_lists_records_none_of_them(tmp_path):
+    """Labels, grid schedules and budget lists are added settings: a study that sets none of them records none in
+    its steps' configs, so the steps it planned before keep their hashes."""
+    steps = {s.name: s for s in topological_order(build_steps(load(tmp_path, GRID)))}
+    assert not steps["fit"].config.chinchilla and steps["eval-transformer-24.9k"].config.series == ""
+    assert "label" not in load(tmp_path, GRID).stable_dump()["models"]["grids"][0]
+
+
+@pytest.mark.parametrize("grid, message", [
+    ("{family: transformer, decay_fraction: 0.1, sizes: [{n_layer: 1}]}",
+     r"models\.grids\.0\.decay_fraction: decay_fraction shapes the cooldown of schedule: wsd"),
+    ("{family: transformer, schedule: linear, sizes: [{n_layer: 1}]}", r"models\.grids\.0\.schedule: Input should be"),
+    ("{family: transformer, label: a/b, sizes: [{n_layer: 1}]}", r"models\.grids\.0\.label: String should match"),
+    ("{family: transformer, schedule: cosine, sizes: [{n_layer: 1}]}\ntraining:\n  schedule: wsd\n  cooldowns: [5]",
+     r"models\.grids\.0\.schedule: with training\.cooldowns: cooldown branches need schedule: wsd"),
+])
+def test_bad_grid_overrides_give_one_line_naming_the_grid(tmp_path, grid, message):
+    with pytest.raises(UserError, match=message) as e:
+        load(tmp_path, f"name: s\nmodels:\n  grids:\n    - {grid}\n")
+    assert "\n" not in str(e.value)
