@@ -30,6 +30,7 @@ _FAMILIES = {
     "gated_pixelcnn": ("gated_pixelcnn", "GatedPixelCNN", "GatedPixelCNNConfig"),
     "transformer": ("transformer", "Transformer", "TransformerConfig"),
     "linear_attention": ("linear_attention", "LinearAttention", "LinearAttentionConfig"),
+    "ssm": ("ssm", "SSM", "SSMConfig"),
 }
 
 
@@ -63,7 +64,8 @@ def build(family: str, **config):
 
 
 def is_image_family(family: str) -> bool:
-    """Whether `family` models single-channel images (height × width) rather than token sequences (seq_len)."""
+    """Whether `family` models images (height × width) rather than token sequences (seq_len): single-channel by
+    default; the PixelCNN families also take RGB with `channels_in=3`, which fields_set_by_study does not list yet."""
     return getattr(family_classes(family)[1], "models_images", False)
 
 

@@ -1,5 +1,5 @@
-"""The convolutional encoder and decoder shared by the image tokenizers (VQ-VAE, FSQ), and the autoencoder around a
-quantizer that they both are.
+"""The convolutional encoder and decoder shared by the image tokenizers (VQ-VAE, FSQ, LFQ), the autoencoder around a
+quantizer that they all are, and the per-channel codes of the two without a codebook (FSQ, LFQ).
 
 The encoder halves height and width `downsample` times (strided 4×4 convolutions), then a 3×3 convolution and residual
 blocks as in the VQ-VAE paper (van den Oord et al. 2017); the decoder mirrors it with transposed convolutions. Images
@@ -127,3 +127,25 @@ class QuantizedAutoencoder(nn.Module):
 
     def _decode(self, z_q: torch.Tensor, size) -> torch.Tensor:
         return self.decoder(z_q)[..., :size[0], :size[1]] + 0.5
+
+
+class ChannelQuantizedAutoencoder(QuantizedAutoencoder):
+    """An autoencoder whose quantizer has no codebook: latent channel i takes one of levels[i] values, and a code is
+    the mixed-radix number whose digits are the channels' value indices (0..levels[i]−1), first channel least
+    significant, so there are prod(levels) codes (FSQ; LFQ, with two levels per channel)."""
+
+    def __init__(self, cfg: ConvConfig, levels: tuple[int, ...]):
+        super().__init__(cfg, len(levels))
+        self.codebook_size = math.prod(levels)
+        levels = torch.tensor(levels)
+        self.register_buffer("levels", levels, persistent=False)  # derived from the config: not saved
+        self.register_buffer("basis", torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0),
+                             persistent=False)
+
+    def digits_to_codes(self, digits: torch.Tensor) -> torch.Tensor:
+        """Per-channel level indices [..., len(levels)] (each in 0..L−1) → codes [...]."""
+        return (digits * self.basis).sum(-1)
+
+    def codes_to_digits(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [...] → per-channel level indices [..., len(levels)]: the inverse of digits_to_codes."""
+        return codes[..., None] // self.basis % self.levels

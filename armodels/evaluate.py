@@ -24,18 +24,22 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate_loss(model, windows: TokenWindows, *, token_bytes: np.ndarray | None = None, batch_size: int = 32,
-                  max_windows: int | None = None) -> EvalResult:
+                  max_windows: int | None = None, ensemble: int = 1) -> EvalResult:
     """Negative log-likelihood of every token of the (first `max_windows`) windows, in order.
 
     `token_bytes[id]` is the number of bytes token `id` stands for; with it, bits/byte is exact: total bits over
-    the bytes of exactly the tokens that were scored.
+    the bytes of exactly the tokens that were scored. `ensemble` > 1 scores the mean probability of that many of
+    the model's masks (MADE's `ensemble_log_prob`; other families have one network, so only MADE takes it).
     """
+    if ensemble != 1 and not hasattr(model, "ensemble_log_prob"):
+        raise ValueError(f"ensemble: the {model.family} family has no masks to average; only made takes ensemble > 1 "
+                         f"(got {ensemble!r})")
     model.eval()
     nats, n_tokens, n_bytes = 0.0, 0, 0
     lengths = None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes), dtype=torch.int64)
     for x in windows.eval_batches(batch_size, max_windows=max_windows):
         x = x.to(model.ordering.device)  # the model's device (every family keeps its ordering as a buffer)
-        nats -= model.log_prob(x).sum().item()
+        nats -= (model.log_prob(x) if ensemble == 1 else model.ensemble_log_prob(x, ensemble)).sum().item()
         n_tokens += x.numel()
         if lengths is not None:
             n_bytes += int(lengths[x.cpu()].sum())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from armodels.autoencoder import ConvConfig, QuantizedAutoencoder
+from armodels.autoencoder import ChannelQuantizedAutoencoder, ConvConfig
 
 
 @dataclass
@@ -26,23 +26,20 @@ class FSQConfig(ConvConfig):
     def __post_init__(self):
         super().__post_init__()
         self.levels = tuple(int(v) for v in self.levels)  # a list, from JSON
-        if not self.levels or min(self.levels) < 2:
-            raise ValueError(f"levels must be integers ≥ 2, got {self.levels}")
+        # a level of 2 leaves tanh's range, kept inside (−1, 0), no point where f(0) = 0 (the shift is undefined)
+        if not self.levels or min(self.levels) < 3:
+            raise ValueError(f"levels must be integers ≥ 3 (for two levels a channel, binary codes, use lfq), got "
+                             f"{self.levels}")
 
     @property
     def codebook_size(self) -> int:
         return math.prod(self.levels)
 
 
-class FSQ(QuantizedAutoencoder):
+class FSQ(ChannelQuantizedAutoencoder):
     def __init__(self, cfg: FSQConfig):
-        super().__init__(cfg, len(cfg.levels))
-        self.codebook_size = cfg.codebook_size
-        levels = torch.tensor(cfg.levels)
-        self.register_buffer("levels", levels, persistent=False)  # derived from the config: not saved
-        self.register_buffer("basis", torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0),
-                             persistent=False)
-        self.register_buffer("half_width", (levels // 2).float(), persistent=False)
+        super().__init__(cfg, cfg.levels)
+        self.register_buffer("half_width", (self.levels // 2).float(), persistent=False)
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Channels last [..., len(levels)] → each channel in the open range that rounds to its L integers."""
@@ -60,11 +57,3 @@ class FSQ(QuantizedAutoencoder):
     def codes_to_latents(self, codes):
         values = self.codes_to_digits(codes) - self.levels // 2
         return (values / self.half_width).permute(0, 3, 1, 2)
-
-    def digits_to_codes(self, digits: torch.Tensor) -> torch.Tensor:
-        """Per-channel level indices [..., len(levels)] (each in 0..L−1) → codes [...]."""
-        return (digits * self.basis).sum(-1)
-
-    def codes_to_digits(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [...] → per-channel level indices [..., len(levels)]: the inverse of digits_to_codes."""
-        return codes[..., None] // self.basis % self.levels

@@ -1,4 +1,4 @@
-"""Image tokenizers: a trained VQ-VAE or FSQ autoencoder that turns images into grids of discrete codes and back,
+"""Image tokenizers: a trained VQ-VAE, FSQ or LFQ autoencoder that turns images into grids of discrete codes and back,
 with training, metrics, save/load and code shards.
 
 A tokenizer is a directory holding `model.safetensors` (the weights: plain tensors, loading runs no code) and
@@ -31,16 +31,17 @@ from armodels.autoencoder import QuantizedAutoencoder
 from armodels.files import file_sha256, read_json, write_json_atomic
 from armodels.fsq import FSQ, FSQConfig
 from armodels.images import ImageSet
+from armodels.lfq import LFQ, LFQConfig
 from armodels.shards import TOKENIZER_COPY, Manifest, ShardWriter, iter_documents
 from armodels.vqvae import VQVAE, VQVAEConfig
 
 FORMAT = "arscale-image-tokenizer/1"
 WEIGHTS, DESCRIPTION = "model.safetensors", "tokenizer.json"
-KINDS = {"vqvae": (VQVAEConfig, VQVAE), "fsq": (FSQConfig, FSQ)}
+KINDS = {"vqvae": (VQVAEConfig, VQVAE), "fsq": (FSQConfig, FSQ), "lfq": (LFQConfig, LFQ)}
 BATCH = 256  # images per forward pass when encoding, decoding and evaluating
 
 
-def make_config(kind: str, settings: dict | None = None) -> VQVAEConfig | FSQConfig:
+def make_config(kind: str, settings: dict | None = None) -> VQVAEConfig | FSQConfig | LFQConfig:
     """The config dataclass of `kind` with `settings` applied; ValueError names an unknown kind or setting."""
     if kind not in KINDS:
         raise ValueError(f"unknown image tokenizer kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -121,7 +122,7 @@ class ImageTokenizer:
         """Load a saved tokenizer (safetensors and JSON only); FileNotFoundError or ValueError name the bad file."""
         directory = Path(directory)
         d = read_json(directory / DESCRIPTION, "image tokenizer description; train one with "
-                                               "`arscale tokenizer train vqvae|fsq`")
+                                               "`arscale tokenizer train vqvae|fsq|lfq`")
         if d.get("kind") not in KINDS:
             raise ValueError(f"{directory / DESCRIPTION} does not describe an image tokenizer (no kind "
                              f"{' or '.join(KINDS)})")

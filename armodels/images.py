@@ -2,11 +2,19 @@
 
 A spec names the data: `fashion-mnist` (the Debian package dataset-fashion-mnist), `digits` (scikit-learn's bundled
 8×8 digits, the fallback every machine with the PyPI package has), `default` (the first of these two that is
-installed), or a path: an IDX file (`*.idx3-ubyte`, optionally `.gz`, with its labels file beside it if there is
-one), a `.npy` array, a `.parquet` file with a column of encoded PNG/JPEG images, a folder of PNG/JPEG files (read
-recursively, in path order) or one such file.
+installed), `colour-patches` (RGB patches of scikit-learn's sample photos, see below), or a path: an IDX file
+(`*.idx3-ubyte`, optionally `.gz`, with its labels file beside it if there is one), a `.npy` array, a `.parquet`
+file with a column of encoded PNG/JPEG images, a folder of PNG/JPEG files (read recursively, in path order) or one
+such file.
 Grayscale images keep one channel, colour ones have three (alpha is dropped). Every bad input raises ImageDataError
 with one line naming the file and what to do.
+
+`colour-patches`: 8×8 RGB patches of the two photographs scikit-learn bundles (`load_sample_images`: china.jpg and
+flower.jpg, 427×640 each, nothing downloaded). Each photo is halved first (2×2 means, 213×320; a patch then spans
+16×16 photo pixels), then cut into non-overlapping patches, 26 rows × 40 columns of them. The first 31 columns are
+the train split and the last 8 the test split; the column between them is left out, so no test patch touches a train
+patch: 2 × 26 × 31 = 1,612 train and 2 × 26 × 8 = 416 test patches, in photo, row, column order; labels say the
+photo (0 china, 1 flower).
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ import numpy as np
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{}-ubyte.gz"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-NAMED = ("fashion-mnist", "digits", "default")
+NAMED = ("fashion-mnist", "digits", "colour-patches", "default")
 DIGITS_TEST_EVERY = 5  # digits: every 5th image (index 4, 9, ...) is the test split
 DIGITS_SHAPE = (8, 8, 1)
+PATCH_SHAPE = (8, 8, 3)  # colour-patches
+PATCH_TEST_COLUMNS = 8  # colour-patches: the last 8 of each photo's 40 columns of patches are test, the one before
 
 
 class ImageDataError(ValueError):
@@ -61,7 +71,10 @@ def load_images(spec: str, *, split: str = "train", limit: int | None = None, co
     if spec in NAMED:
         if split not in FASHION_MNIST_FILES:
             raise ImageDataError(f"{spec} has the splits train and test, not {split!r}")
-        data = _fashion_mnist(split, limit) if spec == "fashion-mnist" else _digits(split)
+        if spec == "fashion-mnist":
+            data = _fashion_mnist(split, limit)
+        else:
+            data = _colour_patches(split) if spec == "colour-patches" else _digits(split)
     else:
         data = _from_path(Path(spec), limit, column)
     if not len(data.images):
@@ -78,8 +91,8 @@ def image_shape(spec: str, *, split: str = "train", column: str = "image") -> tu
     uint8 .npy array, one image for the rest (IDX files and Parquet files are read up to their first image)."""
     if spec == "default":
         spec = default_image_spec()
-    if spec == "digits" and split in FASHION_MNIST_FILES:
-        return DIGITS_SHAPE
+    if spec in ("digits", "colour-patches") and split in FASHION_MNIST_FILES:
+        return DIGITS_SHAPE if spec == "digits" else PATCH_SHAPE
     path = Path(spec)
     if spec not in NAMED and path.name.lower().endswith(".npy") and path.is_file():
         shape = _npy_header_shape(path)
@@ -107,6 +120,27 @@ def _digits(split: str) -> ImageSet:
     images = np.rint(digits.images[keep] * (255 / 16)).astype(np.uint8)[..., None]  # values 0..16
     return ImageSet(images, digits.target[keep].astype(np.int64),
                     f"scikit-learn digits {split} split (8×8, every {DIGITS_TEST_EVERY}th image is test)")
+
+
+def _colour_patches(split: str) -> ImageSet:
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images()
+    h, w, c = PATCH_SHAPE
+    images, labels = [], []
+    for label, (name, photo) in enumerate(sorted(zip(photos.filenames, photos.images))):  # china, flower
+        rows, cols = photo.shape[0] // 2, photo.shape[1] // 2
+        halved = photo[:2 * rows, :2 * cols].reshape(rows, 2, cols, 2, c).astype(np.uint16).sum((1, 3))
+        halved = ((halved + 2) // 4).astype(np.uint8)  # the rounded mean of each 2×2 block
+        n_rows, n_cols = rows // h, cols // w
+        patches = halved[:n_rows * h, :n_cols * w].reshape(n_rows, h, n_cols, w, c).swapaxes(1, 2)
+        first_test = n_cols - PATCH_TEST_COLUMNS
+        kept = patches[:, first_test:] if split == "test" else patches[:, :first_test - 1]  # a column between
+        images.append(kept.reshape(-1, h, w, c))
+        labels.append(np.full(len(images[-1]), label, np.int64))
+    return ImageSet(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels),
+                    f"colour-patches {split} split (8×8 RGB patches of scikit-learn's sample photos china.jpg and "
+                    f"flower.jpg, halved; the last {PATCH_TEST_COLUMNS} columns of patches are test)")
 
 
 def _from_path(path: Path, limit: int | None, column: str) -> ImageSet:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from armodels.bpe import BPETokenizer
+from armodels.char_word import TextTokenizer
 from armodels.corpus_readers import BLOCK_BYTES, BadInput, Doc, Piece, ReadOptions, file_format, iter_docs
 from armodels.shards import DOCUMENTS, PACKED, ShardFileWriter, ShardInfo, shard_name, token_dtype
 
@@ -48,7 +48,7 @@ class _SegmentFailed(Exception):
         self.index, self.error = index, error
 
 
-def encode_piece(tokenizer: BPETokenizer, piece: Piece, directory: Path, options: EncodeOptions) -> PieceResult:
+def encode_piece(tokenizer: TextTokenizer, piece: Piece, directory: Path, options: EncodeOptions) -> PieceResult:
     """Encode `piece` into `directory`/shard-<index>.parquet (and shard-<index>-001.parquet, ... for a piece that
     holds a compressed file). A file that cannot be read raises BadInput, or with `skip_bad` the piece is encoded
     again without it (so the shards are what they would be had the file not been there)."""
@@ -71,7 +71,7 @@ def encode_piece(tokenizer: BPETokenizer, piece: Piece, directory: Path, options
                                    for i, why in skipped.items()])
 
 
-def _encode_into(shards: _ShardSequence, tokenizer: BPETokenizer, piece: Piece, options: EncodeOptions,
+def _encode_into(shards: _ShardSequence, tokenizer: TextTokenizer, piece: Piece, options: EncodeOptions,
                  skipped: dict[int, str]) -> None:
     sink = _PackedSink(shards, options.seq_len, tokenizer.eod_id) if options.layout == PACKED else _DocumentSink(shards)
     batch_bytes, block_bytes = options.batch_bytes, BLOCK_BYTES
@@ -172,15 +172,18 @@ def _batches(docs: Iterable[Doc], batch_bytes: int, max_docs: int = 4096) -> Ite
         yield batch
 
 
-def check_round_trip(tokenizer: BPETokenizer, docs: list[Doc], raw: list[bytes], ids: list[list[int]]) -> None:
+def check_round_trip(tokenizer: TextTokenizer, docs: list[Doc], raw: list[bytes], ids: list[list[int]]) -> None:
     """Raise RoundTripError naming the first document whose tokens do not decode back to its exact bytes."""
     for doc, original, tokens in zip(docs, raw, ids):
         decoded = tokenizer.decode_bytes(tokens)
         if decoded != original:
             at = next((k for k, (a, b) in enumerate(zip(decoded, original)) if a != b), min(len(decoded),
                                                                                                 len(original)))
+            unknown = sum(t == getattr(tokenizer, "unk_id", None) for t in tokens)  # char and word tokenizers
+            why = (f" ({unknown:,} of its units are not in the tokenizer's vocabulary: --verify needs a vocabulary "
+                   "that covers the text)" if unknown else "")
             raise RoundTripError(f"document {doc.id} ({doc.path}) does not round-trip: it has {len(original)} bytes, "
-                                 f"its tokens decode to {len(decoded)}, first difference at byte {at}")
+                                 f"its tokens decode to {len(decoded)}, first difference at byte {at}{why}")
 
 
 class _DocumentSink:
@@ -248,7 +251,7 @@ def _dedupe(ids: list[int]) -> list[int]:
     return [i for k, i in enumerate(ids) if k == 0 or ids[k - 1] != i]
 
 
-def bytes_per_token(tokenizer: BPETokenizer, docs: Iterable[Doc]) -> float:
+def bytes_per_token(tokenizer: TextTokenizer, docs: Iterable[Doc]) -> float:
     """Bytes of text per token on a sample: sizes pieces so that shards hold about the tokens asked for."""
     sample = list(docs)
     tokens = sum(map(len, tokenizer.encode_bytes_batch([d.data for d in sample])))

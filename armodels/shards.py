@@ -243,15 +243,27 @@ def verified_shard(directory: Path, shard: ShardInfo, verify: bool = True) -> Pa
     return path
 
 
-def _rows(path: Path, column: str) -> Iterator[tuple[np.ndarray, object]]:
-    """(tokens, value of `column`) of every row of a shard file, a row group at a time."""
+def _rows(path: Path, *columns: str) -> Iterator[tuple]:
+    """(tokens, value of each of `columns`) of every row of a shard file, a row group at a time."""
     table_file = pq.ParquetFile(path)
-    for batch in table_file.iter_batches(columns=["tokens", column]):
-        tokens, other = batch.column(0), batch.column(1).to_pylist()
+    for batch in table_file.iter_batches(columns=["tokens", *columns]):
+        tokens, others = batch.column(0), [batch.column(k + 1).to_pylist() for k in range(len(columns))]
         offsets = tokens.offsets.to_numpy()
         values = tokens.values.to_numpy(zero_copy_only=False)
         for i in range(len(tokens)):
-            yield values[offsets[i]:offsets[i + 1]], other[i]
+            yield values[offsets[i]:offsets[i + 1]], *(other[i] for other in others)
+
+
+def iter_rows_with_bytes(directory: Path, *, verify: bool = True) -> Iterator[tuple[int, np.ndarray, int]]:
+    """(doc_id, tokens, bytes of the text they encode) of every row of a shard set of layout documents, in order
+    (load_token_stream lays them end to end, an end-of-document after each document's last row); ValueError for
+    the packed layout, whose rows do not record bytes."""
+    manifest = read_manifest(directory)
+    if manifest.layout != DOCUMENTS:
+        raise ValueError(f"{directory} has layout {manifest.layout}: only layout {DOCUMENTS} records each row's bytes")
+    for shard in manifest.shards:
+        for tokens, doc_id, n_bytes in _rows(verified_shard(directory, shard, verify), "doc_id", "n_bytes"):
+            yield doc_id, tokens, n_bytes
 
 
 def iter_documents_with_ids(directory: Path, *, verify: bool = True) -> Iterator[tuple[int, np.ndarray]]:

@@ -3,8 +3,8 @@ continuations and image samples.
 
 A run folder (a study's `train-<size>-<hash>/`) holds run.json (what was trained, on which shards), result.json
 (how the run ended), model.json and model.safetensors (loaded as JSON and safetensors: nothing is unpickled). The
-shards keep a copy of their tokenizer in `<shards>/train/tokenizer/`: byte-level BPE for text, a VQ-VAE or FSQ for
-image codes. The pixel stream has none: its tokens are pixel levels.
+shards keep a copy of their tokenizer in `<shards>/train/tokenizer/`: byte-level BPE, char or word for text, a
+VQ-VAE or FSQ for image codes. The pixel stream has none: its tokens are pixel levels.
 
 Text samples continue a prompt as a new document: after the end-of-document token, as every document but the
 first follows one in the token stream, and they end at the next end-of-document token or after `max_tokens`.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from armodels.bpe import BPETokenizer
+from armodels.char_word import TextTokenizer, load_text_tokenizer
 from armodels.files import read_json
 from armodels.image_tokenizer import ImageTokenizer, is_image_tokenizer
 from armodels.sampling import beam_continue, beam_search, continue_sequences
@@ -59,15 +59,16 @@ class TrainedRun:
         return load_model(self.directory)
 
 
-def shard_tokenizer(train_shards: Path) -> BPETokenizer | ImageTokenizer | None:
-    """The tokenizer kept with a shard set (BPE or an image tokenizer), checked against the manifest; None for a
-    shard set without one (the pixel stream). FileNotFoundError or ValueError name what is missing or wrong."""
+def shard_tokenizer(train_shards: Path) -> TextTokenizer | ImageTokenizer | None:
+    """The tokenizer kept with a shard set (BPE, char or word, or an image tokenizer), checked against the
+    manifest; None for a shard set without one (the pixel stream). FileNotFoundError or ValueError name what is
+    missing or wrong."""
     train_shards = Path(train_shards)
     manifest = read_manifest(train_shards)
     directory = train_shards / TOKENIZER_COPY
     if not (directory / "tokenizer.json").is_file():
         return None
-    tokenizer = ImageTokenizer.load(directory) if is_image_tokenizer(directory) else BPETokenizer.load(directory)
+    tokenizer = ImageTokenizer.load(directory) if is_image_tokenizer(directory) else load_text_tokenizer(directory)
     sha256 = tokenizer.sha256 if isinstance(tokenizer, ImageTokenizer) else tokenizer.meta.sha256
     if sha256 != manifest.tokenizer_sha256:
         raise ValueError(f"{directory} is not the tokenizer that made {train_shards} (its sha256 differs from the "
@@ -75,7 +76,7 @@ def shard_tokenizer(train_shards: Path) -> BPETokenizer | ImageTokenizer | None:
     return tokenizer
 
 
-def continue_text(model, tokenizer: BPETokenizer, prompt: str, *, n: int, max_tokens: int, temperature: float,
+def continue_text(model, tokenizer: TextTokenizer, prompt: str, *, n: int, max_tokens: int, temperature: float,
                   top_k: int | None, top_p: float | None, seed: int) -> list[tuple[str, bool]]:
     """`n` samples of a document that starts with `prompt`: (the text, prompt included; whether the model ended the
     document before `max_tokens`). Temperature 0 is greedy; the same seed gives the same samples."""
@@ -86,7 +87,7 @@ def continue_text(model, tokenizer: BPETokenizer, prompt: str, *, n: int, max_to
     return [_text_of(tokenizer, prompt, row.tolist()) for row in drawn]
 
 
-def beam_text(model, tokenizer: BPETokenizer, prompt: str, *, n: int, max_tokens: int,
+def beam_text(model, tokenizer: TextTokenizer, prompt: str, *, n: int, max_tokens: int,
               beam: int) -> list[tuple[str, bool, float]]:
     """The `n` most likely continuations of `prompt` that beam search of width `beam` finds, best first: (text,
     whether it ends the document, log-probability of the continuation in nats)."""
@@ -95,12 +96,12 @@ def beam_text(model, tokenizer: BPETokenizer, prompt: str, *, n: int, max_tokens
     return [(*_text_of(tokenizer, prompt, row.tolist()), float(score)) for row, score in zip(drawn[:n], scores[:n])]
 
 
-def _text_context(tokenizer: BPETokenizer, prompt: str) -> torch.Tensor:
+def _text_context(tokenizer: TextTokenizer, prompt: str) -> torch.Tensor:
     """[1, P]: end-of-document (a new document starts) and the prompt's tokens."""
     return torch.tensor([[tokenizer.eod_id, *tokenizer.encode_batch([prompt])[0]]], dtype=torch.long)
 
 
-def _text_of(tokenizer: BPETokenizer, prompt: str, ids: list[int]) -> tuple[str, bool]:
+def _text_of(tokenizer: TextTokenizer, prompt: str, ids: list[int]) -> tuple[str, bool]:
     """The prompt and the drawn tokens up to the first end-of-document, and whether there was one. The bytes are
     decoded on their own, so a character the model left unfinished cannot change the prompt."""
     ended = tokenizer.eod_id in ids

@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=cmd_train)
 
-    tokenization_commands.add_parsers(sub, common)  # tokenizer train bpe|vqvae|fsq, tokenize, detokenize
+    tokenization_commands.add_parsers(sub, common)  # tokenizer train bpe|char|word|vqvae|fsq|lfq, tokenize, detokenize
     add_sample_parser(sub, common)  # sample RUN_DIR
     cluster_commands.add_commands(sub, common)  # cluster up|down|status, submit, jobs
     return parser

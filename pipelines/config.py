@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 import armodels
 from armodels.bpe import MAX_VOCAB_SIZE
+from armodels.char_word import MIN_VOCAB_SIZE, vocab_size_problem
 from armodels.config_fields import OMITTED_AT_DEFAULT
 from armodels.train import TrainConfig, flops_conventions
 from pipelines.errors import ManyProblems, UserError
@@ -87,21 +88,30 @@ class ImagesConfig(_Strict):
 
 
 class ImageTokenizerConfig(_Strict):
-    """A discrete autoencoder (VQ-VAE or FSQ) whose codes are one of an image study's token streams."""
+    """A discrete autoencoder (VQ-VAE, FSQ or LFQ) whose codes are one of an image study's token streams."""
 
     steps: int = Field(1000, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(2e-3, gt=0)
-    model: dict[str, Any] = {}  # fields of armodels.vqvae.VQVAEConfig or armodels.fsq.FSQConfig
+    model: dict[str, Any] = {}  # fields of armodels.vqvae.VQVAEConfig, armodels.fsq.FSQConfig or armodels.lfq.LFQConfig
 
 
-TEXT_STREAM, IMAGE_STREAMS = "text", ("pixels", "vqvae", "fsq")
+TEXT_STREAM, IMAGE_STREAMS = "text", ("pixels", "vqvae", "fsq", "lfq")
 
 
 class TokenizerConfig(_Strict):
-    # 256 bytes + end-of-document + at least one merge; at most what the BPE trainer can allocate for
-    vocab_size: int = Field(1024, ge=258, le=MAX_VOCAB_SIZE)
-    train_bytes: int = Field(8_000_000, gt=0)  # BPE is trained on a sample of the training split this large
+    # at most what the BPE trainer can allocate for; the least depends on the kind (_vocab_size_fits_the_kind): bpe
+    # 258 (256 bytes + end-of-document + a merge), char and word 3 (end-of-document, unknown and one unit)
+    vocab_size: int = Field(1024, le=MAX_VOCAB_SIZE, json_schema_extra={"minimum": MIN_VOCAB_SIZE})
+    train_bytes: int = Field(8_000_000, gt=0)  # the tokenizer is trained on a sample of the training split this large
+    # byte-level BPE, or the most frequent characters or word pieces (\w+|\s+|[^\w\s]) with an unknown token
+    kind: Literal["bpe", "char", "word"] = added_setting("bpe")
+
+    @model_validator(mode="after")
+    def _vocab_size_fits_the_kind(self):
+        if problem := vocab_size_problem(self.kind, self.vocab_size):
+            raise ValueError(f"vocab_size: with tokenizer.kind {self.kind}, {problem}")
+        return self
 
 
 class ShardConfig(_Strict):
@@ -121,8 +131,19 @@ def _tokens_per_param(value: Any) -> Any:
     return value
 
 
+def _token_counts(value: Any) -> Any:
+    """One problem for a bad training.tokens, not one per member of its type's union."""
+    counts = value if isinstance(value, list) else [value]
+    if not counts or not all(isinstance(n, (int, float)) and not isinstance(n, bool) and 0 < n < float("inf")
+                             and float(n).is_integer() for n in counts):
+        raise ValueError(f"one positive whole number of tokens, or a non-empty list of them (got {value!r})")
+    return value
+
+
 # Tokens per parameter: one ratio for every size, or several (sizes × token budgets: each size trained at each)
 TokensPerParam = Annotated[Union[float, list[float]], BeforeValidator(_tokens_per_param)]
+# Tokens: one budget for every size, or several (sizes × token budgets: every size trained on each many tokens)
+TokenCounts = Annotated[Union[int, list[int]], BeforeValidator(_token_counts)]
 GRID_TRAINING_KEYS = ("tokens_per_param", "schedule", "decay_fraction", "decay_shape")  # a grid may override these
 SIZE_OPTIONS = ("name", "tokens", "lr", "num_workers", "device", "gpus_per_worker", "seeds", "lr_sweep", "batch_size",
                 "beta2", "warmup_tokens")
@@ -193,8 +214,8 @@ class GridConfig(_Strict):
 
     family: str = "transformer"
     # The token stream the grid models: "text" (BPE tokens) in text studies; in image studies "pixels" (8-bit
-    # values in raster order), "vqvae" or "fsq" (the code grid of that image tokenizer, in raster order).
-    stream: Literal["text", "pixels", "vqvae", "fsq"] = TEXT_STREAM
+    # values in raster order), "vqvae", "fsq" or "lfq" (the code grid of that image tokenizer, in raster order).
+    stream: Literal["text", "pixels", "vqvae", "fsq", "lfq"] = TEXT_STREAM
     sizes: list[dict[str, Any]] = Field(min_length=1)
     # What the fits and the report call this grid's runs (and their names begin with), instead of the family: two
     # grids of one family that differ in how they train (e.g. `cosine` and `wsd`) are fitted and compared apart.
@@ -230,7 +251,7 @@ class GridConfig(_Strict):
                              f"; one of {', '.join(armodels.families())}")
         if armodels.is_image_family(self.family) and self.stream not in IMAGE_STREAMS:
             raise ValueError(f"{self.family} models images (height × width), not token streams; use it in an "
-                             "image study's pixels, vqvae or fsq stream")
+                             "image study's pixels, vqvae, fsq or lfq stream")
         problems = [p for i, size in enumerate(self.sizes) for p in self._size_problems(f"sizes.{i}", size)]
         if problems:
             raise ValueError("\n".join(problems))  # validation_problems gives each line its own path
@@ -292,9 +313,10 @@ class TrainingConfig(_Strict):
     # design when the ratio is near the optimum: every run then sits on the compute frontier). min_tokens and
     # max_tokens clip it; a cap that gives several sizes the same tokens turns L(C) into a fixed-data curve, so
     # the default is no cap.
-    # A list of ratios trains every size at each (sizes × token budgets, for Chinchilla's Approach 3): with schedule
-    # cosine or constant one run per budget (named -tpp<ratio>), with wsd cooldown branches off one trunk per size.
-    tokens: int | None = Field(None, gt=0)
+    # A list of tokens or of ratios trains every size at each (sizes × token budgets, for Chinchilla's Approach 3):
+    # with schedule cosine or constant one run per budget (named -d<tokens> or -tpp<ratio>), with wsd cooldown
+    # branches off one trunk per size (-cd<tokens or ratio>).
+    tokens: TokenCounts | None = None
     tokens_per_param: TokensPerParam = 20.0
     # which parameters tokens_per_param counts: Kaplan et al.'s non-embedding ones, or all (Hoffmann et al.)
     tokens_per_param_of: Literal["nonembedding", "total"] = added_setting("nonembedding")
@@ -391,6 +413,19 @@ class TrainingConfig(_Strict):
         return sorted(self.tokens_per_param) if isinstance(self.tokens_per_param, list) else [self.tokens_per_param]
 
     @property
+    def token_counts(self) -> list[int] | None:
+        """training.tokens as a list, shortest first; None when it is not set."""
+        if self.tokens is None:
+            return None
+        return sorted(self.tokens) if isinstance(self.tokens, list) else [self.tokens]
+
+    @property
+    def several_budgets(self) -> bool:
+        """Whether every size trains at several token budgets (a list of tokens or of tokens_per_param, or WSD
+        cooldowns): a design for L(N, D)."""
+        return len(self.token_counts or self.ratios) > 1 or bool(self.cooldowns)
+
+    @property
     def trunk_ratio(self) -> float:
         """The longest budget: a WSD trunk's planned length, and the confirmation run's tokens per parameter."""
         return self.ratios[-1]
@@ -420,6 +455,9 @@ class EvaluationConfig(_Strict):
     temperature: float = Field(0.8, ge=0)
     top_k: int | None = Field(40, gt=0)
     top_p: float | None = Field(None, gt=0, le=1)
+    # made models: score the mean probability of this many of the masks (orderings) they were trained with, an
+    # ensemble that an order- or connectivity-agnostic MADE gains from; other families have one network
+    ensemble: int = added_setting(1, ge=1)
 
 
 class FitConfig(_Strict):
@@ -442,7 +480,7 @@ class StudyConfig(_Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     # An image study sets `images` (and `image_tokenizers` for the code streams) instead of corpus and tokenizer.
     images: ImagesConfig | None = None
-    image_tokenizers: dict[Literal["vqvae", "fsq"], ImageTokenizerConfig] = {}
+    image_tokenizers: dict[Literal["vqvae", "fsq", "lfq"], ImageTokenizerConfig] = {}
     shards: ShardConfig = ShardConfig()
     models: ModelsConfig
     training: TrainingConfig = TrainingConfig()
@@ -474,15 +512,18 @@ class StudyConfig(_Strict):
                                                      else f"{overridden}: {message}")
                              for where, message in validation_problems(e)]
             if self.is_image_study and grid.stream == TEXT_STREAM:
-                problems.append(f"models.grids.{i}.stream: an image study models pixels, vqvae or fsq, not text")
+                problems.append(f"models.grids.{i}.stream: an image study models pixels, vqvae, fsq or lfq, not text")
             if not self.is_image_study and grid.stream != TEXT_STREAM:
                 problems.append(f"models.grids.{i}.stream: {grid.stream!r} needs an image study (an `images:` "
                                 "section)")
-            if grid.stream in ("vqvae", "fsq") and grid.stream not in self.image_tokenizers:
+            if grid.stream in IMAGE_STREAMS[1:] and grid.stream not in self.image_tokenizers:  # the code streams
                 problems.append(f"models.grids.{i}.stream: {grid.stream!r} needs image_tokenizers.{grid.stream}")
             if self.fit.convention not in flops_conventions(grid.family):
                 problems.append(f"fit.convention: {self.fit.convention} does not count {grid.family} models' compute; "
                                 f"use one of {', '.join(flops_conventions(grid.family))}")
+        if self.evaluation.ensemble > 1 and all(grid.family != "made" for grid in self.models.grids):
+            problems.append("evaluation.ensemble: only made models average their masks, and no grid is made; leave it "
+                            "at 1")
         if self.fit.confirm is not None:
             if self.training.tokens or self.training.flops_budgets:
                 problems.append("fit.confirm: a confirmation run follows the grid's tokens-per-parameter rule; it "

@@ -39,12 +39,12 @@ from pipelines.steps.images import pixel_levels
 
 def token_budget(cfg: StudyConfig, grid: GridConfig, costs: ModelCosts, override: int | None,
                  ratio: float | None = None) -> int:
-    """Tokens for one size of `grid`: its override, else training.tokens, else `ratio` tokens per parameter (by
-    default the grid's longest, see StudyConfig.training_for) × its parameters (non-embedding or all:
-    training.tokens_per_param_of), clipped to [min_tokens, max_tokens] where those are set."""
+    """Tokens for one size of `grid`: its override, else training.tokens (the longest of a list), else `ratio`
+    tokens per parameter (by default the grid's longest, see StudyConfig.training_for) × its parameters
+    (non-embedding or all: training.tokens_per_param_of), clipped to [min_tokens, max_tokens] where those are set."""
     t = cfg.training_for(grid)
     if override or t.tokens:
-        return override or t.tokens
+        return override or t.token_counts[-1]
     params = costs.params if t.tokens_per_param_of == "total" else costs.params_nonembedding
     return int(min(max((ratio or t.trunk_ratio) * params, t.min_tokens or 0), t.max_tokens or float("inf")))
 
@@ -86,8 +86,8 @@ def stream_shapes(cfg: StudyConfig) -> dict[str, StreamShape]:
 
 
 def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, train.TrainStepConfig]]:
-    """(grid, training-step config) for each model size of every grid; with training.flops_budgets, one per size
-    and budget instead (an isoFLOP grid: each size gets the tokens that spend the budget, in the fit's convention).
+    """(grid, training-step config) for each model size of every grid, one per token budget of the size where it has
+    several (size_budgets: an isoFLOP grid's FLOPs budgets, sizes × token budgets, WSD cooldown branches).
     Each of those is trained at every learning rate of its lr_sweep (names end in -lr<lr>) and with each of its
     seeds (the study's seed, then seed + 1, ... named -s1, -s2, ...). Each run's device (training.device or the
     size's) is resolved against `gpus`, the GPUs of the cluster."""
@@ -103,15 +103,8 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
             model = {**model_fields(size), **shape.fields_for(grid.family)}
             costs = model_costs(grid.family, model)
             name = size.get("name") or f"{grid.series}-{human(costs.params_nonembedding)}"
-            budgets = {name: token_budget(cfg, grid, costs, size.get("tokens"))}
-            if t.flops_budgets:
-                per_token = flops_per_token(grid.family, model, cfg.fit.convention)
-                budgets = {f"{name}-c{c:.0e}".replace("+", ""): max(1, round(c / per_token)) for c in t.flops_budgets}
-            if t.branch_budgets:  # WSD branches off one trunk: the trunk's planned tokens, scaled to each budget
-                budgets = {f"{name}-cd{c:g}": max(1, round(budgets[name] * c / t.trunk_ratio))
-                           for c in t.branch_budgets}
-            elif len(t.ratios) > 1:  # sizes × token budgets, one run each
-                budgets = {f"{name}-tpp{r:g}": token_budget(cfg, grid, costs, size.get("tokens"), r) for r in t.ratios}
+            suffixes = size_budgets(cfg, grid, model, costs, size.get("tokens"))
+            budgets = {name + suffix: tokens for suffix, tokens in suffixes.items()}
             try:
                 device = resolve_device(size.get("device") or t.device, gpus)
             except DeviceError as e:
@@ -128,7 +121,7 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
                     name=budget_name + lr_suffix + seed_suffix, family=grid.family, model=model, train=run_train,
                     num_workers=size.get("num_workers") or t.num_workers, cpus_per_worker=t.cpus_per_worker,
                     gpus_per_worker=(size.get("gpus_per_worker") or t.gpus_per_worker) if on_gpu else 0.0)
-                if t.branch_budgets:
+                if any(suffix.startswith("-cd") for suffix in suffixes):
                     tc = cooldown_branch(tc, f"{name}{lr_suffix}{seed_suffix}", min(budgets.values()))
                 out.append((grid, tc))
     names = [c.name for _, c in out]
@@ -136,6 +129,35 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
     if repeated:
         raise UserError(f"models: several sizes are named {', '.join(repeated)}; give them distinct `name`s")
     return out
+
+
+def size_budgets(cfg: StudyConfig, grid: GridConfig, model: dict, costs: ModelCosts,
+                 override: int | None) -> dict[str, int]:
+    """One size's token budgets by the suffix of its runs' names: "" for one budget; with training.flops_budgets
+    "-c<FLOPs>" (the tokens that spend each); with several token budgets (a list of tokens or of tokens_per_param)
+    "-d<tokens>" or "-tpp<ratio>", or with schedule wsd "-cd<tokens or ratio>": cooldown branches off one trunk of
+    the longest (`cooldowns`, in tokens per parameter, scale the size's planned tokens: its override, if any)."""
+    t = cfg.training_for(grid)
+    if t.flops_budgets:
+        per_token = flops_per_token(grid.family, model, cfg.fit.convention)
+        return {f"-c{c:.0e}".replace("+", ""): max(1, round(c / per_token)) for c in t.flops_budgets}
+    if t.branch_budgets:  # the trunk's planned tokens, scaled to each budget
+        longest = token_budget(cfg, grid, costs, override)
+        return {f"-cd{c:g}": max(1, round(longest * c / t.trunk_ratio)) for c in t.branch_budgets}
+    if override or not t.several_budgets:
+        return {"": token_budget(cfg, grid, costs, override)}
+    prefix = "-cd" if t.schedule == "wsd" else "-d" if t.token_counts else "-tpp"
+    if t.token_counts:
+        return {f"{prefix}{exact_count(n)}": n for n in t.token_counts}
+    return {f"{prefix}{r:g}": token_budget(cfg, grid, costs, None, r) for r in t.ratios}
+
+
+def exact_count(n: int) -> str:
+    """A token count for a run's name, short but exact (distinct budgets keep distinct names): 1_250_000 → '1.25M'."""
+    for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size:
+            return f"{n / size:.6g}{unit}"
+    return str(n)
 
 
 def cooldown_branch(tc: train.TrainStepConfig, trunk: str, shortest: int) -> train.TrainStepConfig:
@@ -209,6 +231,9 @@ def corpus_config(cfg: StudyConfig) -> corpus.CorpusStepConfig:
     return corpus.CorpusStepConfig(paths=paths, extensions=tuple(c.extensions), **shared, seed=cfg.seed)
 
 
+TOKENIZER_KINDS = {"bpe": "byte-level BPE", "char": "character-level", "word": "word-level"}
+
+
 def text_streams(cfg: StudyConfig) -> dict[str, tuple[Step, Step]]:
     """corpus ─► tokenizer ─► shards: the text stream's (shard step, tokenizer step)."""
     c = cfg.corpus
@@ -217,7 +242,7 @@ def text_streams(cfg: StudyConfig) -> dict[str, tuple[Step, Step]]:
     tok_step = Step("tokenizer", text_tokenizer.train_text_tokenizer,
                     text_tokenizer.TextTokenizerStepConfig(**cfg.tokenizer.model_dump()),
                     inputs={"corpus": corpus_step}, version=text_tokenizer.VERSION,
-                    describe=f"byte-level BPE, vocab {cfg.tokenizer.vocab_size}")
+                    describe=f"{TOKENIZER_KINDS[cfg.tokenizer.kind]}, vocab {cfg.tokenizer.vocab_size}")
     shard_step = Step("shards", text_shards.shard_corpus, text_shards.TextShardStepConfig(**cfg.shards.model_dump()),
                       inputs={"corpus": corpus_step, "tokenizer": tok_step}, version=text_shards.VERSION,
                       describe=f"Parquet shards of {human(cfg.shards.shard_tokens)} tokens")
@@ -284,8 +309,7 @@ def build_steps(cfg: StudyConfig, gpus: float = 0.0) -> list[Step]:
     fit_step = Step("fit", fit.fit_study,
                     fit.FitStepConfig(**f.model_dump(exclude={"confirm"}), seed=cfg.seed,
                                       isoflop=bool(cfg.training.flops_budgets),
-                                      chinchilla=any(len(cfg.training_for(g).ratios) > 1 or
-                                                     cfg.training_for(g).cooldowns for g in cfg.models.grids),
+                                      chinchilla=any(cfg.training_for(g).several_budgets for g in cfg.models.grids),
                                       confirm={series: fit.planned_confirm(tc, f.convention)
                                                for series, tc in confirms.items()}),
                     inputs={**evals, **branch_trains}, version=fit.VERSION,
@@ -332,7 +356,8 @@ def eval_step(cfg: StudyConfig, grid: GridConfig, tc: train.TrainStepConfig, tra
     """The step that scores run `tc` on the held-out split and samples from it."""
     e = cfg.evaluation
     # a GPU run is evaluated and sampled on a GPU too, with the share of one that a worker of its run had
-    run_eval_cfg = evaluate.EvalStepConfig(**e.model_dump(), seed=cfg.seed, device=tc.train.device,
+    run_eval_cfg = evaluate.EvalStepConfig(**e.model_dump(exclude={"ensemble"}), seed=cfg.seed, device=tc.train.device,
+                                           ensemble=e.ensemble if grid.family == "made" else 1,
                                            series=grid.label or "")
     if grid.stream == TEXT_STREAM:
         step_fn, step_cfg = evaluate.evaluate_model, run_eval_cfg

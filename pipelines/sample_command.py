@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from armodels.bpe import BPETokenizer
+from armodels.char_word import TEXT_TOKENIZERS, TextTokenizer
 from armodels.files import read_json
 from armodels.image_tokenizer import ImageTokenizer
 from armodels.shards import read_manifest
@@ -73,7 +73,7 @@ def cmd_sample(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e).splitlines()[0]) from None
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    if isinstance(tokenizer, BPETokenizer):
+    if isinstance(tokenizer, TEXT_TOKENIZERS):
         return _sample_text(args, model, tokenizer, seed)
     if args.prompt:
         raise UserError(f"--prompt is for text models; {args.run_dir} models images ({run.run.name})")
@@ -157,7 +157,7 @@ def _pixels(shards: Path, run_dir: Path):
     return pixel_decoder(shape, manifest.vocab_size)
 
 
-def _sample_text(args, model, tokenizer: BPETokenizer, seed: int) -> int:
+def _sample_text(args, model, tokenizer: TextTokenizer, seed: int) -> int:
     if args.out is not None:
         raise UserError("--out is for image models; text samples are printed")
     max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS

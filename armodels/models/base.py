@@ -75,6 +75,24 @@ class ImageConfig:
             raise ValueError(f"images need at least 2 levels, got vocab_size={self.vocab_size}")
 
 
+@dataclass(frozen=True)
+class ColourImageConfig(ImageConfig):
+    """Images of `channels_in` channels: 1 (grey, as ImageConfig) or 3 (RGB). Each sub-pixel is a token of
+    `vocab_size` levels, in raster order over pixels and R → G → B within a pixel (the layout of an image array
+    [H, W, C] flattened), so seq_len = height · width · channels_in and bits/dim = nats per token / ln 2."""
+
+    channels_in: int = 1
+
+    @property
+    def seq_len(self) -> int:
+        return self.height * self.width * self.channels_in
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.channels_in not in (1, 3) or isinstance(self.channels_in, bool):
+            raise ValueError(f"channels_in: must be 1 (grey) or 3 (RGB), got {self.channels_in!r}")
+
+
 class ARModel(nn.Module):
     """Base of every family. Subclasses set `family`, build their layers and implement `conditionals`; the ones
     that can decode faster than rerunning the network override `decoder`. Size and cost come from the config:

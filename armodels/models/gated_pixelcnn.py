@@ -4,6 +4,10 @@ Two stacks remove PixelCNN's blind spot. The vertical stack sees every row up to
 restriction on columns; shifted down one row, it tells the horizontal stack about all rows above. The horizontal
 stack sees the current row to the left (mask A in the first layer, B after). Both use gated activations
 tanh(a) ⊙ σ(b); the horizontal stack is residual, except in the first layer whose input holds the current pixel.
+
+With `channels_in=3` (RGB) the horizontal stack's channels are split into R, G and B groups, masked at the centre
+tap as in pixelcnn.py (its 1×1 convolutions and the head too), so sub-pixels are predicted R → G → B; the vertical
+stack reaches the horizontal one from the rows above only, so it needs no channel masks.
 """
 
 from __future__ import annotations
@@ -14,19 +18,32 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from armodels.models.base import MAX_DEPTH, ARModel, ImageConfig, check_sizes
-from armodels.models.layers import MaskedConv2d, image_input, raster_mask, raster_taps, rows_above_mask, rows_above_taps
+from armodels.models.base import MAX_DEPTH, ARModel, ColourImageConfig, check_sizes
+from armodels.models.layers import (
+    MaskedConv2d,
+    group_taps,
+    image_input,
+    image_logits,
+    pixel_head,
+    pixel_head_size,
+    pointwise,
+    raster_group_mask,
+    raster_group_taps,
+    rows_above_mask,
+    rows_above_taps,
+)
 
 
 @dataclass(frozen=True)
-class GatedPixelCNNConfig(ImageConfig):
+class GatedPixelCNNConfig(ColourImageConfig):
     channels: int = 32
     n_layers: int = 4
     kernel: int = 5  # the receptive field grows kernel // 2 pixels per layer in every direction
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_sizes(self, "channels", "kernel")
+        check_sizes(self, "kernel")
+        check_sizes(self, "channels", low=self.channels_in)  # at least one channel per colour group
         check_sizes(self, "n_layers", high=MAX_DEPTH)  # the count loops over layers
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd, got {self.kernel}")
@@ -35,26 +52,29 @@ class GatedPixelCNNConfig(ImageConfig):
 
     def _size(self) -> tuple[int, int]:
         """(parameters, weights): the parameters leave out the taps a mask holds at zero, the weights (which the
-        FLOPs count: masked taps are multiplied too) keep them. Layer i reads 1 channel (i = 0) or C into a k × k
-        vertical and a 1 × k horizontal convolution of 2C outputs each, then 1×1 convolutions 2C → 2C and C → C."""
-        C, k, V = self.channels, self.kernel, self.vocab_size
+        FLOPs count: masked taps are multiplied too) keep them. Layer i reads channels_in channels (i = 0) or C into
+        a k × k vertical and a 1 × k horizontal convolution of 2C outputs each, then 1×1 convolutions 2C → 2C and
+        C → C; colour groups G mask the horizontal convolution's centre tap, the C → C and the head."""
+        C, k, G = self.channels, self.kernel, self.channels_in
+        out = G * self.vocab_size  # V logits per sub-pixel
         weights = kept = biases = 0
         for i in range(self.n_layers):
-            pairs = 2 * C * (1 if i == 0 else C)  # (output, input) channels of each masked convolution
-            mixing = 4 * C * C + C * C  # the 1×1 convolutions
-            weights += pairs * (k * k + k) + mixing
-            kept += pairs * (rows_above_taps(k) + raster_taps(1, k, include_centre=i > 0)) + mixing
+            n_in = G if i == 0 else C
+            weights += 2 * C * n_in * (k * k + k) + 4 * C * C + C * C
+            kept += (2 * C * n_in * rows_above_taps(k) + 2 * raster_group_taps(C, n_in, 1, k, G, include_centre=i > 0)
+                     + 4 * C * C + group_taps(C, C, G, include_own=True))
             biases += 2 * C + 2 * C + 2 * C + C  # vertical, horizontal, 2C → 2C, C → C
-        head_weights, head_biases = C * C + V * C, C + V  # two 1×1 convolutions, C → C → V
-        return kept + biases + head_weights + head_biases, weights + head_weights
+        head_params, head_weights = pixel_head_size(C, out, G)  # two 1×1 convolutions, C → C → G·V
+        return kept + biases + head_params, weights + head_weights
 
     def num_params(self, non_embedding: bool = True) -> int:
         """The convolutions' (there are no embeddings: pixels enter as intensities)."""
         return self._size()[0]
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: every kernel is applied once per pixel, masked taps included: 3 × 2 · weights."""
-        return 3.0 * (2 * self._size()[1])
+        """Training FLOPs per token: every kernel is applied once per pixel, masked taps included, and a pixel is
+        channels_in tokens: 3 × 2 · weights / channels_in."""
+        return 3.0 * (2 * self._size()[1] / self.channels_in)
 
 
 def gate(h: torch.Tensor) -> torch.Tensor:
@@ -63,13 +83,15 @@ def gate(h: torch.Tensor) -> torch.Tensor:
 
 
 class GatedLayer(nn.Module):
-    def __init__(self, in_channels: int, channels: int, kernel: int, first: bool):
+    def __init__(self, in_channels: int, channels: int, kernel: int, first: bool, groups: int = 1):
         super().__init__()
         self.first = first
         self.vertical = MaskedConv2d(in_channels, 2 * channels, rows_above_mask(kernel))
-        self.horizontal = MaskedConv2d(in_channels, 2 * channels, raster_mask(1, kernel, include_centre=not first))
+        # the gate multiplies channel c by channel C + c: both halves of the 2C outputs are grouped as C channels are
+        horizontal = raster_group_mask(channels, in_channels, 1, kernel, groups, include_centre=not first)
+        self.horizontal = MaskedConv2d(in_channels, 2 * channels, horizontal.repeat(2, 1, 1, 1))
         self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.out = nn.Conv2d(channels, channels, 1)
+        self.out = pointwise(channels, channels, groups)
 
     def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.vertical(v)
@@ -84,14 +106,15 @@ class GatedPixelCNN(ARModel):
     def __init__(self, cfg: GatedPixelCNNConfig):
         super().__init__(cfg)
         C = cfg.channels
-        self.layers = nn.ModuleList(GatedLayer(1 if i == 0 else C, C, cfg.kernel, first=i == 0)
+        G = cfg.channels_in
+        self.layers = nn.ModuleList(GatedLayer(G if i == 0 else C, C, cfg.kernel, first=i == 0, groups=G)
                                     for i in range(cfg.n_layers))
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, cfg.vocab_size, 1))
+        self.head = pixel_head(C, G * cfg.vocab_size, G)
 
     def conditionals(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
-        v = h = image_input(x, c.height, c.width, c.vocab_size)
+        v = h = image_input(x, c.height, c.width, c.vocab_size, c.channels_in)
         for layer in self.layers:
             v, h = layer(v, h)
-        return self.head(h).flatten(2).transpose(1, 2)  # [B, V, H, W] → [B, T, V], raster order
+        return image_logits(self.head(h), c.channels_in)  # [B, V·C, H, W] → [B, T, V]
 

@@ -26,6 +26,12 @@ LinearState = tuple[torch.Tensor, torch.Tensor, int]
 class LinearAttentionConfig(TransformerConfig):
     """The transformer's fields and parameters; only the attention, and so the FLOPs, differ."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.attention != "dense":  # the running state sums over every earlier token: it has no sparse patterns
+            raise ValueError(f"attention: linear attention attends to every earlier token; only 'dense' applies "
+                             f"(got {self.attention!r})")
+
     def flops_per_token(self) -> float:
         """Training FLOPs per token (3 × forward) of the recurrent form, per layer: 24·d² for the projections and
         MLP, as in the transformer, plus 4·d·d_head + 4·d to update (S, z) and read them out, instead of the

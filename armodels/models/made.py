@@ -6,11 +6,13 @@ kept only from a lower-or-equal degree (into a hidden unit) or a strictly lower 
 logits of the step-s position see only positions of earlier steps. Any ordering works: changing it redraws the
 masks. `orderings > 1` cycles through that many masks (the training loop calls `before_train_step`), each with
 its own hidden degrees and, with `order_agnostic`, its own random ordering: the paper's order-agnostic and
-connectivity-agnostic training.
+connectivity-agnostic training. At evaluation, `ensemble_log_prob(x, k)` averages the probabilities of k of those
+masks, the paper's ensemble.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -113,6 +115,30 @@ class MADE(ARModel):
         if index != self.mask_index:
             self.mask_index = index
             self._draw_mask()
+
+    @torch.no_grad()
+    def ensemble_log_prob(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """log (1/k) Σ_m p_m(x) [B] over masks m = 0..k-1 of the training cycle (mask m % `orderings`, each with its
+        ordering when order-agnostic): a mixture of k normalised models, so itself normalised, and by Jensen never
+        less likely on average than its masks are one by one. The model's own mask and ordering are put back. For
+        evaluation only: no gradients, since the masks are swapped in place."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"ensemble: must be a whole number of masks, 1 or more (got {k!r})")
+        saved = self.mask_index, self.ordering.clone(), [layer.mask.clone() for layer in self.layers]
+        distinct = min(k, self.config.orderings)  # beyond the cycle, masks repeat: weigh each by its repeats
+        terms = []
+        try:
+            for m in range(distinct):
+                self.mask_index = m
+                self._draw_mask()
+                repeats = len(range(m, k, self.config.orderings))
+                terms.append(self.log_prob(x) + math.log(repeats))
+        finally:
+            self.mask_index = saved[0]
+            self.ordering.copy_(saved[1])
+            for layer, mask in zip(self.layers, saved[2]):
+                layer.mask.copy_(mask)
+        return torch.stack(terms).logsumexp(0) - math.log(k)
 
     def _draw_mask(self) -> None:
         ordering, degrees = draw_mask(self.config, self.mask_index)

@@ -3,22 +3,38 @@
 The first layer's mask A hides the pixel being predicted; later layers' mask B let a pixel's own features through,
 which by then describe earlier pixels only. Stacked masks grow a receptive field that misses pixels above and to
 the right of the current one (the blind spot, see tests/armodels/models); gated_pixelcnn.py removes it.
+
+With `channels_in=3` (RGB) every layer's channels are split into R, G and B groups whose centre taps are masked so
+that R sees earlier pixels only, G also the current R, B also the current R and G (layers.py); the head gives V
+logits per sub-pixel, and the tokens are the sub-pixels in raster order, R → G → B within each pixel.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from armodels.models.base import MAX_DEPTH, ARModel, ImageConfig, check_sizes
-from armodels.models.layers import MaskedConv2d, image_input, raster_mask, raster_taps
+from armodels.models.base import MAX_DEPTH, ARModel, ColourImageConfig, check_sizes
+from armodels.models.layers import (
+    MaskedConv2d,
+    image_input,
+    image_logits,
+    pixel_head,
+    pixel_head_size,
+    raster_group_mask,
+    raster_group_taps,
+)
 
 
 @dataclass(frozen=True)
-class PixelCNNConfig(ImageConfig):
+class PixelCNNConfig(ColourImageConfig):
+    # Whether the trunk masks colour channels and predicts each sub-pixel (True), or predicts each pixel from earlier
+    # pixels only and leaves the sub-pixels to the output distribution (the mixture of logistics).
+    channel_masks: ClassVar[bool] = True
     channels: int = 32
     n_layers: int = 4  # residual mask-B layers after the mask-A one
     first_kernel: int = 5  # mask A (7 in the paper)
@@ -26,14 +42,21 @@ class PixelCNNConfig(ImageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_sizes(self, "channels", "first_kernel", "kernel")
+        check_sizes(self, "first_kernel", "kernel")
+        check_sizes(self, "channels", low=self.channel_groups)  # at least one channel per colour group
         check_sizes(self, "n_layers", low=0, high=MAX_DEPTH)
         if self.first_kernel % 2 == 0 or self.kernel % 2 == 0:
             raise ValueError(f"kernels must be odd, got first_kernel={self.first_kernel}, kernel={self.kernel}")
 
     @property
+    def channel_groups(self) -> int:
+        """Colour groups of the trunk's channels: channels_in when it masks colour channels, else 1."""
+        return self.channels_in if self.channel_masks else 1
+
+    @property
     def trunk_outputs(self) -> int:
-        """Features of each pixel's distribution that the trunk's head outputs: here its V logits."""
+        """Features of each (sub-)pixel's distribution that the trunk's head outputs, per channel group: here its V
+        logits."""
         return self.vocab_size
 
     # ---- size and cost ----
@@ -41,39 +64,44 @@ class PixelCNNConfig(ImageConfig):
     def trunk_size(self) -> tuple[int, int]:
         """(parameters, weights) of the trunk: the parameters leave out the taps a mask holds at zero, the weights
         (which the FLOPs count: masked taps are multiplied too) keep them."""
-        C, k1, k, n, out = self.channels, self.first_kernel, self.kernel, self.n_layers, self.trunk_outputs
-        head = C * C + out * C  # two 1×1 convolutions
-        weights = C * k1 * k1 + n * C * C * k * k + head
-        kept = C * raster_taps(k1, k1, include_centre=False) + n * C * C * raster_taps(k, k, include_centre=True)
-        biases = C + n * C + C + out
-        return kept + head + biases, weights
+        C, k1, k, n, C_in, G = (self.channels, self.first_kernel, self.kernel, self.n_layers, self.channels_in,
+                                self.channel_groups)
+        head_params, head_weights = pixel_head_size(C, self.trunk_outputs * G, G)
+        weights = C * C_in * k1 * k1 + n * C * C * k * k + head_weights
+        kept = (raster_group_taps(C, C_in, k1, k1, G, include_centre=False)
+                + n * raster_group_taps(C, C, k, k, G, include_centre=True))
+        biases = C + n * C
+        return kept + biases + head_params, weights
 
     def num_params(self, non_embedding: bool = True) -> int:
         """The trunk's (there are no embeddings: pixels enter as intensities)."""
         return self.trunk_size()[0]
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: every kernel is applied once per pixel, masked taps included: 3 × 2 · weights."""
-        return 3.0 * (2 * self.trunk_size()[1])
+        """Training FLOPs per token: every kernel is applied once per pixel, masked taps included, and a pixel is
+        channels_in tokens: 3 × 2 · weights / channels_in."""
+        return 3.0 * (2 * self.trunk_size()[1] / self.channels_in)
 
 
 class PixelCNNTrunk(nn.Module):
     """Mask A, then residual mask-B layers, then a per-pixel 1×1 head to `out_channels` features of each pixel's
-    distribution. Shared with the mixture-of-logistics family, which reads other outputs off the same trunk."""
+    distribution (of each sub-pixel's, `out_channels` per colour group, when the config masks colour channels).
+    Shared with the mixture-of-logistics family, which reads other outputs off the same trunk."""
 
     def __init__(self, cfg: PixelCNNConfig, out_channels: int):
         super().__init__()
         self.config = cfg
-        C = cfg.channels
-        self.first = MaskedConv2d(1, C, raster_mask(cfg.first_kernel, cfg.first_kernel, include_centre=False))
-        self.layers = nn.ModuleList(MaskedConv2d(C, C, raster_mask(cfg.kernel, cfg.kernel, include_centre=True))
+        C, C_in, G, k1, k = cfg.channels, cfg.channels_in, cfg.channel_groups, cfg.first_kernel, cfg.kernel
+        self.first = MaskedConv2d(C_in, C, raster_group_mask(C, C_in, k1, k1, G, include_centre=False))
+        self.layers = nn.ModuleList(MaskedConv2d(C, C, raster_group_mask(C, C, k, k, G, include_centre=True))
                                     for _ in range(cfg.n_layers))
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, out_channels, 1))
+        self.head = pixel_head(C, out_channels * G, G)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens x [B, H·W] → features [B, out_channels, H, W], each pixel's from earlier pixels only."""
+        """Tokens x [B, H·W·C] → features [B, out_channels · groups, H, W], each pixel's from earlier pixels only
+        (and, by colour group, from the current pixel's earlier channels)."""
         c = self.config
-        h = self.first(image_input(x, c.height, c.width, c.vocab_size))
+        h = self.first(image_input(x, c.height, c.width, c.vocab_size, c.channels_in))
         for layer in self.layers:
             h = h + layer(F.relu(h))
         return self.head(h)
@@ -87,5 +115,5 @@ class PixelCNN(ARModel):
         self.trunk = PixelCNNTrunk(cfg, cfg.trunk_outputs)
 
     def conditionals(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x).flatten(2).transpose(1, 2)  # [B, V, H, W] → [B, T, V], raster order
+        return image_logits(self.trunk(x), self.config.channels_in)  # [B, V·C, H, W] → [B, T, V]
 

@@ -1,5 +1,6 @@
-"""Character-level recurrent network (char-RNN style): an LSTM or GRU over the sequence shifted right behind a start
-token, predicting the next token from its hidden state. Decoding carries the hidden state: O(1) per token.
+"""Character-level recurrent network (char-RNN style): an LSTM, a GRU or a plain Elman RNN (tanh) over the sequence
+shifted right behind a start token, predicting the next token from its hidden state. Decoding carries the hidden
+state: O(1) per token.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ import torch.nn.functional as F
 
 from armodels.models.base import MAX_DEPTH, ARModel, check_sizes
 
-CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
-GATES = {"lstm": 4, "gru": 3}  # weight matrices per layer and direction
+# "tanh" is the Elman RNN, h' = tanh(W x + U h + b): nn.RNN's default nonlinearity, one "gate" of weights.
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "tanh": nn.RNN}
+GATES = {"lstm": 4, "gru": 3, "tanh": 1}  # weight matrices per layer and direction
 
 
 @dataclass(frozen=True)
 class RNNConfig:
     vocab_size: int = 16
     seq_len: int = 32
-    cell: str = "lstm"  # or "gru"
+    cell: str = "lstm"  # or "gru", "tanh"
     n_layer: int = 2
     n_embd: int = 32  # token embedding width
     hidden: int = 64
@@ -35,8 +37,8 @@ class RNNConfig:
     # ---- size and cost ----
 
     def _weights(self) -> tuple[int, int]:
-        """(recurrent weights, their biases): per layer, each gate (4 in an LSTM, 3 in a GRU) has input-to-hidden
-        and hidden-to-hidden matrices and a bias for each."""
+        """(recurrent weights, their biases): per layer, each gate (4 in an LSTM, 3 in a GRU, 1 in a tanh RNN) has
+        input-to-hidden and hidden-to-hidden matrices and a bias for each."""
         gates, H = GATES[self.cell], self.hidden
         inputs = [self.n_embd] + [H] * (self.n_layer - 1)
         return sum(gates * H * (i + H) for i in inputs), self.n_layer * 2 * gates * H
@@ -72,7 +74,7 @@ class RNN(ARModel):
 
 
 class RNNDecoder:
-    """Decodes one step at a time from the hidden state (for an LSTM, the pair (h, c))."""
+    """Decodes one step at a time from the hidden state (for an LSTM, the pair (h, c); for a GRU or tanh RNN, h)."""
 
     def __init__(self, model: RNN, batch_size: int):
         self.model = model

@@ -11,6 +11,9 @@ Two views of the same network:
   way serves both. Step 0 has no token: the network runs on an empty token at position 0, alone, which costs no
   extra parameter. With `any_order=True` every input also gets an embedding of the position it predicts (π(s), as
   in σ-GPT), so that one network can decode in any ordering.
+
+`attention="strided"` or `"fixed"` restricts every layer's causal attention to a Sparse Transformer pattern (Child
+et al. 2019; see `attention_mask`), applied as a mask on the dense scores, in training and in the KV cache alike.
 """
 
 from __future__ import annotations
@@ -25,6 +28,31 @@ import torch.nn.functional as F
 from armodels.models.base import MAX_DEPTH, ARModel, check_sizes
 from scaling.flops import transformer_flops_per_token, transformer_nonembedding_params
 
+ATTENTION_PATTERNS = ("dense", "strided", "fixed")
+
+
+def may_attend(kind: str, stride: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Whether the input at position `query` may attend to the one at position `key` (broadcast against each other),
+    under the pattern `kind` of Child et al. 2019 with block length `stride`, each a union of its two heads' patterns:
+    - dense: every earlier position, key ≤ query;
+    - strided: the last `stride` positions and every stride-th one before them, (query - key) % stride == 0;
+    - fixed: the query's own block of `stride` positions, and the last position of every earlier block (one summary
+      column per block, c = 1)."""
+    causal = key <= query
+    if kind == "dense":
+        return causal
+    if kind == "strided":
+        return causal & ((query - key < stride) | ((query - key) % stride == 0))
+    if kind == "fixed":
+        return causal & ((key // stride == query // stride) | (key % stride == stride - 1))
+    raise ValueError(f"attention: must be one of {', '.join(ATTENTION_PATTERNS)} (got {kind!r})")
+
+
+def attention_mask(kind: str, seq_len: int, stride: int, device: torch.device | None = None) -> torch.Tensor:
+    """[T, T] boolean mask, True where query position i may attend to key position j (see `may_attend`)."""
+    positions = torch.arange(seq_len, device=device)
+    return may_attend(kind, stride, positions[:, None], positions[None, :])
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -35,12 +63,23 @@ class TransformerConfig:
     n_embd: int = 64
     dropout: float = 0.0
     any_order: bool = False  # adds an embedding of the position to predict, so orderings other than raster work
+    attention: str = "dense"  # or a Sparse Transformer pattern: "strided", "fixed" (see attention_mask)
+    stride: int = 8  # the sparse patterns' stride (block length); ~√seq_len in Child et al.
 
     def __post_init__(self) -> None:
-        check_sizes(self, "vocab_size", "seq_len", "n_head", "n_embd")
+        if not isinstance(self.stride, int):  # check_sizes only compares, and a block of 2.5 positions has no pattern
+            raise ValueError(f"stride: must be a whole number (got {self.stride!r})")
+        check_sizes(self, "vocab_size", "seq_len", "n_head", "n_embd", "stride")
         check_sizes(self, "n_layer", high=MAX_DEPTH)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.attention not in ATTENTION_PATTERNS:
+            raise ValueError(f"attention: must be one of {', '.join(ATTENTION_PATTERNS)} (got {self.attention!r})")
+        # The patterns are laid out over raster positions (a stride of one image row attends to the row above); in
+        # a random ordering the steps i - j apart are unrelated positions, so the two are not combined.
+        if self.any_order and self.attention != "dense":
+            raise ValueError(f"attention: the {self.attention!r} pattern follows raster positions; any_order=True "
+                             "needs attention='dense'")
 
     # ---- size and cost (see scaling/flops.py for the conventions) ----
 
@@ -54,7 +93,11 @@ class TransformerConfig:
         return blocks + self.vocab_size * d + self.seq_len * d * (2 if self.any_order else 1)
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward), per-layer count; see scaling.flops.transformer_flops."""
+        """Training FLOPs per token (forward + backward), per-layer count; see scaling.flops.transformer_flops.
+
+        The same for every `attention`: a sparse pattern is a mask on the dense T × T scores, which are all computed
+        (4·d·T per layer, as dense attention is counted), not a block-sparse kernel that would skip the masked ones
+        (about 4·d·(stride + T/stride) per layer)."""
         return transformer_flops_per_token(self.n_layer, self.n_embd, self.seq_len, self.vocab_size)
 
 
@@ -69,6 +112,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.dropout = cfg.dropout
+        self.pattern, self.stride = cfg.attention, cfg.stride
 
     def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
         B, T, C = x.shape
@@ -80,7 +124,13 @@ class CausalSelfAttention(nn.Module):
         # is_causal=True aligns the mask top-left, which is right only when queries and keys start together.
         # With a cache, the new queries sit at the end of the keys, so the mask must be built explicitly.
         n_past = k.size(2) - T
-        if n_past == 0:
+        if self.pattern != "dense":
+            # the new queries' rows of attention_mask, built per call (cheap beside the scores) rather than kept as a
+            # T × T buffer in every layer
+            queries = torch.arange(n_past, n_past + T, device=x.device)[:, None]
+            mask = may_attend(self.pattern, self.stride, queries, torch.arange(k.size(2), device=x.device))
+            causal = False
+        elif n_past == 0:
             mask, causal = None, True
         elif T == 1:
             mask, causal = None, False  # one new token may attend to everything before it

@@ -7,20 +7,20 @@ streams, and for code streams beside the tokenizer's distortion (rate–distorti
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from armodels.bpe import BPETokenizer
+from armodels.char_word import CharWordTokenizer, load_text_tokenizer, text_bytes_of_stream
 from armodels.config_fields import added_field
 from armodels.data import TokenWindows
 from armodels.device import torch_device
-from armodels.evaluate import evaluate_loss
+from armodels.evaluate import EvalResult, evaluate_loss
 from armodels.files import read_json, write_json_atomic
 from armodels.image_tokenizer import ImageTokenizer
-from armodels.shards import load_token_stream
+from armodels.shards import iter_rows_with_bytes, load_token_stream
 from armodels.train import TrainRun, flops_conventions, load_model
 from pipelines.step import StepContext
 from pipelines.steps.fit import series_of
@@ -40,6 +40,7 @@ class EvalStepConfig:
     threads: int = 1
     device: str = added_field("cpu")  # the training run's: a GPU run is scored and sampled on a GPU
     series: str = added_field("")  # the grid's label (GridConfig.label), when it has one: what the fits group by
+    ensemble: int = added_field(1)  # made: the masks whose mean probability is scored (armodels.evaluate_loss)
 
 
 def run_record(train_dir: Path) -> dict:
@@ -75,10 +76,14 @@ def evaluate_model(config: EvalStepConfig, ctx: StepContext) -> dict:
         return unfinished
 
     model = load_model(train_dir).to(torch_device(config.device))
-    tokenizer = BPETokenizer.load(ctx.inputs["tokenizer"])
-    val = TokenWindows(load_token_stream(Path(ctx.inputs["shards"]) / "val"), model.seq_len)
+    tokenizer = load_text_tokenizer(ctx.inputs["tokenizer"])
+    val_dir = Path(ctx.inputs["shards"]) / "val"
+    val = TokenWindows(load_token_stream(val_dir), model.seq_len)
     result = evaluate_loss(model, val, token_bytes=tokenizer.token_bytes(),
                            max_windows=max(1, config.max_tokens // model.seq_len))
+    if isinstance(tokenizer, CharWordTokenizer):
+        result, unknown = _over_text_bytes(result, tokenizer, val_dir)
+        record.update(tokenizer=tokenizer.level, tokenizer_coverage=tokenizer.meta.coverage, **unknown)
     record.update(loss=result.nats_per_token, bits_per_byte=result.bits_per_byte, eval=asdict(result))
     write_json_atomic(ctx.output / "eval.json", record)
 
@@ -97,9 +102,19 @@ def evaluate_model(config: EvalStepConfig, ctx: StepContext) -> dict:
     return {"loss": result.nats_per_token, "bits_per_byte": result.bits_per_byte}
 
 
+def _over_text_bytes(result: EvalResult, tokenizer: CharWordTokenizer, val_dir: Path) -> tuple[EvalResult, dict]:
+    """Bits per byte over the bytes of the original text, every unknown token counting the bytes it replaced (the
+    shards record each document's bytes; armodels.char_word explains why this is a lower bound when tokens are
+    unknown), and the share of those bytes that were unknown."""
+    text_bytes, unknown = text_bytes_of_stream(tokenizer, iter_rows_with_bytes(val_dir), result.tokens)
+    bits = result.bits_per_token * result.tokens
+    return (replace(result, bits_per_byte=bits / text_bytes if text_bytes else None, bytes=round(text_bytes)),
+            {"unknown_byte_share": unknown / text_bytes if text_bytes else 0.0})
+
+
 @dataclass(frozen=True)
 class ImageEvalStepConfig:
-    stream: str  # "pixels", "vqvae" or "fsq"
+    stream: str  # "pixels", "vqvae", "fsq" or "lfq"
     common: EvalStepConfig
 
 
@@ -118,7 +133,9 @@ def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
     # every token of an image stands for the same number of pixels, so bits per byte (pixel) is bits per dim
     per_token = pixels_per_image / model.seq_len
     val = TokenWindows(load_token_stream(Path(ctx.inputs["shards"]) / "val"), model.seq_len)
-    result = evaluate_loss(model, val, max_windows=max(1, c.max_tokens // model.seq_len))
+    result = evaluate_loss(model, val, max_windows=max(1, c.max_tokens // model.seq_len), ensemble=c.ensemble)
+    if c.ensemble > 1:
+        record["ensemble"] = c.ensemble
     bits_per_dim = result.bits_per_token / per_token
     record.update(loss=result.nats_per_token, bits_per_byte=bits_per_dim, bits_per_dim=bits_per_dim,
                   bits_per_image=result.bits_per_token * model.seq_len, **distortion, eval=asdict(result))

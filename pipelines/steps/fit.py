@@ -43,7 +43,9 @@ from pipelines.step import StepContext
 from scaling.frontier import group_budgets
 from scaling.results import jsonable
 
-VERSION = "4"  # 3: frontier, lr selection, seeds, forms, FLOPs sensitivity, confirmation runs; 4: steep exponents
+# 3: frontier, lr selection, seeds, forms, FLOPs sensitivity, confirmation runs; 4: steep exponents; 5: L(N, D) of
+# sizes × token budgets, its predictions at multiples of 6ND compute, whole curves from mean losses
+VERSION = "5"
 COMPUTE_FORMS = ("compute", "compute_pure")  # L(C) with and without E: the selection picks the predicting one
 ISOFLOP_FORMS = ("isoflop", "envelope", "chinchilla")
 SELECTION_FORMS = ("compute", "compute_pure", "chinchilla")

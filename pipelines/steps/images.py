@@ -1,8 +1,10 @@
-"""The data steps of an image study: the images, the image tokenizers (VQ-VAE, FSQ), and one shard set per stream.
+"""The data steps of an image study: the images, the image tokenizers (VQ-VAE, FSQ, LFQ), and one shard set per
+stream.
 
     images ─► shards-pixels                      8-bit pixel values in raster order, 256 tokens
        └────► tokenizer-vqvae ─► shards-vqvae    the code grid of each image in raster order
        └────► tokenizer-fsq   ─► shards-fsq
+       └────► tokenizer-lfq   ─► shards-lfq
 
 Every stream's shards hold one document per image with no separator between documents, so a training window of
 one image's length (`seq_len`) is exactly one image. Each document's `n_bytes` is the image's size in pixels, so
@@ -81,7 +83,7 @@ def shard_pixels(config: ImageShardStepConfig, ctx: StepContext) -> dict:
 
 @dataclass(frozen=True)
 class ImageTokenizerStepConfig:
-    kind: str  # "vqvae" or "fsq"
+    kind: str  # "vqvae", "fsq" or "lfq"
     steps: int
     batch_size: int
     lr: float

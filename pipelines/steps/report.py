@@ -25,7 +25,7 @@ from pipelines.step_status import STATUS
 from pipelines.steps.fit import series_of
 from scaling.plots import plot_learning_curves, plot_rate_distortion
 
-VERSION = "4"  # 3: image studies; runs grouped by series. 4: report.html beside report.md
+VERSION = "5"  # 3: image studies; runs grouped by series. 4: report.html beside report.md. 5: Approach 3 side by side
 STREAMS = (TEXT_STREAM, *IMAGE_STREAMS)  # the order in which the report lists runs
 
 
@@ -402,18 +402,20 @@ def _side_by_side_section(families: list[str], fits: dict, spent: dict[str, floa
                    f"{_count(p.get('n_opt'))} | {_count(p.get('d_opt'))} | {loss} | "
                    f"[{_num(p.get('low'))}, {_num(p.get('high'))}] |")
     out.append("")
-    for f in fitted:
+    identified = [f for f in fitted if _identified(fits[f]["chinchilla"]) and predictions[f].get("loss") is not None]
+    for f in identified:  # a point prediction only where the law is identified
         for other in fitted:
-            p, q = predictions[f], predictions[other]
-            if other == f or p.get("loss") is None or q.get("low") is None or q.get("high") is None:
+            q = predictions[other]
+            if other == f or q.get("low") is None or q.get("high") is None:
                 continue
-            inside = "inside" if q["low"] <= p["loss"] <= q["high"] else "**outside**"
-            out.append(f"- {f}'s prediction ({_num(p['loss'])}) lies {inside} {other}'s {level:.0%} interval "
-                       f"[{_num(q['low'])}, {_num(q['high'])}].")
+            inside = "inside" if q["low"] <= predictions[f]["loss"] <= q["high"] else "**outside**"
+            out.append(f"- {f}'s prediction ({_num(predictions[f]['loss'])}) lies {inside} {other}'s {level:.0%} "
+                       f"interval [{_num(q['low'])}, {_num(q['high'])}].")
     unidentified = [f"{f} ({'; '.join(fits[f]['chinchilla'].get('unidentified') or [])})" for f in fitted
-                    if not _identified(fits[f]["chinchilla"])]
+                    if f not in identified]
     if unidentified:
-        out.append(f"- Not identified, so no point prediction: {', '.join(unidentified)}.")
+        out.append(f"- Not identified, so no point prediction and no comparison of predictions: "
+                   f"{', '.join(unidentified)}.")
     return out + [""]
 
 
@@ -597,7 +599,7 @@ def _sensitivity_section(rows: list[dict], convention: str) -> list[str]:
 
 def _streams_section(runs: dict, ok: list[str], tokenizers: dict, plots: set[str]) -> list[str]:
     """An image study's streams side by side: what each costs in bits and loses in fidelity."""
-    out = ["## Token streams", "", "Raw pixels are lossless; VQ-VAE and FSQ codes are shorter sequences that lose "
+    out = ["## Token streams", "", "Raw pixels are lossless; VQ-VAE, FSQ and LFQ codes are shorter sequences that lose "
            "detail. Rate: bits per image under the stream's best model; distortion: the tokenizer's reconstruction "
            "error on the test split.", "",
            "| stream | tokens/image | vocabulary | best run | test bits/dim | bits/image | MSE | PSNR (dB) | "

@@ -1,5 +1,5 @@
-"""The tokenization commands of `arscale`: `tokenizer train bpe|vqvae|fsq`, `tokenize` and `detokenize` (parsers and
-handlers, kept here so that pipelines/cli.py only hooks them in)."""
+"""The tokenization commands of `arscale`: `tokenizer train bpe|char|word|vqvae|fsq|lfq`, `tokenize` and
+`detokenize` (parsers and handlers, kept here so that pipelines/cli.py only hooks them in)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from armodels.image_tokenizer import (
     write_code_shards,
 )
 from armodels.images import NAMED, ImageDataError, image_grid, load_images, save_png
+from armodels.lfq import MAX_BITS
 from armodels.shards import TOKENIZER_COPY, read_manifest
 from pipelines.errors import UserError
 from pipelines.progress import plural
-from pipelines.tokenization.bpe_training import train_bpe_on_corpus
+from pipelines.tokenization.bpe_training import train_bpe_on_corpus, train_char_word_on_corpus
 from pipelines.tokenization.corpus_to_shards import DEFAULT_EXTENSIONS, TokenizeSettings, tokenize_corpus
 from pipelines.tokenization.outputs import check_new_output, new_output
 from pipelines.tokenization.shards_to_documents import detokenize
@@ -34,14 +35,19 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                                      "it is larger than --sample-bytes. Writes tokenizer.json and meta.json, and "
                                      "tokenizer_config.json and special_tokens_map.json for Hugging Face "
                                      "transformers.")
-    _add_inputs(p)
-    p.add_argument("--vocab-size", type=int, required=True, help="at most this many tokens (bytes and specials count)")
-    p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write (new or empty)")
+    _add_training_options(p, "bytes and specials count")
     p.add_argument("--special-tokens", nargs="*", default=[], metavar="TOKEN",
                    help="more special tokens (after <|endoftext|>, which is always the first)")
-    p.add_argument("--sample-bytes", type=int, default=100_000_000,
-                   help="train on an even sample this large when the input is larger (default 100 MB)")
     p.set_defaults(handler=cmd_train_bpe)
+    for level, unit in (("char", "characters"), ("word", r"word pieces (regex \w+|\s+|[^\w\s])")):
+        p = train.add_parser(level, parents=[common], help=f"{level}-level: the most frequent {unit.split(' (')[0]}",
+                             description=f"Train a {level}-level tokenizer: <|endoftext|>, <|unk|> for what is not in "
+                                         f"the vocabulary, and the most frequent {unit} of a corpus (or of an even "
+                                         "sample of it when it is larger than --sample-bytes). Prints its coverage: "
+                                         "the share of the text's units (and bytes) in the vocabulary. Writes "
+                                         "tokenizer.json and meta.json.")
+        _add_training_options(p, "<|endoftext|> and <|unk|> count")
+        p.set_defaults(handler=cmd_train_char_word, level=level)
     _add_image_trainers(train, common)
 
     p = sub.add_parser("tokenize", parents=[common], help="tokenize a corpus into Parquet token shards (on Ray)",
@@ -94,6 +100,14 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
                         "stopping")
 
 
+def _add_training_options(p: argparse.ArgumentParser, counted: str) -> None:
+    _add_inputs(p)
+    p.add_argument("--vocab-size", type=int, required=True, help=f"at most this many tokens ({counted})")
+    p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write (new or empty)")
+    p.add_argument("--sample-bytes", type=int, default=100_000_000,
+                   help="train on an even sample this large when the input is larger (default 100 MB)")
+
+
 def _settings(args, **more):
     return TokenizeSettings(tuple(args.input), read=ReadOptions(args.text_field, args.column or "text"),
                             extensions=tuple(args.extensions), skip_bad=args.skip_bad, **more)
@@ -113,6 +127,20 @@ def cmd_train_bpe(args) -> int:
     sample = tokenizer.meta.training["sample"]
     print(f"byte-level BPE with {tokenizer.vocab_size} tokens, trained on {sample['bytes'] / 1e6:.1f} MB "
           f"({plural(sample['documents'], 'document')}) → {args.out}  sha256 {tokenizer.meta.sha256[:12]}")
+    return 0
+
+
+def cmd_train_char_word(args) -> int:
+    _local_out(args.out)
+    tokenizer = train_char_word_on_corpus(args.level, _settings(args), args.vocab_size, args.out,
+                                          sample_bytes=args.sample_bytes)
+    meta, sample = tokenizer.meta, tokenizer.meta.training["sample"]
+    unit = "characters" if args.level == "char" else "word pieces"
+    print(f"{args.level}-level tokenizer with {tokenizer.vocab_size} tokens, trained on {sample['bytes'] / 1e6:.1f} MB "
+          f"({plural(sample['documents'], 'document')}) → {args.out}  sha256 {meta.sha256[:12]}")
+    print(f"coverage: {meta.coverage:.2%} of its {meta.training['units']:,} {unit} ({meta.byte_coverage:.2%} of "
+          f"bytes); {meta.training['distinct_units'] - len(tokenizer.pieces):,} of "
+          f"{meta.training['distinct_units']:,} distinct {unit} are left to <|unk|>")
     return 0
 
 
@@ -141,11 +169,12 @@ def cmd_detokenize(args) -> int:
     return 0
 
 
-# Image tokenizers (VQ-VAE, FSQ): trained, applied and inverted in this process (no Ray: they are small).
+# Image tokenizers (VQ-VAE, FSQ, LFQ): trained, applied and inverted in this process (no Ray: they are small).
 
 def _add_image_trainers(train, common: argparse.ArgumentParser) -> None:
     kinds = {"vqvae": "VQ-VAE with an EMA codebook (k-means initialised, dead codes restarted)",
-             "fsq": "finite scalar quantization: no codebook to learn, codes = a grid of per-channel levels"}
+             "fsq": "finite scalar quantization: no codebook to learn, codes = a grid of per-channel levels",
+             "lfq": "lookup-free quantization: codes = the signs of `bits` latent channels, with an entropy penalty"}
     for kind, about in kinds.items():
         p = train.add_parser(kind, parents=[common], help=about,
                              description=f"Train an image tokenizer, {about}, on an image data set; prints its metrics "
@@ -168,9 +197,13 @@ def _add_image_trainers(train, common: argparse.ArgumentParser) -> None:
                                                       "(default: 2)")
         if kind == "vqvae":
             p.add_argument("--codebook-size", type=int, help="number of codes (default: 256)")
-        else:
+        elif kind == "fsq":
             p.add_argument("--levels", type=_levels, help="values per latent channel, comma-separated; the codebook "
                                                           "size is their product (default: 8,5,5,5 = 1,000 codes)")
+        else:
+            p.add_argument("--bits", type=int, help=f"latent channels per code, each quantized to its sign: 2^bits "
+                                                    f"codes (1 to {MAX_BITS}; default: 10 = 1,024 codes)")
+            p.add_argument("--entropy-weight", type=float, help="weight of the entropy penalty (default: 0.1)")
         p.set_defaults(handler=cmd_train_image, kind=kind)
 
 
@@ -184,7 +217,7 @@ def _levels(text: str) -> tuple[int, ...]:
 def cmd_train_image(args) -> int:
     _local_out(args.out)
 
-    settings = {name: value for name in ("hidden", "downsample", "codebook_size", "levels")
+    settings = {name: value for name in ("hidden", "downsample", "codebook_size", "levels", "bits", "entropy_weight")
                 if (value := getattr(args, name, None)) is not None}
     try:
         make_config(args.kind, settings)  # bad settings and outputs fail now, not after loading the data

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from armodels.bpe import BPETokenizer
+from armodels.char_word import TextTokenizer, load_text_tokenizer
 from armodels.corpus_readers import (
     BadInput,
     CorpusPlan,
@@ -135,11 +135,11 @@ def _check_settings(settings: TokenizeSettings, workers: int | None) -> None:
         raise UserError(f"--workers must be positive, got {workers}")
 
 
-def load_tokenizer(directory: Path) -> BPETokenizer:
+def load_tokenizer(directory: Path) -> TextTokenizer:
     try:
-        return BPETokenizer.load(Path(directory))
+        return load_text_tokenizer(Path(directory))
     except FileNotFoundError as e:
-        raise UserError(f"{e} (train one with `arscale tokenizer train bpe`)") from None
+        raise UserError(f"{e} (train one with `arscale tokenizer train bpe|char|word`)") from None
     except ValueError as e:  # says what to do
         raise UserError(str(e)) from None
 
@@ -173,7 +173,7 @@ def shown_inputs(settings: TokenizeSettings) -> list[str]:
     return [redact_uri(spec) if "://" in spec else spec for spec in settings.inputs]
 
 
-def plan_inputs(tokenizer: BPETokenizer | None, settings: TokenizeSettings, piece_bytes: int | None = None,
+def plan_inputs(tokenizer: TextTokenizer | None, settings: TokenizeSettings, piece_bytes: int | None = None,
                 exclude: Path | None = None) -> CorpusPlan:
     """The pieces of the corpus. Unless given, a piece's size is what holds about `shard_tokens` tokens of
     `tokenizer`."""
@@ -193,7 +193,7 @@ def plan_inputs(tokenizer: BPETokenizer | None, settings: TokenizeSettings, piec
     return plan
 
 
-def plan_fingerprint(tokenizer: BPETokenizer, plan: CorpusPlan, options: EncodeOptions) -> str:
+def plan_fingerprint(tokenizer: TextTokenizer, plan: CorpusPlan, options: EncodeOptions) -> str:
     """Identifies what the shards will hold: tokenizer, the files as they are now, the plan and the layout."""
     # files by the names the manifest gives them: the keys in an input's URI are not what the shards hold
     files = {source_name(f): list(file_stat(f)) for f in plan.files}
@@ -209,7 +209,7 @@ def _counts(results: Iterable[PieceResult]) -> tuple[int, int]:
     return sum(s.documents or 0 for s in shards), sum(s.tokens for s in shards)
 
 
-def _encode_here(tokenizer: BPETokenizer, piece: Piece, out: Path, options: EncodeOptions) -> PieceResult:
+def _encode_here(tokenizer: TextTokenizer, piece: Piece, out: Path, options: EncodeOptions) -> PieceResult:
     try:
         return encode_piece(tokenizer, piece, out, options)
     except BadInput as e:
@@ -366,7 +366,7 @@ class _Encoder:
         # One thread per worker: the workers are the parallelism. (Set here rather than in a runtime_env, which
         # would make Ray start the worker processes anew; tokenizers reads it when it encodes.)
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        self.tokenizer = BPETokenizer.load(Path(tokenizer_dir))
+        self.tokenizer = load_text_tokenizer(Path(tokenizer_dir))
         self.out, self.options = Path(out), options
 
     def encode(self, piece: Piece) -> PieceResult:

@@ -1,4 +1,4 @@
-"""Image tokenizers (VQ-VAE, FSQ) trained for a few seconds on real images (scikit-learn's digits): codes and their
+"""Image tokenizers (VQ-VAE, FSQ, LFQ) trained for a few seconds on real images (scikit-learn's digits): codes and their
 inverse, determinism across save/load, codebook usage, dead-code restarts, code shards, and the CLI with its bad
 inputs."""
 
@@ -18,9 +18,16 @@ import torch
 from PIL import Image
 
 from armodels.fsq import FSQ, FSQConfig
-from armodels.image_tokenizer import (ImageTokenizer, is_image_tokenizer, read_code_grids, train_image_tokenizer,
-                                      write_code_shards)
+from armodels.image_tokenizer import (
+    ImageTokenizer,
+    is_image_tokenizer,
+    make_config,
+    read_code_grids,
+    train_image_tokenizer,
+    write_code_shards,
+)
 from armodels.images import load_images
+from armodels.lfq import LFQ, MAX_BITS, LFQConfig, entropy_terms
 from armodels.shards import load_token_stream, read_manifest
 from armodels.vqvae import VQVAE, VQVAEConfig
 from pipelines.cli import main
@@ -30,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # 8×8 digits, halved once: a 4×4 grid of codes per image.
 FSQ_SETTINGS = {"hidden": 32, "downsample": 1, "levels": (5, 5, 5)}
 VQ_SETTINGS = {"hidden": 16, "downsample": 1, "codebook_size": 64}
+LFQ_SETTINGS = {"hidden": 32, "downsample": 1, "bits": 6}
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +59,19 @@ def vq(digits):
                                  log=lambda line: None)
 
 
-@pytest.mark.parametrize("name", ["fsq", "vq"])
+@pytest.fixture(scope="module")
+def lfq(digits):
+    train, test = digits
+    lines = []
+    tokenizer = train_image_tokenizer("lfq", train, config=LFQ_SETTINGS, steps=300, batch_size=32, lr=5e-3, test=test,
+                                      log=lines.append)
+    return tokenizer, lines
+
+
+@pytest.mark.parametrize("name", ["fsq", "vq", "lfq"])
 def test_encode_decode_shapes_and_determinism_across_save_and_load(request, digits, tmp_path, name):
     tokenizer = request.getfixturevalue(name)
+    tokenizer = tokenizer[0] if name == "lfq" else tokenizer
     test = digits[1].images[:100]
     assert tokenizer.image_shape == (8, 8, 1) and tokenizer.grid_shape == (4, 4)
     codes = tokenizer.encode(test)
@@ -170,6 +188,8 @@ def test_loading_a_broken_tokenizer_is_one_line(fsq, tmp_path):
     assert is_image_tokenizer(tmp_path / "tok") and not is_image_tokenizer(tmp_path / "not-image")
     with pytest.raises(ValueError, match="unknown fsq setting 'codebook_size'"):
         train_image_tokenizer("fsq", load_images("digits", limit=10), config={"codebook_size": 5}, steps=1)
+    with pytest.raises(ValueError, match=r"levels must be integers ≥ 3 \(for two levels a channel"):
+        FSQConfig(levels=(2, 2))  # tanh's shift would be undefined (NaN codes)
 
 
 # The command line: training through the real entry point, the rest in this process (the same `main`).
@@ -237,10 +257,133 @@ def test_cli_bad_image_inputs_exit_2_with_one_line(fsq, tmp_path, capsys):
     code, _, err = cli(capsys, "tokenizer", "train", "vqvae", "--data", tmp_path / "missing", "--out", tmp_path / "t")
     one_line_error(code, err, "missing: no such file or folder")
     code, _, err = cli(capsys, "tokenizer", "train", "fsq", "--levels", "1,5", "--out", tmp_path / "t")
-    one_line_error(code, err, "levels must be integers ≥ 2")
+    one_line_error(code, err, "levels must be integers ≥ 3")
     other = replace(fsq.config)
     other.hidden = 8
     ImageTokenizer("fsq", FSQ(other), fsq.image_shape).save(tmp_path / "other")
     write_code_shards(fsq, load_images("digits", limit=5), tmp_path / "s", split="train")
     code, _, err = cli(capsys, "detokenize", tmp_path / "s", "--tokenizer", tmp_path / "other", "--out", tmp_path / "d")
     one_line_error(code, err, "is not the one that made")
+
+
+# LFQ: lookup-free quantization.
+
+def test_lfq_codes_and_signs_round_trip_for_every_code():
+    model = LFQ(LFQConfig(hidden=8, bits=5))
+    assert model.codebook_size == 32
+    codes = torch.arange(32)
+    digits = model.codes_to_digits(codes)
+    assert set(digits.flatten().tolist()) == {0, 1} and len({tuple(d) for d in digits.tolist()}) == 32
+    assert torch.equal(model.digits_to_codes(digits), codes)
+    assert torch.equal(digits[5], torch.tensor([1, 0, 1, 0, 0]))  # the first channel is the least significant bit
+    # Latents of any magnitude quantize to their signs; the code is those signs' bits (0 counts as negative).
+    signs = digits.float() * 2 - 1
+    magnitudes = torch.rand(32, 5) * 3 + 0.01
+    magnitudes[0, 0] = 0.0
+    z = (signs * magnitudes).T.reshape(1, 5, 1, 32).requires_grad_()
+    z_q, got, loss = model.quantize(z)
+    assert torch.equal(got.flatten(), codes)
+    assert torch.equal(z_q, model.codes_to_latents(got)) and set(z_q.flatten().tolist()) == {-1.0, 1.0}
+    assert torch.equal(model.codes_to_latents(codes.view(1, 1, 32)), signs.T.reshape(1, 5, 1, 32))
+    z_q.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))  # straight through the sign
+    assert loss.ndim == 0 and loss.requires_grad
+
+
+def test_lfq_loss_is_the_commitment_and_entropy_penalty():
+    model = LFQ(LFQConfig(hidden=8, bits=3, commitment=0.5, entropy_weight=0.2, temperature=2.0))
+    z = torch.randn(2, 3, 4, 4)
+    _, _, loss = model.quantize(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 3)
+    per_sample, codebook = entropy_terms(flat, 2.0)
+    commitment = ((flat - torch.where(flat > 0, 1.0, -1.0)) ** 2).mean()
+    assert loss.item() == pytest.approx(0.5 * commitment.item() + 0.2 * (per_sample - codebook).item(), rel=1e-5)
+
+
+def test_lfq_entropy_penalty_on_hand_made_latents():
+    def entropy(p):
+        return -sum(q * math.log(q) for q in (p, 1 - p) if q > 0)
+
+    # The formula: with τ = 4, p(+1 | z) = sigmoid(z). Bit 0 is confident both ways (p .75 and .25: balanced over
+    # the batch), bit 1 leans the same way in both latents (p .75).
+    z = torch.tensor([[math.log(3), math.log(3)], [-math.log(3), math.log(3)]])
+    per_sample, codebook = entropy_terms(z, 4.0)
+    assert per_sample.item() == pytest.approx(entropy(0.75), rel=1e-5)  # per bit: (H(.75) + H(.75)) / 2
+    assert codebook.item() == pytest.approx((math.log(2) + entropy(0.75)) / 2, rel=1e-5)
+
+    def penalty(z, temperature=1.0):
+        per_sample, codebook = entropy_terms(z, temperature)
+        return (per_sample - codebook).item()
+
+    every_code = LFQ(LFQConfig(hidden=8, bits=4)).codes_to_latents(torch.arange(16).view(1, 1, 16))
+    every_code = every_code.permute(0, 2, 3, 1).reshape(16, 4)  # ±1: each of the 16 codes once
+    confident_diverse = penalty(every_code * 5)
+    uniform = penalty(torch.zeros(16, 4))  # every latent on the boundary: each code 1/16
+    collapsed = penalty(torch.full((16, 4), 5.0))  # confident, one code
+    assert confident_diverse == pytest.approx(-math.log(2), abs=1e-6)  # per bit: 0 − ln 2
+    assert uniform == pytest.approx(0.0, abs=1e-6) and collapsed == pytest.approx(0.0, abs=1e-4)
+    assert confident_diverse < uniform and confident_diverse < collapsed
+    assert penalty(every_code * 5, temperature=100.0) > confident_diverse  # a hotter softmax: less confident
+    # Its gradient pulls a latent away from the boundary and a bit that is always +1 towards −1.
+    z = (every_code * 0.1).requires_grad_()
+    per_sample, codebook = entropy_terms(z, 1.0)
+    (per_sample - codebook).backward()
+    assert (z.grad * z < 0).all()  # descent moves each latent away from 0
+    z = torch.full((8, 1), 0.5, requires_grad=True)
+    per_sample, codebook = entropy_terms(z, 1.0)
+    (-codebook).backward()
+    assert (z.grad > 0).all()  # descent lowers it towards a balanced bit
+
+
+def test_lfq_training_lowers_the_mse_and_uses_the_codes(lfq, digits):
+    tokenizer, lines = lfq
+    test = digits[1].images
+    torch.manual_seed(0)
+    untrained = ImageTokenizer("lfq", LFQ(make_config("lfq", {**LFQ_SETTINGS, "in_channels": 1})), (8, 8, 1))
+    before, m = untrained.evaluate(test), tokenizer.meta["metrics"]
+    assert tokenizer.codebook_size == 64 and m["bits_per_image"] == pytest.approx(16 * 6)
+    assert m["mse"] < before["mse"] / 2 and m["psnr"] > 15
+    assert m["psnr"] == pytest.approx(10 * math.log10(1 / m["mse"]))
+    assert m["usage"] >= 0.5 and 8 < m["perplexity"] <= 64 and m["perplexity"] > 2 * before["perplexity"]
+    assert len(lines) == 10 and lines[-1].startswith("lfq step 300/300  loss ") and "usage" in lines[-1]
+
+
+@pytest.mark.parametrize("bits, ok", [(0, False), (1, True), (MAX_BITS, True), (MAX_BITS + 1, False), (2.5, False)])
+def test_lfq_bits_are_bounded_by_the_vocabulary(bits, ok):
+    if ok:
+        assert make_config("lfq", {"bits": bits}).codebook_size == 2 ** bits <= 1_000_000
+    else:
+        with pytest.raises(ValueError, match=rf"bits must be an integer from 1 to {MAX_BITS} \(2\^bits codes, at most "
+                                             r"1,000,000\), got"):
+            make_config("lfq", {"bits": bits})
+
+
+@pytest.mark.parametrize("key, value", [("entropy_weight", -0.1), ("commitment", float("nan")), ("temperature", 0)])
+def test_lfq_weights_must_be_valid(key, value):
+    with pytest.raises(ValueError, match=rf"^{key} must be"):
+        make_config("lfq", {key: value})
+
+
+def test_cli_trains_an_lfq_tokenizer_and_tokenizes_with_it(tmp_path, capsys):
+    code, out, err = cli(capsys, "tokenizer", "train", "lfq", "--data", "digits", "--limit", "200", "--steps", "20",
+                         "--hidden", "8", "--downsample", "1", "--bits", "5", "--entropy-weight", "0.2",
+                         "--out", tmp_path / "tok")
+    assert code == 0, err
+    assert "lfq step 20/20" in out and "lfq tokenizer: 32 codes, 4×4 grid per image (80 bits/image)" in out
+    assert all(f" {metric} " in out for metric in ("mse", "psnr", "usage", "perplexity"))
+    assert "test metrics: mse" in out and str(tmp_path / "tok") in out
+    tokenizer = ImageTokenizer.load(tmp_path / "tok")
+    assert tokenizer.kind == "lfq" and tokenizer.config.bits == 5 and tokenizer.config.entropy_weight == 0.2
+    code, out, err = cli(capsys, "tokenize", "--tokenizer", tmp_path / "tok", "--input", "digits", "--split", "test",
+                         "--out", tmp_path / "s")
+    assert code == 0, err
+    assert "→ 5,744 codes (4×4 per image, 32 symbols)" in out
+    code, out, err = cli(capsys, "detokenize", tmp_path / "s", "--out", tmp_path / "d")
+    assert code == 0, err
+    assert len(list((tmp_path / "d").glob("0*.png"))) == 359
+    for bits in ("0", str(MAX_BITS + 1)):
+        code, _, err = cli(capsys, "tokenizer", "train", "lfq", "--bits", bits, "--out", tmp_path / "t")
+        one_line_error(code, err, "bits must be an integer from 1 to 19")
+    code, _, err = cli(capsys, "tokenizer", "train", "lfq", "--entropy-weight", "-1", "--out", tmp_path / "t")
+    one_line_error(code, err, "entropy_weight must be ≥ 0")
+    assert not (tmp_path / "t").exists()

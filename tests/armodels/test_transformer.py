@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from armodels.sampling import filter_logits, generate
 from armodels.models.transformer import Transformer, TransformerConfig
+from armodels.sampling import filter_logits, generate
 from scaling.flops import transformer_flops_per_token, transformer_nonembedding_params
+from tests.armodels.models.util import chunked_forward
 
 
 @pytest.fixture
@@ -34,14 +35,7 @@ def test_kv_cache_gives_the_same_logits_as_the_full_forward(model):
     x = torch.randint(0, 50, (2, 24))
     full, _, _ = model(x)
     # prefill 10 tokens, then one at a time, then a chunk of 3 (the explicit-mask path)
-    logits, _, cache = model(x[:, :10])
-    parts = [logits]
-    for t in range(10, 21):
-        logits, _, cache = model(x[:, t:t + 1], cache=cache)
-        parts.append(logits)
-    logits, _, cache = model(x[:, 21:24], cache=cache)
-    parts.append(logits)
-    assert (torch.cat(parts, dim=1) - full).abs().max().item() <= 1e-5
+    assert (chunked_forward(model, x, 10, 21) - full).abs().max().item() <= 1e-5
 
 
 def test_context_limit_is_a_clear_error(model):

@@ -58,6 +58,11 @@ CASES = {
     "train: malformed run config": (["train", "--config", "{tmp}/bad.json", "--out", "{tmp}/o"], "bad.json"),
     "tokenizer train bpe: missing input": (["tokenizer", "train", "bpe", "--input", "{tmp}/none", "--vocab-size",
                                             "300", "--out", "{tmp}/t"], "does not exist"),
+    "tokenizer train char: vocab too small": (["tokenizer", "train", "char", "--input", "{tmp}/unknown.yaml",
+                                               "--extensions", ".yaml", "--vocab-size", "2", "--out", "{tmp}/t"],
+                                              "--vocab-size 2 is too small: a char-level tokenizer needs at least 3"),
+    "tokenizer train word: empty input": (["tokenizer", "train", "word", "--input", "{tmp}/empty.txt", "--vocab-size",
+                                           "100", "--out", "{tmp}/t"], "the inputs hold no text"),
     "tokenizer train vqvae: missing data": (["tokenizer", "train", "vqvae", "--data", "{tmp}/none", "--out",
                                              "{tmp}/t"], "no such file"),
     "tokenizer train fsq: mixed image sizes": (["tokenizer", "train", "fsq", "--data", "{tmp}/imgs", "--out",
@@ -78,6 +83,7 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys, request):
         "name": "x", "images": {"data": str(tmp_path / "none")},
         "models": {"grids": [{"family": "pixelcnn", "stream": "pixels", "sizes": [{}]}]}}))
     (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "empty.txt").write_text("")
     (tmp_path / "corpus.yaml").write_text(json.dumps({
         "name": "x", "corpus": {"source": "files", "paths": [str(tmp_path / "none")]},
         "models": {"grids": [{"sizes": [{"n_layer": 1, "n_embd": 16, "n_head": 2}]}]}}))

@@ -66,7 +66,12 @@ def test_token_budget_rule(tmp_path):
     (MINIMAL + "training:\n  lr: fast\n", r"training\.lr: Input should be a valid number.*'fast'"),
     (MINIMAL + "training:\n  lr: -1\n", r"training\.lr: Input should be greater than 0"),
     (MINIMAL + "tokenizer:\n  vocab_size: 100\n",
-     r"tokenizer\.vocab_size: Input should be greater than or equal to 258"),
+     r"tokenizer\.vocab_size: with tokenizer\.kind bpe, 100 is too small: byte-level BPE needs at least 258"),
+    (MINIMAL + "tokenizer:\n  kind: word\n  vocab_size: 2\n",
+     r"tokenizer\.vocab_size: with tokenizer\.kind word, 2 is too small: a word-level tokenizer needs at least 3"),
+    (MINIMAL + "tokenizer:\n  kind: char\n  vocab_size: 2000000\n",
+     r"tokenizer\.vocab_size: Input should be less than or equal to 1000000"),
+    (MINIMAL + "tokenizer:\n  kind: chars\n", r"tokenizer\.kind: Input should be 'bpe', 'char' or 'word'"),
     ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, n_embd: 30, n_head: 4}]}]\n",
      r"models\.grids\.0\.sizes\.0: n_embd \(30\) must be a multiple of n_head \(4\)"),
     ("name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hiden: 8}]}]\n",
@@ -108,6 +113,24 @@ def test_changing_one_field_changes_only_downstream_hashes(tmp_path):
     after = {s.name: s.hash for s in topological_order(build_steps(changed))}
     differ = {n for n in before if before[n] != after[n]}
     assert differ == {n for n in before if n.startswith("eval-")} | {"fit", "report"}
+
+
+def test_tokenizer_kind_is_an_added_setting_that_changes_only_the_tokenizer_and_after(tmp_path):
+    """Studies made before tokenizer.kind keep their hashes; a char or word tokenizer is a study of its own, which
+    a vocabulary below BPE's 258 suits."""
+    from pipelines.step import config_dict
+
+    base, _ = load_config("text-tiny")
+    steps = {s.name: s for s in topological_order(build_steps(base))}
+    assert config_dict(steps["tokenizer"].config) == {"vocab_size": 300, "train_bytes": 500_000}
+    assert "kind" not in base.stable_dump()["tokenizer"] and base.tokenizer.kind == "bpe"
+    for kind in ("char", "word"):
+        cfg, _ = load_config("text-tiny", [f"tokenizer.kind={kind}", "tokenizer.vocab_size=100"])
+        changed = {s.name: s for s in topological_order(build_steps(cfg))}
+        assert changed["tokenizer"].config.kind == kind
+        assert changed["tokenizer"].describe == f"{'character' if kind == 'char' else 'word'}-level, vocab 100"
+        assert changed["corpus"].hash == steps["corpus"].hash
+        assert all(changed[n].hash != steps[n].hash for n in steps if n != "corpus")
 
 
 def test_an_isoflop_grid_trains_every_size_at_every_budget():

@@ -1,6 +1,7 @@
 """WSD cooldown branches end to end on real Ray, DeepSpeed and MLflow: each size trains one trunk at the peak lr,
 in segments, and each budget's cooldown starts from the trunk's state at its branch point; a longer budget added
-later extends the trunk and keeps every earlier step."""
+later extends the trunk and keeps every earlier step. Beside them, a cosine grid of the same sizes and budgets (one
+run per point) is fitted apart, and the report sets the two side by side."""
 
 from __future__ import annotations
 
@@ -16,15 +17,19 @@ from tests.support.studies import step_dir
 
 pytestmark = pytest.mark.slow
 
+SIZES = [{"n_layer": 1, "n_embd": 8, "n_head": 2}, {"n_layer": 1, "n_embd": 16, "n_head": 2}]
 COOLDOWNS = {
     "name": "cooldowns-e2e",
     "corpus": {"source": "python-stdlib", "max_bytes": 400_000, "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 280, "train_bytes": 200_000},
     "shards": {"shard_tokens": 100_000},
-    "models": {"seq_len": 32, "grids": [{"family": "transformer", "sizes": [
-        {"n_layer": 1, "n_embd": 8, "n_head": 2}, {"n_layer": 1, "n_embd": 16, "n_head": 2}]}]},
-    "training": {"schedule": "wsd", "decay_fraction": 0.25, "tokens_per_param": 4, "tokens_per_param_of": "total",
-                 "cooldowns": [1, 2, 4], "batch_size": 8, "eval_points": 1, "eval_windows": 4, "checkpoints": 1},
+    "models": {"seq_len": 32, "grids": [
+        {"family": "transformer", "sizes": SIZES},
+        {"family": "transformer", "label": "cosine", "schedule": "cosine", "sizes": SIZES}]},
+    # sizes × budgets: the WSD grid plans them as cooldowns off one trunk per size, the cosine grid as a run each
+    "training": {"schedule": "wsd", "decay_fraction": 0.25, "tokens_per_param": [1, 2, 4],
+                 "tokens_per_param_of": "total", "batch_size": 8, "eval_points": 1, "eval_windows": 4,
+                 "checkpoints": 1},
     "evaluation": {"max_tokens": 2000, "samples": 0},
     "fit": {"bootstrap": 20},
 }
@@ -103,8 +108,31 @@ def test_each_branch_is_an_mlflow_run_nested_under_the_trunk_it_continues(study)
 def test_a_longer_budget_later_extends_the_trunk_and_reruns_nothing_else(study, tmp_path):
     out, _ = study
     longer = copy.deepcopy(COOLDOWNS)
-    longer["training"].update(tokens_per_param=8, cooldowns=[1, 2, 4, 8])
+    longer["training"].update(tokens_per_param=[1, 2, 4, 8])
     outcomes = run_study(StudyConfig.model_validate(longer), tmp_path / "longer.yaml", out)
     ran = sorted(n for n, o in outcomes.items() if o.state == "succeeded" and n.startswith("train-"))
-    assert len(ran) == 4 and sum(n.endswith("-cd8") for n in ran) == 2 and sum("-trunk-" in n for n in ran) == 2, ran
+    assert sum(n.endswith("-cd8") for n in ran) == 2 and sum("-trunk-" in n for n in ran) == 2, ran
+    assert sum(n.endswith("-tpp8") for n in ran) == 2 and len(ran) == 6, ran  # and the cosine grid's new point
     assert all(o.state == "skipped" for n, o in outcomes.items() if n.startswith("train-") and n not in ran)
+
+
+def test_the_cosine_grid_beside_them_is_fitted_apart_and_set_side_by_side(study):
+    out, outcomes = study
+    cosine = sorted(n for n in outcomes if n.startswith("train-cosine-"))
+    assert [n.rsplit("-", 1)[1] for n in cosine] == ["tpp1", "tpp2", "tpp4"] * 2
+    for name in cosine:  # a straight cosine run at the very (N, D) point of a WSD branch
+        run = json.loads((step_dir(out, name) / "run.json").read_text())
+        twin = json.loads((step_dir(out, name.replace("train-cosine-", "train-transformer-").replace("-tpp", "-cd"))
+                           / "run.json").read_text())
+        assert run["train"]["schedule"] == "cosine" and not run.get("start_from")
+        assert (run["train"]["tokens"], run["model"]) == (twin["train"]["tokens"], twin["model"])
+    fits = json.loads((step_dir(out, "fit") / "fit.json").read_text())["families"]
+    assert set(fits) == {"transformer", "cosine"} and "curves" not in fits["cosine"]
+    for series, fit in fits.items():  # Approach 3 on each: 6 (N, D) points, its fit or why not
+        assert "chinchilla" in fit and "isoflop" not in fit
+        assert sorted(fit["chinchilla"].get("runs", [])) in ([], sorted(
+            n.removeprefix("train-") for n in outcomes if n.startswith("train-") and "trunk" not in n
+            and n.startswith("train-cosine-") == (series == "cosine")))
+    report = (step_dir(out, "report") / "report.md").read_text()
+    both = all("E" in fit["chinchilla"] for fit in fits.values())
+    assert ("## Side by side: compute, L(N, D) and allocation" in report) == both

@@ -58,3 +58,11 @@ def test_one_series_or_a_failed_fit_gives_no_section(cosine):
     assert _side_by_side_section(["cosine"], {"cosine": cosine}, {}, "6ND") == []
     failed = {"chinchilla": {"form": "chinchilla", "error": "too few runs"}}
     assert _side_by_side_section(["cosine", "wsd"], {"cosine": cosine, "wsd": failed}, {}, "6ND") == []
+
+
+def test_a_law_not_identified_gives_no_point_prediction_to_compare(cosine):
+    unidentified = {"chinchilla": {**cosine["chinchilla"], "identified": False, "unidentified": ["E reaches 0"]}}
+    text = "\n".join(_side_by_side_section(["cosine", "wsd"], {"cosine": unidentified, "wsd": fitted(LAW, seed=2)},
+                                           {}, "6ND"))
+    assert "cosine's prediction" not in text and "| cosine |" in text and "not identified |" in text
+    assert "wsd's prediction" in text and "cosine (E reaches 0)" in text  # the identified one is still compared

@@ -106,6 +106,7 @@ def test_the_confirmation_run_is_planned_at_r_times_the_largest_compute(tmp_path
     ("training:\n  schedule: wsd\n  tokens_per_param: [5, 10]\n  cooldowns: [5]\n",
      r"training\.cooldowns: give the budgets once"),
     ("training:\n  tokens: 1000\n  tokens_per_param: [5, 10]\n", r"training\.tokens_per_param: a list of ratios"),
+    ("training:\n  tokens: [1000, 2.5]\n", r"training\.tokens: one positive whole number of tokens, or a non-empty"),
     ("training:\n  tokens_per_param: [5, 0]\n",
      r"training\.tokens_per_param: one positive number of tokens per parameter, or a non-empty list"),
 ])
@@ -296,6 +297,23 @@ def test_sizes_times_token_budgets_are_one_run_each_by_cosine_and_cooldown_branc
     assert cfg.training_for(cfg.models.grids[1]).branch_budgets == [5, 10, 20]
 
 
+def test_token_budgets_in_tokens_are_the_same_for_every_size(tmp_path):
+    """training.tokens as a list: every size sees each many tokens (small sizes far past their optimum, large ones
+    short of it, as Approach 3 wants), by cosine runs named -d<tokens> and WSD branches named -cd<tokens>."""
+    cfg = load(tmp_path, BUDGETS.replace("tokens_per_param: [5, 10, 20]", "tokens: [20000, 40000, 60000.0]"))
+    steps = {s.name: s for s in topological_order(build_steps(cfg))}
+    trained = {n.removeprefix("train-"): s.config for n, s in steps.items() if n.startswith("train-")
+               and "-trunk-" not in n}
+    assert sorted(n.split("-", 2)[2] for n in trained) == sorted(
+        [f"{kind}{t}" for kind in ("d", "cd") for t in ("20k", "40k", "60k")] * 2)
+    for name, tc in trained.items():
+        tokens = {"20k": 20_000, "40k": 40_000, "60k": 60_000}[name.rsplit("d", 1)[1]]
+        assert abs(tc.run(tmp_path).tokens_seen - tokens) <= 8 * 32  # whole steps
+        assert tc.train.schedule == ("wsd" if name.startswith("wsd-") else "cosine")
+        assert bool(tc.trunk) == name.startswith("wsd-")
+    assert steps["fit"].config.chinchilla
+
+
 def test_a_study_without_labels_or_budget_lists_records_none_of_them(tmp_path):
     """Labels, grid schedules and budget lists are added settings: a study that sets none of them records none in
     its steps' configs, so the steps it planned before keep their hashes."""
@@ -316,3 +334,13 @@ def test_bad_grid_overrides_give_one_line_naming_the_grid(tmp_path, grid, messag
     with pytest.raises(UserError, match=message) as e:
         load(tmp_path, f"name: s\nmodels:\n  grids:\n    - {grid}\n")
     assert "\n" not in str(e.value)
+
+
+def test_a_made_ensemble_is_scored_by_the_made_evaluations_only(tmp_path):
+    cfg = load_config("images-families", ["evaluation.ensemble=4"])[0]
+    evals = {s.name: s.config for s in topological_order(build_steps(cfg)) if s.name.startswith("eval-")}
+    assert evals and {n.split("-")[2] for n in evals} >= {"made", "pixelcnn"}
+    for name, config in evals.items():
+        assert config.common.ensemble == (4 if "-made-" in name else 1), name
+    with pytest.raises(UserError, match=r"evaluation\.ensemble: only made models average their masks"):
+        load(tmp_path, GRID + "evaluation:\n  ensemble: 2\n")

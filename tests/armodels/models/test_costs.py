@@ -13,11 +13,15 @@ from armodels.train import model_costs
 
 CONFIGS = {
     "transformer": [{}, {"n_layer": 3, "n_embd": 48, "n_head": 4, "vocab_size": 300, "seq_len": 17},
-                    {"n_layer": 1, "n_embd": 8, "n_head": 2, "any_order": True}],
+                    {"n_layer": 1, "n_embd": 8, "n_head": 2, "any_order": True},
+                    {"attention": "strided", "stride": 4, "seq_len": 20}, {"attention": "fixed", "stride": 3}],
     "linear_attention": [{}, {"n_layer": 3, "n_embd": 48, "n_head": 4, "vocab_size": 300, "seq_len": 17},
                          {"n_layer": 1, "n_embd": 8, "n_head": 2, "any_order": True}],
+    "ssm": [{}, {"n_layer": 3, "n_embd": 24, "d_state": 5, "vocab_size": 50, "seq_len": 17},
+            {"n_layer": 1, "n_embd": 4, "d_state": 1, "vocab_size": 3, "seq_len": 4}],
     "rnn": [{}, {"cell": "gru", "n_layer": 3, "n_embd": 7, "hidden": 13, "vocab_size": 50},
-            {"n_layer": 1, "n_embd": 5, "hidden": 9, "vocab_size": 3, "seq_len": 4}],
+            {"n_layer": 1, "n_embd": 5, "hidden": 9, "vocab_size": 3, "seq_len": 4},
+            {"cell": "tanh", "n_layer": 2, "n_embd": 6, "hidden": 11, "vocab_size": 9}],
     "wavenet": [{}, {"channels": 12, "skip_channels": 7, "kernel_size": 3, "dilations": [1, 3, 9], "vocab_size": 40},
                 {"kernel_size": 1, "dilations": [2], "channels": 3, "skip_channels": 5}],
     "made": [{}, {"height": 3, "width": 5, "vocab_size": 4, "hidden": [17, 9, 33], "seed": 3},
@@ -26,12 +30,17 @@ CONFIGS = {
              {"height": 1, "width": 1, "hidden": [4]}, {"height": 1, "width": 2, "vocab_size": 3, "hidden": [5, 6]}],
     "pixelcnn": [{}, {"channels": 5, "n_layers": 0, "first_kernel": 3, "kernel": 5, "vocab_size": 7},
                  {"channels": 6, "n_layers": 3, "first_kernel": 7, "kernel": 1, "height": 5, "width": 3},
-                 {"channels": 2, "first_kernel": 1}],
+                 {"channels": 2, "first_kernel": 1},
+                 {"channels_in": 3}, {"channels_in": 3, "channels": 7, "n_layers": 2, "first_kernel": 3, "kernel": 5,
+                                      "vocab_size": 256, "height": 3, "width": 5}],
     "gated_pixelcnn": [{}, {"channels": 5, "n_layers": 1, "kernel": 3, "vocab_size": 256},
                        {"channels": 3, "n_layers": 3, "kernel": 1},
-                       {"channels": 4, "n_layers": 2, "kernel": 7, "height": 3, "width": 9}],
+                       {"channels": 4, "n_layers": 2, "kernel": 7, "height": 3, "width": 9},
+                       {"channels_in": 3},
+                       {"channels_in": 3, "channels": 5, "n_layers": 3, "kernel": 3, "vocab_size": 16}],
     "mixture_of_logistics": [{}, {"channels": 5, "n_layers": 2, "n_mixtures": 3, "vocab_size": 16},
-                             {"channels": 3, "n_layers": 0, "n_mixtures": 1, "first_kernel": 3}],
+                             {"channels": 3, "n_layers": 0, "n_mixtures": 1, "first_kernel": 3},
+                             {"channels_in": 3}, {"channels_in": 3, "channels": 4, "n_layers": 1, "n_mixtures": 2}],
     "histogram": [{}, {"vocab_size": 7, "seq_len": 3, "pseudocount": 0.1}],
     "ngram": [{}, {"vocab_size": 5, "order": 2, "smoothing": "add_k"}, {"vocab_size": 3, "order": 4, "seq_len": 5}],
 }
@@ -73,10 +82,14 @@ def built_flops(family: str, model) -> float:
         return 3.0 * (weights + c.n_layer * 4 * c.n_embd * c.seq_len)
     if family == "linear_attention":  # the recurrent state's update and read-out instead
         return 3.0 * (weights + c.n_layer * (4 * c.n_embd * (c.n_embd // c.n_head) + 4 * c.n_embd))
+    if family == "ssm":  # each channel's state update and read-out, and the skip D
+        return 3.0 * (weights + c.n_layer * (16 * c.n_embd * c.d_state + 2 * c.n_embd))
     if family == "made":  # one pass gives all T conditionals
         return 3.0 * weights / c.seq_len
-    if family == "mixture_of_logistics":  # and the bin masses
-        return 3.0 * (weights + 10 * c.n_mixtures * c.vocab_size)
+    if family == "mixture_of_logistics":  # once per pixel of channels_in tokens, and the bin masses
+        return 3.0 * (weights / c.channels_in + 10 * c.n_mixtures * c.vocab_size)
+    if family in ("pixelcnn", "gated_pixelcnn"):  # once per pixel of channels_in tokens
+        return 3.0 * (weights / c.channels_in)
     if family == "histogram":
         return 3.0 * c.vocab_size
     if family == "ngram":

@@ -13,7 +13,6 @@ from armodels.sampling import generate
 from scaling.flops import transformer_nonembedding_params
 from tests.armodels.models.util import all_sequences, decoder_error, make, tiny
 
-
 # ---- count-based families ----
 
 def test_histogram_is_the_smoothed_frequency_of_each_position():
@@ -154,10 +153,11 @@ def test_linear_attention_continues_prompts_through_its_state_like_the_transform
     assert torch.equal(cached, generate(model, prompt, 20, temperature=0, use_cache=False))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "tanh"])
 def test_rnn_cells_decode_like_their_conditionals(cell):
     model = make("rnn", cell=cell, vocab_size=3, seq_len=5)
     assert model.log_prob(all_sequences(3, 5)).exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert decoder_error(model, all_sequences(3, 5)[::7]) <= 1e-5  # the state carried (h, or (h, c)) is the whole past
     x = model.sample(3, seed=0)
     assert torch.equal(model.sample(3, seed=0), x)
 
@@ -197,3 +197,80 @@ def test_pixelcnn_counts_only_unmasked_weights_and_flops_of_the_dense_kernels():
     # mask A 3×3 keeps 4 taps, mask B 5; then two 1×1 convolutions; biases of 2 each
     assert model.num_params() == (2 * 1 * 4 + 2) + (2 * 2 * 5 + 2) + (2 * 2 + 2) + (2 * 2 + 2)
     assert model.flops_per_token() == 3 * 2 * (2 * 1 * 9 + 2 * 2 * 9 + 2 * 2 + 2 * 2)
+
+
+# ---- MADE ensembles over masks at evaluation ----
+
+def made_mask_log_probs(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """log p_m(x) of each mask of the model's training cycle, stepping through it as training does."""
+    log_probs = []
+    for step in range(model.config.orderings):
+        log_probs.append(model.log_prob(x))
+        model.before_train_step(step)  # to mask step + 1
+    return log_probs
+
+
+def test_made_ensemble_of_one_mask_is_its_log_prob():
+    model = make("made", order_agnostic=True, orderings=4, **tiny("made", vocab_size=2))
+    x = all_sequences(2, 6)
+    torch.testing.assert_close(model.ensemble_log_prob(x, 1), model.log_prob(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("order_agnostic", [True, False])
+def test_made_ensemble_is_the_normalised_mean_probability_of_its_masks(order_agnostic):
+    model = make("made", order_agnostic=order_agnostic, orderings=3, **tiny("made", vocab_size=2))
+    x = all_sequences(2, 6)
+    ordering, log_prob = model.ordering.clone(), model.log_prob(x)
+    p = [lp.exp() for lp in made_mask_log_probs(model, x)]
+    assert not torch.allclose(p[0], p[1])  # the masks differ, so the ensemble is more than one model
+    for k, mean in [(2, (p[0] + p[1]) / 2), (3, (p[0] + p[1] + p[2]) / 3),
+                    (5, (2 * p[0] + 2 * p[1] + p[2]) / 5)]:  # beyond 3 the cycle repeats: masks 0, 1, 2, 0, 1
+        ensemble = model.ensemble_log_prob(x, k).exp()
+        torch.testing.assert_close(ensemble, mean, rtol=1e-5, atol=1e-7)
+        assert ensemble.sum().item() == pytest.approx(1.0, abs=1e-5)
+    # the model's own mask and ordering are back
+    assert torch.equal(model.ordering, ordering) and torch.equal(model.log_prob(x), log_prob)
+    with pytest.raises(ValueError, match="ensemble"):
+        model.ensemble_log_prob(x, 0)
+
+
+def bars(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Binary images [n, height·width] of one random horizontal or vertical bar, with a pixel in 20 flipped: data
+    whose pixels depend strongly on one another."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, height, width, dtype=torch.long)
+    for i in range(n):
+        if torch.rand(1, generator=g) < 0.5:
+            images[i, torch.randint(0, height, (1,), generator=g)] = 1
+        else:
+            images[i, :, torch.randint(0, width, (1,), generator=g)] = 1
+    noise = torch.rand(n, height, width, generator=g) < 0.05
+    return (images ^ noise).flatten(1)
+
+
+def test_made_order_agnostic_ensemble_is_no_worse_than_its_masks_after_training():
+    from armodels.data import TokenWindows
+    from armodels.evaluate import evaluate_loss
+
+    data, held_out = bars(256, 3, 4), bars(64, 3, 4, seed=1)
+    model = make("made", height=3, width=4, hidden=(64, 64), order_agnostic=True, orderings=4).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(120):
+        loss = model.loss(data[torch.randint(0, len(data), (32,), generator=torch.Generator().manual_seed(step))])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        model.before_train_step(step)
+    model.eval()
+    with torch.no_grad():
+        singles = torch.stack([-lp for lp in made_mask_log_probs(model, held_out)])  # [masks, B]
+        ensemble = -model.ensemble_log_prob(held_out, 4)
+    assert singles.mean().item() < 12 * 0.6  # it learned: well below the 1 bit (0.69 nats) a pixel of chance
+    assert (ensemble <= singles.mean(0) + 1e-5).all()  # Jensen, sequence by sequence
+    assert ensemble.mean().item() <= singles.mean().item()
+    # evaluate_loss scores the same ensemble, and the single model by default
+    windows = TokenWindows(held_out.flatten().numpy(), 12)
+    assert evaluate_loss(model, windows, ensemble=4).nats_per_token == pytest.approx(ensemble.mean().item() / 12)
+    assert evaluate_loss(model, windows).nats_per_token == pytest.approx(singles[0].mean().item() / 12)
+    with pytest.raises(ValueError, match="ensemble: the transformer family"):
+        evaluate_loss(make("transformer", vocab_size=2, seq_len=12), windows, ensemble=2)

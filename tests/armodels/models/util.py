@@ -56,6 +56,19 @@ def decoder_error(model, x: torch.Tensor) -> float:
     return worst
 
 
+@torch.no_grad()
+def chunked_forward(model, x: torch.Tensor, prefill: int, singles_until: int) -> torch.Tensor:
+    """The logits of x from a transformer's forward with its KV cache: `prefill` tokens at once, then one at a time
+    up to position `singles_until`, then the rest as one chunk (the explicit-mask path with several new queries)."""
+    logits, _, cache = model(x[:, :prefill])
+    parts = [logits]
+    for t in range(prefill, singles_until):
+        logits, _, cache = model(x[:, t:t + 1], cache=cache)
+        parts.append(logits)
+    parts.append(model(x[:, singles_until:], cache=cache)[0])
+    return torch.cat(parts, dim=1)
+
+
 def all_sequences(vocab_size: int, length: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(range(vocab_size), repeat=length)))
 
