@@ -9,8 +9,8 @@ Every model has `conditionals(x)`, `log_prob(x)`, `sample(n, ...)`, `ordering`, 
 counted in closed form, so sizes and costs are known without building a model. Families are imported on first
 use, so importing armodels (say, for armodels.files) does not import torch.
 
-What a study needs to know of a family, in one place: `is_image_family`, `fields_set_by_study` and
-`any_order_config`.
+What a study needs to know of a family, in one place: `is_image_family`, `fields_set_by_study`,
+`any_order_config` and `takes_class`.
 """
 
 from __future__ import annotations
@@ -64,15 +64,25 @@ def build(family: str, **config):
 
 
 def is_image_family(family: str) -> bool:
-    """Whether `family` models images (height × width) rather than token sequences (seq_len): single-channel by
-    default; the PixelCNN families also take RGB with `channels_in=3`, which fields_set_by_study does not list yet."""
+    """Whether `family` models images (height × width) rather than token sequences (seq_len): single-channel, or
+    also RGB where its config has `channels_in` (the PixelCNN families)."""
     return getattr(family_classes(family)[1], "models_images", False)
 
 
+def takes_class(family: str) -> bool:
+    """Whether `family` can be conditioned on a class label: its config has `n_classes` (0: unconditioned)."""
+    return "n_classes" in {f.name for f in fields(family_classes(family)[1])}
+
+
 def fields_set_by_study(family: str) -> tuple[str, ...]:
-    """The config fields a study sets from its data, not from the sizes: the vocabulary, and the image's height and
-    width or the training window's length."""
-    return ("vocab_size", "height", "width") if is_image_family(family) else ("vocab_size", "seq_len")
+    """The config fields a study sets from its data, not from the sizes: the vocabulary, and the image's height,
+    width and channels (for the families that take colour) or the training window's length; and the classes of the
+    labels (`n_classes`, for the families that take a class: models.condition)."""
+    classes = ("n_classes",) if takes_class(family) else ()
+    if not is_image_family(family):
+        return "vocab_size", "seq_len", *classes
+    colour = "channels_in" in {f.name for f in fields(family_classes(family)[1])}
+    return "vocab_size", "height", "width", *(("channels_in",) if colour else ()), *classes
 
 
 def any_order_config(family: str) -> dict | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from armodels.data import TokenWindows
+from armodels.data import TokenWindows, batch_args
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ def evaluate_loss(model, windows: TokenWindows, *, token_bytes: np.ndarray | Non
     `token_bytes[id]` is the number of bytes token `id` stands for; with it, bits/byte is exact: total bits over
     the bytes of exactly the tokens that were scored. `ensemble` > 1 scores the mean probability of that many of
     the model's masks (MADE's `ensemble_log_prob`; other families have one network, so only MADE takes it).
+    Labelled windows score a class-conditioned model given each window's class: conditional bits/token.
     """
     if ensemble != 1 and not hasattr(model, "ensemble_log_prob"):
         raise ValueError(f"ensemble: the {model.family} family has no masks to average; only made takes ensemble > 1 "
@@ -37,9 +38,11 @@ def evaluate_loss(model, windows: TokenWindows, *, token_bytes: np.ndarray | Non
     model.eval()
     nats, n_tokens, n_bytes = 0.0, 0, 0
     lengths = None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes), dtype=torch.int64)
-    for x in windows.eval_batches(batch_size, max_windows=max_windows):
-        x = x.to(model.ordering.device)  # the model's device (every family keeps its ordering as a buffer)
-        nats -= (model.log_prob(x) if ensemble == 1 else model.ensemble_log_prob(x, ensemble)).sum().item()
+    for batch in windows.eval_batches(batch_size, max_windows=max_windows):
+        # on the model's device (every family keeps its ordering as a buffer); x, or x and its classes
+        x, *classes = (t.to(model.ordering.device) for t in batch_args(batch))
+        nats -= (model.log_prob(x, *classes) if ensemble == 1 else model.ensemble_log_prob(x, ensemble, *classes)
+                 ).sum().item()
         n_tokens += x.numel()
         if lengths is not None:
             n_bytes += int(lengths[x.cpu()].sum())

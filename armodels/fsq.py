@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from armodels.autoencoder import ChannelQuantizedAutoencoder, ConvConfig
+from armodels.bpe import MAX_VOCAB_SIZE
 
 
 @dataclass
@@ -30,6 +31,9 @@ class FSQConfig(ConvConfig):
         if not self.levels or min(self.levels) < 3:
             raise ValueError(f"levels must be integers ≥ 3 (for two levels a channel, binary codes, use lfq), got "
                              f"{self.levels}")
+        if math.prod(self.levels) > MAX_VOCAB_SIZE:  # every code is a token of the models that read the codes
+            raise ValueError(f"levels {self.levels} make {math.prod(self.levels):,} codes, more than a vocabulary may "
+                             f"hold ({MAX_VOCAB_SIZE:,}); use fewer channels or levels")
 
     @property
     def codebook_size(self) -> int:

@@ -1,5 +1,5 @@
-"""Image tokenizers: a trained VQ-VAE, FSQ or LFQ autoencoder that turns images into grids of discrete codes and back,
-with training, metrics, save/load and code shards.
+"""Image tokenizers: a trained VQ-VAE, FSQ or LFQ autoencoder, or a k-means colour palette (armodels.palette), that
+turns images into grids of discrete codes and back, with training, metrics, save/load and code shards.
 
 A tokenizer is a directory holding `model.safetensors` (the weights: plain tensors, loading runs no code) and
 `tokenizer.json` (kind, config, image and grid shapes, the weights' sha256, training metadata and metrics). Its
@@ -32,16 +32,18 @@ from armodels.files import file_sha256, read_json, write_json_atomic
 from armodels.fsq import FSQ, FSQConfig
 from armodels.images import ImageSet
 from armodels.lfq import LFQ, LFQConfig
+from armodels.palette import Palette, PaletteConfig, fit_palette
 from armodels.shards import TOKENIZER_COPY, Manifest, ShardWriter, iter_documents
 from armodels.vqvae import VQVAE, VQVAEConfig
 
 FORMAT = "arscale-image-tokenizer/1"
 WEIGHTS, DESCRIPTION = "model.safetensors", "tokenizer.json"
-KINDS = {"vqvae": (VQVAEConfig, VQVAE), "fsq": (FSQConfig, FSQ), "lfq": (LFQConfig, LFQ)}
+KINDS = {"vqvae": (VQVAEConfig, VQVAE), "fsq": (FSQConfig, FSQ), "lfq": (LFQConfig, LFQ),
+         "palette": (PaletteConfig, Palette)}
 BATCH = 256  # images per forward pass when encoding, decoding and evaluating
 
 
-def make_config(kind: str, settings: dict | None = None) -> VQVAEConfig | FSQConfig | LFQConfig:
+def make_config(kind: str, settings: dict | None = None) -> VQVAEConfig | FSQConfig | LFQConfig | PaletteConfig:
     """The config dataclass of `kind` with `settings` applied; ValueError names an unknown kind or setting."""
     if kind not in KINDS:
         raise ValueError(f"unknown image tokenizer kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -122,7 +124,7 @@ class ImageTokenizer:
         """Load a saved tokenizer (safetensors and JSON only); FileNotFoundError or ValueError name the bad file."""
         directory = Path(directory)
         d = read_json(directory / DESCRIPTION, "image tokenizer description; train one with "
-                                               "`arscale tokenizer train vqvae|fsq|lfq`")
+                                               "`arscale tokenizer train vqvae|fsq|lfq|palette`")
         if d.get("kind") not in KINDS:
             raise ValueError(f"{directory / DESCRIPTION} does not describe an image tokenizer (no kind "
                              f"{' or '.join(KINDS)})")
@@ -173,8 +175,8 @@ def train_image_tokenizer(kind: str, train: ImageSet, *, config: dict | None = N
                           batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log=print,
                           test: ImageSet | None = None) -> ImageTokenizer:
     """Train a `kind` tokenizer on random batches of `train` with Adam (learning rate: 2% linear warm-up, then
-    cosine decay to a tenth), seeded; logs about ten progress lines. Its metrics on `test` (else on `train`) are in
-    `meta["metrics"]`."""
+    cosine decay to a tenth), seeded; logs about ten progress lines. A palette is fitted by k-means instead (steps,
+    batch_size and lr do not apply). Its metrics on `test` (else on `train`) are in `meta["metrics"]`."""
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"steps and batch size must be positive and lr above 0 (got {steps}, {batch_size}, {lr})")
     channels = train.images.shape[-1]
@@ -182,6 +184,24 @@ def train_image_tokenizer(kind: str, train: ImageSet, *, config: dict | None = N
     if settings.setdefault("in_channels", channels) != channels:
         raise ValueError(f"in_channels is {settings['in_channels']}, but the images have {channels} channels")
     cfg = make_config(kind, settings)
+    start = time.time()
+    if kind == "palette":
+        model, meta = fit_palette(train.images, cfg, seed=seed, log=log)
+    else:
+        model, meta = _train_autoencoder(kind, cfg, train, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                         log=log)
+    meta = {"data": train.source, "images": len(train.images), **meta, "seed": seed,
+            "train_seconds": round(time.time() - start, 1)}
+    tokenizer = ImageTokenizer(kind, model, train.shape, meta)
+    evaluated = test if test is not None else train
+    tokenizer.meta["metrics"] = tokenizer.evaluate(evaluated.images)
+    tokenizer.meta["evaluated_on"] = evaluated.source
+    return tokenizer
+
+
+def _train_autoencoder(kind: str, cfg, train: ImageSet, *, steps: int, batch_size: int, lr: float, seed: int,
+                       log) -> tuple[QuantizedAutoencoder, dict]:
+    """The gradient training of train_image_tokenizer: the model and what the training did."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = KINDS[kind][1](cfg).train()
@@ -206,16 +226,10 @@ def train_image_tokenizer(kind: str, train: ImageSet, *, config: dict | None = N
             log(f"{kind} step {step}/{steps}  loss {loss.item():.4f}  mse {mse.item():.4f}  "
                 f"usage {used.float().mean().item():.1%}  {time.time() - start:.0f}s")
             used.zero_()
-    seconds = time.time() - start
-    meta = {"data": train.source, "images": len(train.images), "steps": steps, "batch_size": batch_size, "lr": lr,
-            "seed": seed, "train_seconds": round(seconds, 1)}
+    meta = {"steps": steps, "batch_size": batch_size, "lr": lr}
     if kind == "vqvae":
         meta["restarts"] = int(model.restarts)
-    tokenizer = ImageTokenizer(kind, model, train.shape, meta)
-    evaluated = test if test is not None else train
-    tokenizer.meta["metrics"] = tokenizer.evaluate(evaluated.images)
-    tokenizer.meta["evaluated_on"] = evaluated.source
-    return tokenizer
+    return model, meta
 
 
 def write_code_shards(tokenizer: ImageTokenizer, images: ImageSet, directory: Path, *, split: str,

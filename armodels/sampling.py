@@ -76,8 +76,8 @@ class RecomputeDecoder:
     """Decodes any model by rerunning `conditionals` on the partly filled sequence at every step. Positions not
     decoded yet hold 0; causality guarantees they cannot change the logits read."""
 
-    def __init__(self, model, batch_size: int):
-        self.model = model
+    def __init__(self, model, batch_size: int, classes: torch.Tensor | None = None):
+        self.model, self.classes = model, classes
         self.order = model.ordering.tolist()
         self.x = torch.zeros(batch_size, model.seq_len, dtype=torch.long, device=model.ordering.device)
         self.steps = 0
@@ -85,25 +85,27 @@ class RecomputeDecoder:
     def step(self, token: torch.Tensor | None) -> torch.Tensor:
         if token is not None:
             self.x[:, self.order[self.steps - 1]] = token
-        logits = self.model.conditionals(self.x)[:, self.order[self.steps]]
+        logits = self.model.logits(self.x, self.classes)[:, self.order[self.steps]]
         self.steps += 1
         return logits
 
     def reorder(self, index: torch.Tensor) -> None:
         self.x = self.x[index]
+        self.classes = None if self.classes is None else self.classes[index]
 
 
 @torch.no_grad()
 def sample(model, n: int, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            seed: int | None = None, prompt: torch.Tensor | None = None, use_cache: bool = True,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, classes: torch.Tensor | None = None) -> torch.Tensor:
     """`n` sequences [n, T] decoded in `model.ordering`; temperature 0 is greedy. `prompt` [n, P] fixes the tokens
-    of the first P positions of the ordering. Without `use_cache`, every family reruns `conditionals` each step.
-    The draws come from `generator` when given, else from one seeded with `seed`."""
+    of the first P positions of the ordering. `classes` [n]: each sequence's class, for a class-conditioned model.
+    Without `use_cache`, every family reruns `conditionals` each step. The draws come from `generator` when given,
+    else from one seeded with `seed`."""
     device = model.ordering.device
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    decoder = model.decoder(n) if use_cache else RecomputeDecoder(model, n)
+    decoder = class_decoder(model, n, classes, use_cache)
     x = torch.zeros(n, model.seq_len, dtype=torch.long, device=device)
     token = None
     for s, position in enumerate(model.ordering.tolist()):
@@ -116,12 +118,25 @@ def sample(model, n: int, *, temperature: float = 1.0, top_k: int | None = None,
     return x
 
 
+def class_decoder(model, batch_size: int, classes: torch.Tensor | None, use_cache: bool = True) -> Decoder:
+    """The model's decoder (or, without `use_cache`, a RecomputeDecoder) of `batch_size` sequences of `classes`
+    (None: an unconditioned model), after checking the classes fit the model."""
+    if classes is not None:
+        classes = torch.as_tensor(classes, dtype=torch.long, device=model.ordering.device)
+    model.check_classes(classes, batch_size)
+    if not use_cache:
+        return RecomputeDecoder(model, batch_size, classes)
+    return model.decoder(batch_size) if classes is None else model.decoder(batch_size, classes)
+
+
 @torch.no_grad()
-def beam_search(model, beam_width: int, *, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search(model, beam_width: int, *, use_cache: bool = True,
+                cls: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The `beam_width` most likely sequences found by beam search, best first: (sequences [K, T], their
-    log-probabilities [K]). Exact when `beam_width` is at least V^(T-1)."""
+    log-probabilities [K]); `cls`: their class, for a class-conditioned model. Exact when `beam_width` is at least
+    V^(T-1)."""
     device = model.ordering.device
-    decoder = model.decoder(1) if use_cache else RecomputeDecoder(model, 1)
+    decoder = class_decoder(model, 1, None if cls is None else [cls], use_cache)
     sequences = torch.zeros(1, model.seq_len, dtype=torch.long, device=device)
     scores = torch.zeros(1, device=device)
     token = None

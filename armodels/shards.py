@@ -7,6 +7,7 @@ A shard set is a directory::
     shard-00000.parquet    layout "documents": doc_id (int64), tokens (list<uint16 or uint32>), n_bytes (int64)
     ...                    layout "packed": tokens (list, seq_len long; the last row of a shard may be shorter),
                            doc_ids (list<int64>: the documents whose tokens the row holds)
+    labels.npy             optional (labelled images): int64 [documents], each document's class, in document order
 
 In the documents layout a document larger than a read block is stored as consecutive rows with the same doc_id, and
 readers join them. In the packed layout every document is followed by the end-of-document token, so the rows laid end
@@ -35,6 +36,7 @@ FORMATS = ("arscale-token-shards/1", FORMAT)  # what the readers understand
 MANIFEST = "manifest.json"
 TOKENIZER_COPY = "tokenizer"  # a shard set keeps a copy of its tokenizer here, so it can be decoded on its own
 DOCUMENTS, PACKED = "documents", "packed"
+LABELS = "labels.npy"
 
 
 @dataclass
@@ -329,3 +331,20 @@ def load_token_stream(directory: Path, *, verify: bool = True) -> np.ndarray:
     if not parts:
         raise ValueError(f"{directory} holds no tokens")
     return np.concatenate(parts)
+
+
+def save_document_labels(directory: Path, labels: np.ndarray) -> None:
+    """Each document's class label (int64 [documents], in document order) beside the shards, for class-conditioned
+    models; written whole under a temporary name, as the shards are."""
+    tmp = Path(directory) / f".{LABELS}.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(labels, dtype=np.int64), allow_pickle=False)
+    os.replace(tmp, Path(directory) / LABELS)
+
+
+def load_document_labels(directory: Path) -> np.ndarray:
+    """The class label of each document of a shard set (save_document_labels); ValueError when it has none."""
+    path = Path(directory) / LABELS
+    if not path.is_file():
+        raise ValueError(f"{directory} has no class labels ({LABELS}): its documents are not labelled images")
+    return np.load(path, allow_pickle=False)

@@ -44,7 +44,7 @@ from armodels.checkpoint import (
     save_zero_checkpoint,
 )
 from armodels.config_fields import added_field
-from armodels.data import TokenWindows
+from armodels.data import Batch, TokenWindows, batch_args
 from armodels.device import (
     DeviceError,
     configure_torch,
@@ -55,7 +55,7 @@ from armodels.device import (
     torch_device,
 )
 from armodels.files import read_json, write_json_atomic
-from armodels.shards import load_token_stream
+from armodels.shards import load_document_labels, load_token_stream
 from scaling.flops import CONVENTIONS, training_flops
 
 
@@ -289,8 +289,8 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(x)
+    def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.loss(x, classes)
 
 
 def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | None = None,
@@ -321,8 +321,11 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
         return finished or {"name": run.name, "status": "ok", "reason": "finished earlier"}
     torch.manual_seed(run.train.seed)
     model = run.build()
-    windows = TokenWindows(load_token_stream(run.train_shards), model.seq_len, seed=run.train.seed)
-    val = TokenWindows(load_token_stream(run.val_shards), model.seq_len)
+    # a class-conditioned model trains on labelled windows (one image, one label), any other on tokens alone
+    windows = TokenWindows(load_token_stream(run.train_shards), model.seq_len, seed=run.train.seed,
+                           labels=load_document_labels(run.train_shards) if model.n_classes else None)
+    val = TokenWindows(load_token_stream(run.val_shards), model.seq_len,
+                       labels=load_document_labels(run.val_shards) if model.n_classes else None)
     loop = _optimise if model.trainable else _count
     start, started_at, cpu_start = time.perf_counter(), time.time(), time.process_time()
     on_eval = on_eval or (lambda m: None)
@@ -477,8 +480,8 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     def evaluate() -> float:
         engine.eval()
         with torch.no_grad():
-            loss = mean_loss(lambda x: engine(to_device(x, device)), val, micro, cfg.eval_windows, rank, world,
-                             device)
+            loss = mean_loss(lambda *batch: engine(*to_device(batch, device)), val, micro, cfg.eval_windows, rank,
+                             world, device)
         engine.train()
         return loss
 
@@ -487,7 +490,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
                         for i in range(cfg.checkpoints if can_checkpoint else 0)}
     tokens_per_step = cfg.batch_size * model.seq_len
 
-    def step_batches(step: int) -> list[torch.Tensor]:
+    def step_batches(step: int) -> list[Batch]:
         """This rank's micro-batches of optimizer step `step`, on their way to the device."""
         return [to_device(windows.train_batch(step, cfg.batch_size, offset=(m * world + rank) * micro, size=micro),
                           device) for m in range(accum)]
@@ -501,8 +504,8 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         # adding losses there keeps the GPU from waiting on the host at every micro-step
         step_loss = torch.zeros(2, dtype=torch.float64, device=device)
         step_lr = optimizer.param_groups[0]["lr"]  # this step's (its last micro-step moves the schedule on)
-        for x in batches:
-            loss = engine(x)
+        for batch in batches:
+            loss = engine(*batch_args(batch))
             engine.backward(loss)
             engine.step()
             step_loss[0] += loss.detach().double() / accum
@@ -722,19 +725,25 @@ def _count(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank:
     return _Outcome(curve, total, math.log(model.vocab_size), train_loss)
 
 
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU batch on `device`; to a GPU through pinned memory, so the copy runs while the GPU computes."""
-    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """A CPU batch (tokens, or tokens and labels) on `device`; to a GPU through pinned memory, so the copy runs
+    while the GPU computes."""
+    if isinstance(batch, tuple):
+        return tuple(to_device(t, device) for t in batch)
+    return batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch
 
 
-def mean_loss(loss_fn: Callable[[torch.Tensor], torch.Tensor], windows: TokenWindows, batch_size: int,
+def mean_loss(loss_fn: Callable[..., torch.Tensor], windows: TokenWindows, batch_size: int,
               max_windows: int, rank: int, world: int, device: torch.device | str = "cpu") -> float:
-    """Mean nats/token of `loss_fn` over the first `max_windows` windows, split across ranks and all-reduced."""
+    """Mean nats/token of `loss_fn(tokens)` (`loss_fn(tokens, labels)` on labelled windows) over the first
+    `max_windows` windows, split across ranks and all-reduced."""
     import torch.distributed as dist
 
     total = torch.zeros(2, dtype=torch.float64, device=device)  # summed nats, tokens
-    for x in windows.eval_batches(batch_size, max_windows=max_windows, rank=rank, world_size=world):
-        total += torch.tensor([loss_fn(x).item() * x.numel(), x.numel()], dtype=torch.float64, device=device)
+    for batch in windows.eval_batches(batch_size, max_windows=max_windows, rank=rank, world_size=world):
+        args = batch_args(batch)
+        total += torch.tensor([loss_fn(*args).item() * args[0].numel(), args[0].numel()], dtype=torch.float64,
+                              device=device)
     dist.all_reduce(total)
     return (total[0] / total[1]).item()
 

@@ -112,13 +112,14 @@ def _text_of(tokenizer: TextTokenizer, prompt: str, ids: list[int]) -> tuple[str
 
 
 def image_tokens(model, *, n: int, temperature: float, top_k: int | None, top_p: float | None, seed: int,
-                 beam: int | None) -> tuple[np.ndarray, list[float] | None]:
-    """`n` token sequences [n, T] of whole images: drawn (seeded), or with `beam` the n most likely of a beam search
-    of that width, with their log-probabilities."""
+                 beam: int | None, cls: int | None = None) -> tuple[np.ndarray, list[float] | None]:
+    """`n` token sequences [n, T] of whole images (of class `cls`, for a class-conditioned model): drawn (seeded),
+    or with `beam` the n most likely of a beam search of that width, with their log-probabilities."""
     if beam:
-        sequences, scores = beam_search(model, beam)
+        sequences, scores = beam_search(model, beam, cls=cls)
         return sequences[:n].cpu().numpy(), [float(s) for s in scores[:n]]
-    tokens = model.sample(n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    tokens = model.sample(n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                          classes=None if cls is None else torch.full((n,), cls))
     return tokens.cpu().numpy(), None
 
 

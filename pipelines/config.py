@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 import armodels
 from armodels.bpe import MAX_VOCAB_SIZE
@@ -88,15 +97,23 @@ class ImagesConfig(_Strict):
 
 
 class ImageTokenizerConfig(_Strict):
-    """A discrete autoencoder (VQ-VAE, FSQ or LFQ) whose codes are one of an image study's token streams."""
+    """A discrete autoencoder (VQ-VAE, FSQ or LFQ) or a colour palette whose codes are one of an image study's token
+    streams. A palette is fitted by k-means (its model's `iterations`), so steps, batch_size and lr do not apply."""
 
     steps: int = Field(1000, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(2e-3, gt=0)
-    model: dict[str, Any] = {}  # fields of armodels.vqvae.VQVAEConfig, armodels.fsq.FSQConfig or armodels.lfq.LFQConfig
+    # fields of armodels.vqvae.VQVAEConfig, armodels.fsq.FSQConfig, armodels.lfq.LFQConfig or
+    # armodels.palette.PaletteConfig
+    model: dict[str, Any] = {}
 
 
-TEXT_STREAM, IMAGE_STREAMS = "text", ("pixels", "vqvae", "fsq", "lfq")
+TEXT_STREAM, IMAGE_STREAMS = "text", ("pixels", "vqvae", "fsq", "lfq", "palette")
+# A text study's further streams, beside "text" (the study's `tokenizer`): one per kind in `text_tokenizers`, so
+# one study can compare byte-level BPE, characters and words in bits/byte.
+TOKENIZER_KIND_NAMES = {"bpe": "byte-level BPE", "char": "character-level", "word": "word-level"}
+TEXT_TOKENIZER_KINDS = tuple(TOKENIZER_KIND_NAMES)
+TEXT_STREAMS = (TEXT_STREAM, *TEXT_TOKENIZER_KINDS)
 
 
 class TokenizerConfig(_Strict):
@@ -213,9 +230,10 @@ class GridConfig(_Strict):
     `lr_sweep`, `seeds`, `batch_size`, `beta2`, `warmup_tokens` (override training's)."""
 
     family: str = "transformer"
-    # The token stream the grid models: "text" (BPE tokens) in text studies; in image studies "pixels" (8-bit
-    # values in raster order), "vqvae", "fsq" or "lfq" (the code grid of that image tokenizer, in raster order).
-    stream: Literal["text", "pixels", "vqvae", "fsq", "lfq"] = TEXT_STREAM
+    # The token stream the grid models: in text studies "text" (the study's tokenizer) or "bpe", "char" or "word"
+    # (that entry of text_tokenizers); in image studies "pixels" (8-bit values in raster order), "vqvae", "fsq" or
+    # "lfq" (the code grid of that image tokenizer, in raster order), or "palette" (each pixel's palette colour).
+    stream: Literal["text", "bpe", "char", "word", "pixels", "vqvae", "fsq", "lfq", "palette"] = TEXT_STREAM
     sizes: list[dict[str, Any]] = Field(min_length=1)
     # What the fits and the report call this grid's runs (and their names begin with), instead of the family: two
     # grids of one family that differ in how they train (e.g. `cosine` and `wsd`) are fitted and compared apart.
@@ -227,6 +245,9 @@ class GridConfig(_Strict):
     schedule: Literal["cosine", "wsd", "constant"] | None = added_setting(None)
     decay_fraction: float | None = added_setting(None, gt=0, lt=1)
     decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = added_setting(None)
+    # Overrides models.condition for this grid: a conditioned grid beside an unconditioned one shows what the class
+    # buys (give them distinct labels).
+    condition: Literal["none", "class"] | None = added_setting(None)
 
     @property
     def series(self) -> str:
@@ -251,7 +272,7 @@ class GridConfig(_Strict):
                              f"; one of {', '.join(armodels.families())}")
         if armodels.is_image_family(self.family) and self.stream not in IMAGE_STREAMS:
             raise ValueError(f"{self.family} models images (height × width), not token streams; use it in an "
-                             "image study's pixels, vqvae, fsq or lfq stream")
+                             "image study's pixels, vqvae, fsq, lfq or palette stream")
         problems = [p for i, size in enumerate(self.sizes) for p in self._size_problems(f"sizes.{i}", size)]
         if problems:
             raise ValueError("\n".join(problems))  # validation_problems gives each line its own path
@@ -301,6 +322,18 @@ class GridConfig(_Strict):
 class ModelsConfig(_Strict):
     seq_len: int = Field(128, gt=0)  # tokens per training window, for every family (image studies: one image)
     grids: list[GridConfig] = Field(min_length=1)
+    # class: every model is conditioned on the class of its image (labelled image data; the study sets each model's
+    # n_classes from the labels), with a learned class embedding or bias (families whose config has n_classes)
+    condition: Literal["none", "class"] = added_setting("none")
+
+    def condition_of(self, grid: GridConfig) -> str:
+        """The grid's conditioning: its own `condition`, else the models section's."""
+        return grid.condition or self.condition
+
+    @property
+    def class_conditioned(self) -> bool:
+        """Whether any grid is class-conditioned: the study then keeps the images' labels."""
+        return any(self.condition_of(grid) == "class" for grid in self.grids)
 
 
 # Fields of `training` that plan the runs (token budgets, workers, devices); every other one is a TrainConfig field.
@@ -480,7 +513,10 @@ class StudyConfig(_Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     # An image study sets `images` (and `image_tokenizers` for the code streams) instead of corpus and tokenizer.
     images: ImagesConfig | None = None
-    image_tokenizers: dict[Literal["vqvae", "fsq", "lfq"], ImageTokenizerConfig] = {}
+    # A text study's further tokenizers, by kind, each a stream of its own (a grid's `stream: char`); the value
+    # takes tokenizer's keys, its kind being the key.
+    text_tokenizers: dict[Literal["bpe", "char", "word"], TokenizerConfig] = added_setting({})
+    image_tokenizers: dict[Literal["vqvae", "fsq", "lfq", "palette"], ImageTokenizerConfig] = {}
     shards: ShardConfig = ShardConfig()
     models: ModelsConfig
     training: TrainingConfig = TrainingConfig()
@@ -490,6 +526,26 @@ class StudyConfig(_Strict):
     @property
     def is_image_study(self) -> bool:
         return self.images is not None
+
+    @field_validator("text_tokenizers", mode="before")
+    @classmethod
+    def _kind_is_the_key(cls, value: Any) -> Any:
+        """text_tokenizers.char is a char tokenizer: the key gives the kind, which the value need not repeat."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for kind, tok in value.items():
+            if isinstance(tok, dict) and kind in TEXT_TOKENIZER_KINDS:  # an unknown key is the key's problem
+                if tok.get("kind", kind) != kind:
+                    raise ValueError(f"{kind}.kind: is {tok['kind']!r} under the key {kind!r}; leave it out (the key "
+                                     "says the kind)")
+                tok = {**tok, "kind": kind}
+            out[kind] = tok
+        return out
+
+    def text_tokenizer_for(self, stream: str) -> TokenizerConfig:
+        """The tokenizer of a text stream: the study's for "text", else that entry of text_tokenizers."""
+        return self.tokenizer if stream == TEXT_STREAM else self.text_tokenizers[stream]
 
     def training_for(self, grid: GridConfig) -> TrainingConfig:
         """The training section as `grid` sees it: with the keys the grid overrides (GridConfig.training_overrides)."""
@@ -511,16 +567,28 @@ class StudyConfig(_Strict):
                                                      else f"{overridden}: with training.{where}: {message}" if where
                                                      else f"{overridden}: {message}")
                              for where, message in validation_problems(e)]
-            if self.is_image_study and grid.stream == TEXT_STREAM:
-                problems.append(f"models.grids.{i}.stream: an image study models pixels, vqvae, fsq or lfq, not text")
-            if not self.is_image_study and grid.stream != TEXT_STREAM:
+            if self.is_image_study and grid.stream in TEXT_STREAMS:
+                problems.append(f"models.grids.{i}.stream: an image study models pixels, vqvae, fsq, lfq or palette, "
+                                f"not {grid.stream}")
+            if not self.is_image_study and grid.stream not in TEXT_STREAMS:
                 problems.append(f"models.grids.{i}.stream: {grid.stream!r} needs an image study (an `images:` "
                                 "section)")
+            if grid.stream in TEXT_TOKENIZER_KINDS and grid.stream not in self.text_tokenizers:
+                problems.append(f"models.grids.{i}.stream: {grid.stream!r} needs text_tokenizers.{grid.stream} (its "
+                                "vocab_size and train_bytes)")
             if grid.stream in IMAGE_STREAMS[1:] and grid.stream not in self.image_tokenizers:  # the code streams
                 problems.append(f"models.grids.{i}.stream: {grid.stream!r} needs image_tokenizers.{grid.stream}")
             if self.fit.convention not in flops_conventions(grid.family):
                 problems.append(f"fit.convention: {self.fit.convention} does not count {grid.family} models' compute; "
                                 f"use one of {', '.join(flops_conventions(grid.family))}")
+        palette = self.image_tokenizers.get("palette")
+        for key in sorted({"steps", "batch_size", "lr"} & (palette.model_fields_set if palette else set())):
+            problems.append(f"image_tokenizers.palette.{key}: a palette is fitted by k-means, not trained in steps; "
+                            "set model.iterations instead")
+        if self.is_image_study and self.text_tokenizers:
+            problems.append("text_tokenizers: text streams need a text study; an image study's tokenizers are "
+                            "image_tokenizers")
+        problems += self._conditioning_problems()
         if self.evaluation.ensemble > 1 and all(grid.family != "made" for grid in self.models.grids):
             problems.append("evaluation.ensemble: only made models average their masks, and no grid is made; leave it "
                             "at 1")
@@ -535,6 +603,23 @@ class StudyConfig(_Strict):
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))  # each once, in order
         return self
+
+
+    def _conditioning_problems(self) -> list[str]:
+        """Class conditioning needs labelled images and a family that takes a class (its config has n_classes);
+        whether the images have labels is checked when the study is planned (pipelines.plan.study_classes)."""
+        problems = []
+        for i, grid in enumerate(self.models.grids):
+            if self.models.condition_of(grid) != "class":
+                continue
+            key = f"models.grids.{i}.condition" if grid.condition else "models.condition"
+            if not self.is_image_study:
+                problems.append(f"{key}: class conditioning needs labelled images (an `images:` section); text has "
+                                "no classes")
+            elif not armodels.takes_class(grid.family):
+                problems.append(f"{key}: the {grid.family} family takes no class; class conditioning works with "
+                                f"{', '.join(f for f in armodels.families() if armodels.takes_class(f))}")
+        return problems
 
 
 def resolve_config_path(spec: str | None) -> Path:

@@ -103,11 +103,12 @@ def _training_throughput(tc: train.TrainStepConfig, device: torch.device, second
     per_sequence = flops_per_token(tc.family, tc.model, CONVENTION) * config.seq_len
     batch = max(1, min(batch, int(MAX_STEP_FLOPS[device.type] // per_sequence)))
     x = torch.randint(0, config.vocab_size, (batch, config.seq_len), device=device)
+    classes = torch.randint(0, model.n_classes, (batch,), device=device) if model.n_classes else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(i: int) -> None:
         model.before_train_step(i)
-        model.loss(x).backward()
+        model.loss(x, classes).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -7,11 +7,11 @@
 An image study has one shard set per token stream instead (see pipelines/steps/images.py): raw pixels, and the
 codes of each image tokenizer; each grid models one stream, and the fits and the report compare them.
 
-Planning builds no model and reads no data beyond one image's size: parameter counts and FLOPs come from the
-families' configs (their closed forms), image sizes from a header or a single image (armodels.images.image_shape),
-code grids from the tokenizers' configs. So `arscale study run --dry-run` answers in seconds even for models far
-larger than this machine's memory, and it checks what can be checked before anything runs. Running the plan is
-pipelines/study.py's job.
+Planning builds no model and reads no data beyond one image's size (and, for class-conditioned models, the images'
+labels): parameter counts and FLOPs come from the families' configs (their closed forms), image sizes from a
+header or a single image (armodels.images.image_shape), code grids from the tokenizers' configs. So `arscale study
+run --dry-run` answers in seconds even for models far larger than this machine's memory, and it checks what can be
+checked before anything runs. Running the plan is pipelines/study.py's job.
 """
 
 from __future__ import annotations
@@ -27,9 +27,16 @@ import numpy as np
 import armodels
 from armodels.device import DeviceError, resolve_device
 from armodels.image_tokenizer import code_stream_shape
-from armodels.images import ImageDataError, image_shape
+from armodels.images import ImageDataError, image_shape, load_images
 from armodels.train import ModelCosts, flops_per_token, model_costs
-from pipelines.config import TEXT_STREAM, GridConfig, StudyConfig, model_fields
+from pipelines.config import (
+    TEXT_STREAM,
+    TEXT_TOKENIZER_KINDS,
+    TOKENIZER_KIND_NAMES,
+    GridConfig,
+    StudyConfig,
+    model_fields,
+)
 from pipelines.errors import UserError
 from pipelines.progress import human
 from pipelines.step import Resources, Step
@@ -52,35 +59,69 @@ def token_budget(cfg: StudyConfig, grid: GridConfig, costs: ModelCosts, override
 @dataclass(frozen=True)
 class StreamShape:
     """What a grid's models see of its token stream: the vocabulary and one training window. Image streams also
-    give the grid of one image (height × width), which image families (PixelCNN, MADE) take instead of seq_len."""
+    give the grid of one image (height × width) and its channels (3 for RGB pixels, 1 for grey pixels and for
+    codes), which image families (PixelCNN, MADE) take instead of seq_len."""
 
     vocab_size: int
     seq_len: int
     grid: tuple[int, int] | None = None
+    channels: int = 1
 
-    def fields_for(self, family: str) -> dict[str, int]:
-        """The config fields the study sets on a `family` model of this stream (armodels.fields_set_by_study)."""
-        values = {"vocab_size": self.vocab_size, "seq_len": self.seq_len}
+    def fields_for(self, family: str, n_classes: int = 0) -> dict[str, int]:
+        """The config fields the study sets on a `family` model of this stream (armodels.fields_set_by_study), with
+        the `n_classes` of a class-conditioned model. Fields added later are left out at their defaults (an
+        unconditioned model's n_classes 0, a grey one's channels_in 1), so such a model's config, and its steps'
+        hashes, are what they were before those fields existed."""
+        values = {"vocab_size": self.vocab_size, "seq_len": self.seq_len, "channels_in": self.channels,
+                  "n_classes": n_classes}
         if self.grid:
             values.update(height=self.grid[0], width=self.grid[1])
-        return {name: values[name] for name in armodels.fields_set_by_study(family)}
+        added_defaults = {"n_classes": 0, "channels_in": 1}
+        return {name: values[name] for name in armodels.fields_set_by_study(family)
+                if values[name] != added_defaults.get(name)}
+
+
+def study_classes(cfg: StudyConfig) -> int:
+    """The classes K of a study whose models are class-conditioned (0 when none is): its images' labels, which must
+    be 0..K-1, each in the training images. Reads the labels of the images the study uses (UserError without)."""
+    if not cfg.models.class_conditioned:
+        return 0
+    i = cfg.images
+    try:
+        labels = [load_images(i.data, split=split, limit=limit).labels
+                  for split, limit in (("train", i.train_images), ("test", i.test_images))]
+    except (ImageDataError, OSError) as e:
+        raise UserError(f"images.data: {e}") from None
+    if any(split is None for split in labels):
+        raise UserError(f"models.condition: class needs labelled images; {i.data} has no labels")
+    seen = np.unique(labels[0])
+    if seen[0] != 0 or seen[-1] != len(seen) - 1 or not set(np.unique(labels[1])) <= set(seen):
+        raise UserError(f"models.condition: class needs labels 0..K-1, each in the training images; {i.data}'s "
+                        f"training images have {seen.tolist()}")
+    return len(seen)
 
 
 def stream_shapes(cfg: StudyConfig) -> dict[str, StreamShape]:
     """The shape of each token stream of the study, known before any step runs."""
     if not cfg.is_image_study:
-        return {TEXT_STREAM: StreamShape(cfg.tokenizer.vocab_size, cfg.models.seq_len)}
+        return {stream: StreamShape(cfg.text_tokenizer_for(stream).vocab_size, cfg.models.seq_len)
+                for stream in (TEXT_STREAM, *cfg.text_tokenizers)}
     try:
         height, width, channels = image_shape(cfg.images.data, split="test")
     except (ImageDataError, OSError) as e:
         raise UserError(f"images.data: {e}") from None
-    shapes = {"pixels": StreamShape(pixel_levels(cfg.images.binarize), height * width * channels,
-                                    (height, width) if channels == 1 else None)}
+    shapes = {"pixels": StreamShape(pixel_levels(cfg.images.binarize), height * width * channels, (height, width),
+                                    channels)}
     for kind, tok in cfg.image_tokenizers.items():
         try:
             codes, (h, w) = code_stream_shape(kind, tok.model, (height, width, channels))
         except (TypeError, ValueError) as e:
             raise UserError(f"image_tokenizers.{kind}.model: {e}") from None
+        pixels = cfg.images.train_images * height * width  # at most; the step checks the distinct colours
+        if kind == "palette" and codes > pixels:
+            raise UserError(f"image_tokenizers.palette.model.clusters: {codes:,} colours, but the "
+                            f"{cfg.images.train_images:,} training images of {height}×{width} have at most "
+                            f"{pixels:,} pixels; use fewer clusters")
         shapes[kind] = StreamShape(codes, h * w, (h, w))
     return shapes
 
@@ -92,15 +133,20 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
     seeds (the study's seed, then seed + 1, ... named -s1, -s2, ...). Each run's device (training.device or the
     size's) is resolved against `gpus`, the GPUs of the cluster."""
     shapes = stream_shapes(cfg)
+    n_classes = study_classes(cfg)
     out = []
-    for grid in cfg.models.grids:
+    for i, grid in enumerate(cfg.models.grids):
         t = cfg.training_for(grid)
         shape = shapes[grid.stream]
-        if armodels.is_image_family(grid.family) and shape.grid is None:
-            raise UserError(f"models: {grid.family} models single-channel images; the {grid.stream} stream of "
-                            f"{cfg.images.data} is not one (use a sequence family such as transformer)")
+        if armodels.is_image_family(grid.family) and shape.channels > 1 and "channels_in" not in shape.fields_for(
+                grid.family):
+            colour = [f for f in armodels.families() if "channels_in" in armodels.fields_set_by_study(f)]
+            raise UserError(f"models.grids.{i}.family: {grid.family} models single-channel images; the "
+                            f"{grid.stream} stream of {cfg.images.data} has {shape.channels} channels (use "
+                            f"{', '.join(colour)} or a sequence family such as transformer)")
         for size in grid.sizes:
-            model = {**model_fields(size), **shape.fields_for(grid.family)}
+            model = {**model_fields(size), **shape.fields_for(
+                grid.family, n_classes if cfg.models.condition_of(grid) == "class" else 0)}
             costs = model_costs(grid.family, model)
             name = size.get("name") or f"{grid.series}-{human(costs.params_nonembedding)}"
             suffixes = size_budgets(cfg, grid, model, costs, size.get("tokens"))
@@ -231,29 +277,36 @@ def corpus_config(cfg: StudyConfig) -> corpus.CorpusStepConfig:
     return corpus.CorpusStepConfig(paths=paths, extensions=tuple(c.extensions), **shared, seed=cfg.seed)
 
 
-TOKENIZER_KINDS = {"bpe": "byte-level BPE", "char": "character-level", "word": "word-level"}
-
-
 def text_streams(cfg: StudyConfig) -> dict[str, tuple[Step, Step]]:
-    """corpus ─► tokenizer ─► shards: the text stream's (shard step, tokenizer step)."""
+    """corpus ─► tokenizer ─► shards, and for each text_tokenizers kind that a grid models
+    corpus ─► tokenizer-<kind> ─► shards-<kind>: each text stream's (shard step, tokenizer step)."""
     c = cfg.corpus
     corpus_step = Step("corpus", corpus.build_corpus, corpus_config(cfg), version=corpus.VERSION,
                        describe=f"{c.source}, up to {human(c.max_bytes)}B, {c.val_fraction:.0%} held out")
-    tok_step = Step("tokenizer", text_tokenizer.train_text_tokenizer,
-                    text_tokenizer.TextTokenizerStepConfig(**cfg.tokenizer.model_dump()),
-                    inputs={"corpus": corpus_step}, version=text_tokenizer.VERSION,
-                    describe=f"{TOKENIZER_KINDS[cfg.tokenizer.kind]}, vocab {cfg.tokenizer.vocab_size}")
-    shard_step = Step("shards", text_shards.shard_corpus, text_shards.TextShardStepConfig(**cfg.shards.model_dump()),
-                      inputs={"corpus": corpus_step, "tokenizer": tok_step}, version=text_shards.VERSION,
-                      describe=f"Parquet shards of {human(cfg.shards.shard_tokens)} tokens")
-    return {TEXT_STREAM: (shard_step, tok_step)}
+    used = {grid.stream for grid in cfg.models.grids}
+    out = {}
+    for stream in (TEXT_STREAM, *(kind for kind in cfg.text_tokenizers if kind in used)):
+        tok = cfg.text_tokenizer_for(stream)
+        suffix = "" if stream == TEXT_STREAM else f"-{stream}"
+        tok_step = Step(f"tokenizer{suffix}", text_tokenizer.train_text_tokenizer,
+                        text_tokenizer.TextTokenizerStepConfig(**tok.model_dump()),
+                        inputs={"corpus": corpus_step}, version=text_tokenizer.VERSION,
+                        describe=f"{TOKENIZER_KIND_NAMES[tok.kind]}, vocab {tok.vocab_size}")
+        out[stream] = (Step(f"shards{suffix}", text_shards.shard_corpus,
+                            text_shards.TextShardStepConfig(**cfg.shards.model_dump()),
+                            inputs={"corpus": corpus_step, "tokenizer": tok_step}, version=text_shards.VERSION,
+                            describe=f"Parquet shards of {human(cfg.shards.shard_tokens)} tokens"
+                                     + ("" if stream == TEXT_STREAM else f", {tok.kind} tokens")),
+                       tok_step)
+    return out
 
 
 def image_streams(cfg: StudyConfig) -> dict[str, tuple[Step, Step]]:
     """images ─► [tokenizer-<kind> ─►] shards-<stream>: each image stream's (shard step, decoder step); the
     decoder is the image tokenizer, or for pixels the images step itself."""
     i = cfg.images
-    images_step = Step("images", images.gather_images, images.ImagesStepConfig(**i.model_dump()),
+    labels = cfg.models.class_conditioned  # keep the labels beside the images and each stream's shards
+    images_step = Step("images", images.gather_images, images.ImagesStepConfig(**i.model_dump(), labels=labels),
                        version=images.VERSION,
                        describe=f"{i.data}: {i.train_images:,} train, {i.test_images:,} test"
                                 + (", binarized" if i.binarize else ""))
@@ -262,7 +315,7 @@ def image_streams(cfg: StudyConfig) -> dict[str, tuple[Step, Step]]:
     if "pixels" in used:
         levels = pixel_levels(i.binarize)
         out["pixels"] = (Step("shards-pixels", images.shard_pixels,
-                              images.ImageShardStepConfig(**cfg.shards.model_dump(), levels=levels),
+                              images.ImageShardStepConfig(**cfg.shards.model_dump(), levels=levels, labels=labels),
                               inputs={"images": images_step}, version=images.VERSION,
                               describe=f"pixels ({levels} levels) in raster order"),
                          images_step)
@@ -272,8 +325,10 @@ def image_streams(cfg: StudyConfig) -> dict[str, tuple[Step, Step]]:
         tok_step = Step(f"tokenizer-{kind}", images.train_study_image_tokenizer,
                         images.ImageTokenizerStepConfig(kind=kind, **t.model_dump(), seed=cfg.seed),
                         inputs={"images": images_step}, version=images.VERSION,
-                        describe=f"{kind} autoencoder, {t.steps} steps")
-        out[kind] = (Step(f"shards-{kind}", images.shard_codes, images.ImageShardStepConfig(**cfg.shards.model_dump()),
+                        describe="k-means colour palette" if kind == "palette"
+                        else f"{kind} autoencoder, {t.steps} steps")
+        out[kind] = (Step(f"shards-{kind}", images.shard_codes,
+                          images.ImageShardStepConfig(**cfg.shards.model_dump(), labels=labels),
                           inputs={"images": images_step, "tokenizer": tok_step}, version=images.VERSION,
                           describe=f"{kind} code grids in raster order"), tok_step)
     return out
@@ -358,8 +413,11 @@ def eval_step(cfg: StudyConfig, grid: GridConfig, tc: train.TrainStepConfig, tra
     # a GPU run is evaluated and sampled on a GPU too, with the share of one that a worker of its run had
     run_eval_cfg = evaluate.EvalStepConfig(**e.model_dump(exclude={"ensemble"}), seed=cfg.seed, device=tc.train.device,
                                            ensemble=e.ensemble if grid.family == "made" else 1,
-                                           series=grid.label or "")
-    if grid.stream == TEXT_STREAM:
+                                           series=grid.label or "", text_stream=grid.stream
+                                           if grid.stream in TEXT_TOKENIZER_KINDS else TEXT_STREAM)
+    if grid.stream in TEXT_TOKENIZER_KINDS:  # "char-transformer" beside the study tokenizer's "transformer"
+        run_eval_cfg = replace(run_eval_cfg, series=grid.series)
+    if not cfg.is_image_study:
         step_fn, step_cfg = evaluate.evaluate_model, run_eval_cfg
     else:
         step_fn = evaluate.evaluate_image_model

@@ -46,7 +46,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                        description="Sample from the model of a finished training run. Text models continue --prompt "
                                    "as a new document (after the end-of-document token) up to the next "
                                    "end-of-document or --max-tokens, and print each sample under a header line; "
-                                   "image models (pixels, VQ-VAE or FSQ codes) write PNG files into --out.")
+                                   "image models (pixels or an image tokenizer's codes) write PNG files into --out.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                    help="a finished training step folder of a study (train-<size>-<hash>)")
     p.add_argument("--prompt", default="", help="text models: the text the samples start with (default: none)")
@@ -59,6 +59,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                             "samples it finds, best first, with their log-probabilities")
     p.add_argument("--seed", type=int, help="the same seed gives the same samples (default: a random one, printed)")
     p.add_argument("--num", type=int, default=1, help="number of samples (default 1)")
+    p.add_argument("--class", dest="cls", type=int, metavar="K",
+                   help="class-conditioned image models (models.condition: class): draw images of class K")
     p.add_argument("--out", type=Path, help="image models: folder for the PNG files (default: the current folder)")
     p.set_defaults(handler=cmd_sample)
 
@@ -72,6 +74,7 @@ def cmd_sample(args) -> int:
         model = run.model()
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e).splitlines()[0]) from None
+    _check_class(args.cls, model, args.run_dir)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     if isinstance(tokenizer, TEXT_TOKENIZERS):
         return _sample_text(args, model, tokenizer, seed)
@@ -103,6 +106,17 @@ def _check_values(args) -> None:
     for bad, message in checks:
         if bad:
             raise UserError(message)
+
+
+def _check_class(cls: int | None, model, run_dir: Path) -> None:
+    """One line unless --class fits the model: given exactly when it is class-conditioned, and one of its classes."""
+    if cls is not None and not model.n_classes:
+        raise UserError(f"--class: the model in {run_dir} is not class-conditioned (trained without models.condition: "
+                        "class); leave --class out")
+    if model.n_classes and (cls is None or not 0 <= cls < model.n_classes):
+        given = "" if cls is None else f", got {cls}"
+        raise UserError(f"--class: the model in {run_dir} is conditioned on {model.n_classes} classes: give --class K "
+                        f"with K from 0 to {model.n_classes - 1}{given}")
 
 
 def _open_run(run_dir: Path) -> TrainedRun:
@@ -184,9 +198,10 @@ def _sample_images(args, model, decode, run_name: str, seed: int) -> int:
     if not args.beam:
         print(f"seed {seed}", file=sys.stderr)
     tokens, scores = image_tokens(model, n=args.num, temperature=1.0 if args.temperature is None else args.temperature,
-                                  top_k=args.top_k, top_p=args.top_p, seed=seed, beam=args.beam)
+                                  top_k=args.top_k, top_p=args.top_p, seed=seed, beam=args.beam, cls=args.cls)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{run_name}-beam{args.beam}" if args.beam else f"{run_name}-seed{seed}"
+    stem = (f"{run_name}-beam{args.beam}" if args.beam else f"{run_name}-seed{seed}") \
+        + ("" if args.cls is None else f"-class{args.cls}")
     paths = [_write_new_png(out, f"{stem}-{i + 1}", image) for i, image in enumerate(decode(tokens))]
     for i, path in enumerate(paths):
         print(path if scores is None else f"{path}  log-prob {scores[i]:.3f}")

@@ -200,20 +200,22 @@ def plot_learning_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path,
 
 
 def plot_families(fits: dict[str, FitResult], path, *, extrapolate_to: float | None = None,
-                  title: str | None = None) -> Path:
+                  title: str | None = None, scales: dict[str, float] | None = None,
+                  unit: str = "nats/token") -> Path:
     """Compute fits of several model families side by side: each family's runs and fitted L(C), on one axis, so
-    they compare at matched compute."""
+    they compare at matched compute. `scales`: each family's factor from its loss to `unit` (families whose
+    tokens differ compare per byte, not per token)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = np.concatenate([fit.law.axis for fit in fits.values()])
     shown = []
     for i, (family, fit) in enumerate(fits.items()):
-        color = f"C{i % 10}"
-        ax.scatter(fit.law.axis, fit.law.loss, color=color, zorder=3)
+        color, scale = f"C{i % 10}", (scales or {}).get(family, 1.0)
+        ax.scatter(fit.law.axis, scale * fit.law.loss, color=color, zorder=3)
         # each law from its own smallest run on: a steep law extrapolated backwards would dwarf the others
         grid = np.geomspace(fit.law.axis.min(), max(xs.max(), extrapolate_to or 0), 200)
-        curve = fit.predict(grid)
+        curve = scale * fit.predict(grid)
         ax.plot(grid, curve, color=color, label=f"{family}: α = {fit.params['alpha']:.3f}")
-        shown += [*fit.law.loss, *curve[np.isfinite(curve)]]
+        shown += [*(scale * fit.law.loss), *curve[np.isfinite(curve)]]
     lo, hi = min(shown), max(shown)
     pad = 0.1 * (hi - lo or abs(hi))
     ax.set_ylim(lo - pad, hi + pad)
@@ -221,7 +223,7 @@ def plot_families(fits: dict[str, FitResult], path, *, extrapolate_to: float | N
         ax.axvline(xs.max(), color="gray", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel(next(iter(fits.values())).x_label)
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel(f"loss ({unit})")
     ax.set_title(title or "families at matched compute")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -4,6 +4,10 @@ A family implements one method, `conditionals(x)`: logits [B, T, V] for a batch 
 the distribution at position t depends only on the tokens that come before t in `self.ordering` (a permutation of
 0..T-1, raster order unless the family supports others). Log-likelihood, sampling and beam search follow from it.
 
+Class conditioning: a family whose config has `n_classes` (0: unconditioned) takes `conditionals(x, classes)`, one
+class label per sequence ([B] in 0..n_classes-1), which every position may depend on; `log_prob`, `loss`, `sample`
+and the decoders pass it through. A conditioned model needs the classes, an unconditioned one refuses them.
+
 Size and cost are properties of the config, counted in closed form beside it: `num_params(non_embedding=True)`
 (embedding tables left out of the non-embedding count; weights a mask holds at zero never counted) and
 `flops_per_token()`, training FLOPs = 3 × forward. Families that apply their weights once per token count 2 FLOPs
@@ -115,23 +119,47 @@ class ARModel(nn.Module):
         self.register_buffer("ordering", torch.arange(self.seq_len))
 
     def conditionals(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits [B, T, V] of every position of x [B, T] given the tokens before it in `self.ordering`."""
+        """Logits [B, T, V] of every position of x [B, T] given the tokens before it in `self.ordering` (and, in a
+        class-conditioned family, `conditionals(x, classes)`: given the class of each sequence too)."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Calling the module (as DeepSpeed or DDP wrappers do) gives the conditionals.
-        return self.conditionals(x)
+    @property
+    def n_classes(self) -> int:
+        """The classes the model is conditioned on; 0: unconditioned (or a family that takes no class)."""
+        return getattr(self.config, "n_classes", 0)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-likelihood in nats of each sequence of x [B, T]: shape [B]."""
+    def check_classes(self, classes: torch.Tensor | None, batch_size: int) -> None:
+        """ValueError unless `classes` fits the model: None when it is unconditioned, else [batch_size] labels in
+        0..n_classes-1."""
+        if not self.n_classes:
+            if classes is not None:
+                raise ValueError(f"this {self.family} model is not class-conditioned (n_classes 0): it takes no class")
+            return
+        if classes is None or classes.shape != (batch_size,):
+            raise ValueError(f"this {self.family} model is conditioned on {self.n_classes} classes: give one class "
+                             f"per sequence, shape [{batch_size}]")
+        if classes.min() < 0 or classes.max() >= self.n_classes:
+            raise ValueError(f"classes must be from 0 to {self.n_classes - 1}, got {sorted(set(classes.tolist()))}")
+
+    def logits(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """`conditionals(x)`, or `conditionals(x, classes)` for a conditioned model, after checking the classes."""
+        self.check_classes(classes, x.size(0))
+        return self.conditionals(x) if classes is None else self.conditionals(x, classes)
+
+    def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        # Calling the module (as DeepSpeed or DDP wrappers do) gives the conditionals.
+        return self.logits(x, classes)
+
+    def log_prob(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-likelihood in nats of each sequence of x [B, T] (given its class, if conditioned): shape [B]."""
         if x.dim() != 2 or x.size(1) != self.seq_len:
             raise ValueError(f"expected tokens of shape [batch, {self.seq_len}], got {list(x.shape)}")
-        logp = F.log_softmax(self.conditionals(x).float(), dim=-1)
+        logp = F.log_softmax(self.logits(x, classes).float(), dim=-1)
         return logp.gather(-1, x.unsqueeze(-1)).squeeze(-1).sum(-1)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood in nats per token: what training minimises."""
-        logits = self.conditionals(x)
+        logits = self.logits(x, classes)
         return F.cross_entropy(logits.float().flatten(0, 1), x.flatten())
 
     # ---- ordering ----
@@ -151,15 +179,19 @@ class ARModel(nn.Module):
 
     # ---- decoding (see armodels.sampling) ----
 
-    def decoder(self, batch_size: int) -> Decoder:
-        """A decoder yields the logits of the next position in `self.ordering` one step at a time. This one reruns
-        `conditionals` on the partly decoded sequence; families with a cache or a recurrent state override it."""
-        return RecomputeDecoder(self, batch_size)
+    def decoder(self, batch_size: int, classes: torch.Tensor | None = None) -> Decoder:
+        """A decoder yields the logits of the next position in `self.ordering` one step at a time (of sequences of
+        `classes`, if conditioned). This one reruns `conditionals` on the partly decoded sequence; families with a
+        cache or a recurrent state override it."""
+        return RecomputeDecoder(self, batch_size, classes)
 
     def sample(self, n: int, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               seed: int | None = None, prompt: torch.Tensor | None = None) -> torch.Tensor:
-        """`n` sequences [n, T] drawn token by token in `self.ordering`; temperature 0 is greedy."""
-        return sample(self, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt)
+               seed: int | None = None, prompt: torch.Tensor | None = None,
+               classes: torch.Tensor | None = None) -> torch.Tensor:
+        """`n` sequences [n, T] drawn token by token in `self.ordering` (of `classes` [n], if conditioned);
+        temperature 0 is greedy."""
+        return sample(self, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt,
+                      classes=classes)
 
     # ---- size and cost: the config's closed forms ----
 

@@ -8,6 +8,10 @@ tanh(a) ⊙ σ(b); the horizontal stack is residual, except in the first layer w
 With `channels_in=3` (RGB) the horizontal stack's channels are split into R, G and B groups, masked at the centre
 tap as in pixelcnn.py (its 1×1 convolutions and the head too), so sub-pixels are predicted R → G → B; the vertical
 stack reaches the horizontal one from the rows above only, so it needs no channel masks.
+
+With `n_classes` > 0 the model is class-conditioned as in the paper (its eq. 4 with a one-hot class h): each
+layer adds a learned bias per class to the gate inputs of both stacks (class embedding tables, counted as
+embedding parameters).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from armodels.models.base import MAX_DEPTH, ARModel, ColourImageConfig, check_sizes
 from armodels.models.layers import (
     MaskedConv2d,
+    class_table,
     group_taps,
     image_input,
     image_logits,
@@ -39,9 +44,11 @@ class GatedPixelCNNConfig(ColourImageConfig):
     channels: int = 32
     n_layers: int = 4
     kernel: int = 5  # the receptive field grows kernel // 2 pixels per layer in every direction
+    n_classes: int = 0  # > 0: conditioned on a class label, a learned bias per class in every layer's gates
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_sizes(self, "n_classes", low=0)
         check_sizes(self, "kernel")
         check_sizes(self, "channels", low=self.channels_in)  # at least one channel per colour group
         check_sizes(self, "n_layers", high=MAX_DEPTH)  # the count loops over layers
@@ -68,8 +75,9 @@ class GatedPixelCNNConfig(ColourImageConfig):
         return kept + biases + head_params, weights + head_weights
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """The convolutions' (there are no embeddings: pixels enter as intensities)."""
-        return self._size()[0]
+        """The convolutions' (pixels enter as intensities), and without `non_embedding` the class biases' tables:
+        2C gate inputs per stack and layer."""
+        return self._size()[0] + (0 if non_embedding else self.n_classes * 4 * self.channels * self.n_layers)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: every kernel is applied once per pixel, masked taps included, and a pixel is
@@ -83,7 +91,8 @@ def gate(h: torch.Tensor) -> torch.Tensor:
 
 
 class GatedLayer(nn.Module):
-    def __init__(self, in_channels: int, channels: int, kernel: int, first: bool, groups: int = 1):
+    def __init__(self, in_channels: int, channels: int, kernel: int, first: bool, groups: int = 1,
+                 n_classes: int = 0):
         super().__init__()
         self.first = first
         self.vertical = MaskedConv2d(in_channels, 2 * channels, rows_above_mask(kernel))
@@ -92,12 +101,17 @@ class GatedLayer(nn.Module):
         self.horizontal = MaskedConv2d(in_channels, 2 * channels, horizontal.repeat(2, 1, 1, 1))
         self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.out = pointwise(channels, channels, groups)
+        # class-conditioned: a bias per class on each stack's 2C gate inputs (V_f, V_g of the paper's eq. 4)
+        self.class_bias = class_table(n_classes, 4 * channels) if n_classes else None
 
-    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, v: torch.Tensor, h: torch.Tensor,
+                classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        v_bias, h_bias = (0.0, 0.0) if self.class_bias is None else \
+            self.class_bias(classes)[:, :, None, None].chunk(2, dim=1)
         v = self.vertical(v)
         above = F.pad(v, (0, 0, 1, 0))[:, :, :-1]  # shift down: pixel (i, j) gets row i-1's vertical features
-        h_new = self.out(gate(self.horizontal(h) + self.vertical_to_horizontal(above)))
-        return gate(v), (h_new if self.first else h + h_new)
+        h_new = self.out(gate(self.horizontal(h) + self.vertical_to_horizontal(above) + h_bias))
+        return gate(v + v_bias), (h_new if self.first else h + h_new)
 
 
 class GatedPixelCNN(ARModel):
@@ -107,14 +121,14 @@ class GatedPixelCNN(ARModel):
         super().__init__(cfg)
         C = cfg.channels
         G = cfg.channels_in
-        self.layers = nn.ModuleList(GatedLayer(G if i == 0 else C, C, cfg.kernel, first=i == 0, groups=G)
-                                    for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(GatedLayer(G if i == 0 else C, C, cfg.kernel, first=i == 0, groups=G,
+                                               n_classes=cfg.n_classes) for i in range(cfg.n_layers))
         self.head = pixel_head(C, G * cfg.vocab_size, G)
 
-    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
+    def conditionals(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
         v = h = image_input(x, c.height, c.width, c.vocab_size, c.channels_in)
         for layer in self.layers:
-            v, h = layer(v, h)
+            v, h = layer(v, h, classes)
         return image_logits(self.head(h), c.channels_in)  # [B, V·C, H, W] → [B, T, V]
 

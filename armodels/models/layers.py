@@ -88,6 +88,13 @@ def raster_group_taps(out_channels: int, in_channels: int, height: int, width: i
             + group_taps(out_channels, in_channels, groups, include_centre))
 
 
+def class_table(n_classes: int, width: int) -> nn.Embedding:
+    """A learned bias of `width` features per class, zero at the start: a class-conditioned model starts as its
+    unconditioned twin (same seed, same weights) and learns what the class adds. (N(0, 1), nn.Embedding's own
+    init, would add biases far larger than the layers' outputs and set small models back.)"""
+    return nn.Embedding.from_pretrained(torch.zeros(n_classes, width), freeze=False)  # draws nothing from the RNG
+
+
 def pointwise(in_channels: int, out_channels: int, groups: int = 1) -> nn.Conv2d:
     """A 1×1 convolution; with colour groups, masked so that each output reads its own group and earlier ones (mask
     B at the centre, the only tap)."""

@@ -8,6 +8,10 @@ masks. `orderings > 1` cycles through that many masks (the training loop calls `
 its own hidden degrees and, with `order_agnostic`, its own random ordering: the paper's order-agnostic and
 connectivity-agnostic training. At evaluation, `ensemble_log_prob(x, k)` averages the probabilities of k of those
 masks, the paper's ensemble.
+
+With `n_classes` > 0 the model is class-conditioned: a learned embedding of the class is added to the first hidden
+layer's inputs, unmasked (the class is known before any position), and a learned bias per class to the logits,
+since the first step's outputs see no hidden unit (a hidden unit of degree d feeds only later steps' outputs).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from armodels.models.base import MAX_DEPTH, ARModel, ImageConfig, check_size_list, check_sizes, freeze_tuples
-from armodels.models.layers import MaskedLinear
+from armodels.models.layers import MaskedLinear, class_table
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,13 @@ class MADEConfig(ImageConfig):
     orderings: int = 1  # masks to cycle through during training
     order_agnostic: bool = False  # each mask gets a random ordering (otherwise: raster, or the one set)
     seed: int = 0  # draws hidden degrees and random orderings
+    n_classes: int = 0  # > 0: conditioned on a class label, embedded into the first hidden layer and the logits
     any_order: ClassVar[bool] = True  # a mask for any ordering
 
     def __post_init__(self) -> None:
         super().__post_init__()
         freeze_tuples(self)
+        check_sizes(self, "n_classes", low=0)
         check_sizes(self, "orderings", high=MAX_DEPTH)
         check_size_list(self, "hidden")  # counting parameters draws every hidden unit's degree
 
@@ -61,7 +67,8 @@ class MADEConfig(ImageConfig):
             kept += int(torch.searchsorted(below, degrees, right=True).sum())
             below = degrees.sort().values
         kept += V * int(torch.searchsorted(below, torch.arange(T)).sum())
-        return kept + sum(self.layer_sizes[1:])
+        classes = self.n_classes * (self.hidden[0] + self.layer_sizes[-1])  # the class tables: embeddings
+        return kept + sum(self.layer_sizes[1:]) + (0 if non_embedding else classes)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: one pass of the dense (masked) MLP gives all T conditionals, so
@@ -95,14 +102,20 @@ class MADE(ARModel):
         super().__init__(cfg)
         sizes = cfg.layer_sizes
         self.layers = nn.ModuleList(MaskedLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.class_embedding = class_table(cfg.n_classes, cfg.hidden[0]) if cfg.n_classes else None
+        self.class_logits = class_table(cfg.n_classes, sizes[-1]) if cfg.n_classes else None
         self.mask_index = 0
         self._draw_mask()
 
-    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.one_hot(x, self.vocab_size).float().flatten(1)
-        for layer in self.layers[:-1]:
-            h = F.relu(layer(h))
-        return self.layers[-1](h).view(x.size(0), self.seq_len, self.vocab_size)
+    def conditionals(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.layers[0](F.one_hot(x, self.vocab_size).float().flatten(1))
+        if self.class_embedding is not None:
+            h = h + self.class_embedding(classes)
+        for layer in self.layers[1:]:
+            h = layer(F.relu(h))
+        if self.class_logits is not None:
+            h = h + self.class_logits(classes)
+        return h.view(x.size(0), self.seq_len, self.vocab_size)
 
     def set_ordering(self, ordering) -> None:
         super().set_ordering(ordering)
@@ -117,7 +130,7 @@ class MADE(ARModel):
             self._draw_mask()
 
     @torch.no_grad()
-    def ensemble_log_prob(self, x: torch.Tensor, k: int) -> torch.Tensor:
+    def ensemble_log_prob(self, x: torch.Tensor, k: int, classes: torch.Tensor | None = None) -> torch.Tensor:
         """log (1/k) Σ_m p_m(x) [B] over masks m = 0..k-1 of the training cycle (mask m % `orderings`, each with its
         ordering when order-agnostic): a mixture of k normalised models, so itself normalised, and by Jensen never
         less likely on average than its masks are one by one. The model's own mask and ordering are put back. For
@@ -132,7 +145,7 @@ class MADE(ARModel):
                 self.mask_index = m
                 self._draw_mask()
                 repeats = len(range(m, k, self.config.orderings))
-                terms.append(self.log_prob(x) + math.log(repeats))
+                terms.append(self.log_prob(x, classes) + math.log(repeats))
         finally:
             self.mask_index = saved[0]
             self.ordering.copy_(saved[1])

@@ -94,8 +94,8 @@ class MixtureOfLogistics(ARModel):
         super().__init__(cfg)
         self.trunk = PixelCNNTrunk(cfg, cfg.trunk_outputs)
 
-    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
-        params = self.trunk(x).flatten(2).transpose(1, 2)  # [B, H·W, 3K or 10K], raster order
+    def conditionals(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        params = self.trunk(x, classes).flatten(2).transpose(1, 2)  # [B, H·W, 3K or 10K], raster order
         if self.config.channels_in == 3:
             log_probs = rgb_logistic_log_probs(params, x.reshape(x.size(0), -1, 3), self.vocab_size)
             return log_probs.flatten(1, 2)  # [B, H·W, 3, V] → [B, T, V]: R, G, B of each pixel in turn

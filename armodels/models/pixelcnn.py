@@ -7,6 +7,9 @@ the right of the current one (the blind spot, see tests/armodels/models); gated_
 With `channels_in=3` (RGB) every layer's channels are split into R, G and B groups whose centre taps are masked so
 that R sees earlier pixels only, G also the current R, B also the current R and G (layers.py); the head gives V
 logits per sub-pixel, and the tokens are the sub-pixels in raster order, R → G → B within each pixel.
+
+With `n_classes` > 0 the model is class-conditioned as in the Gated PixelCNN paper: each layer adds a learned bias
+per class and channel (a class embedding table per layer, counted as embedding parameters) to its output.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from armodels.models.base import MAX_DEPTH, ARModel, ColourImageConfig, check_sizes
 from armodels.models.layers import (
     MaskedConv2d,
+    class_table,
     image_input,
     image_logits,
     pixel_head,
@@ -39,9 +43,11 @@ class PixelCNNConfig(ColourImageConfig):
     n_layers: int = 4  # residual mask-B layers after the mask-A one
     first_kernel: int = 5  # mask A (7 in the paper)
     kernel: int = 3  # mask B
+    n_classes: int = 0  # > 0: conditioned on a class label, a learned bias per class in every layer
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_sizes(self, "n_classes", low=0)
         check_sizes(self, "first_kernel", "kernel")
         check_sizes(self, "channels", low=self.channel_groups)  # at least one channel per colour group
         check_sizes(self, "n_layers", low=0, high=MAX_DEPTH)
@@ -74,8 +80,8 @@ class PixelCNNConfig(ColourImageConfig):
         return kept + biases + head_params, weights
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """The trunk's (there are no embeddings: pixels enter as intensities)."""
-        return self.trunk_size()[0]
+        """The trunk's (pixels enter as intensities), and without `non_embedding` the class biases' tables."""
+        return self.trunk_size()[0] + (0 if non_embedding else self.n_classes * self.channels * (self.n_layers + 1))
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: every kernel is applied once per pixel, masked taps included, and a pixel is
@@ -96,14 +102,20 @@ class PixelCNNTrunk(nn.Module):
         self.layers = nn.ModuleList(MaskedConv2d(C, C, raster_group_mask(C, C, k, k, G, include_centre=True))
                                     for _ in range(cfg.n_layers))
         self.head = pixel_head(C, out_channels * G, G)
+        # class-conditioned: each layer's bias per class (the first layer's, then each residual layer's)
+        self.class_bias = nn.ModuleList(class_table(cfg.n_classes, C) for _ in range(cfg.n_layers + 1)) \
+            if cfg.n_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens x [B, H·W·C] → features [B, out_channels · groups, H, W], each pixel's from earlier pixels only
-        (and, by colour group, from the current pixel's earlier channels)."""
+        (and, by colour group, from the current pixel's earlier channels), and from the class of a conditioned
+        model."""
         c = self.config
-        h = self.first(image_input(x, c.height, c.width, c.vocab_size, c.channels_in))
-        for layer in self.layers:
-            h = h + layer(F.relu(h))
+        biases = [0.0] * (c.n_layers + 1) if self.class_bias is None else \
+            [table(classes)[:, :, None, None] for table in self.class_bias]
+        h = self.first(image_input(x, c.height, c.width, c.vocab_size, c.channels_in)) + biases[0]
+        for layer, bias in zip(self.layers, biases[1:]):
+            h = h + layer(F.relu(h)) + bias
         return self.head(h)
 
 
@@ -114,6 +126,6 @@ class PixelCNN(ARModel):
         super().__init__(cfg)
         self.trunk = PixelCNNTrunk(cfg, cfg.trunk_outputs)
 
-    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
-        return image_logits(self.trunk(x), self.config.channels_in)  # [B, V·C, H, W] → [B, T, V]
+    def conditionals(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        return image_logits(self.trunk(x, classes), self.config.channels_in)  # [B, V·C, H, W] → [B, T, V]
 

@@ -12,6 +12,9 @@ Two views of the same network:
   extra parameter. With `any_order=True` every input also gets an embedding of the position it predicts (π(s), as
   in σ-GPT), so that one network can decode in any ordering.
 
+With `n_classes` > 0 the model is class-conditioned: a learned class embedding is added to every step's input (the
+empty start token's too), so every position, the first included, sees the class; the cache needs nothing more.
+
 `attention="strided"` or `"fixed"` restricts every layer's causal attention to a Sparse Transformer pattern (Child
 et al. 2019; see `attention_mask`), applied as a mask on the dense scores, in training and in the KV cache alike.
 """
@@ -65,8 +68,10 @@ class TransformerConfig:
     any_order: bool = False  # adds an embedding of the position to predict, so orderings other than raster work
     attention: str = "dense"  # or a Sparse Transformer pattern: "strided", "fixed" (see attention_mask)
     stride: int = 8  # the sparse patterns' stride (block length); ~√seq_len in Child et al.
+    n_classes: int = 0  # > 0: conditioned on a class label, embedded and added to every input (0: unconditioned)
 
     def __post_init__(self) -> None:
+        check_sizes(self, "n_classes", low=0)
         if not isinstance(self.stride, int):  # check_sizes only compares, and a block of 2.5 positions has no pattern
             raise ValueError(f"stride: must be a whole number (got {self.stride!r})")
         check_sizes(self, "vocab_size", "seq_len", "n_head", "n_embd", "stride")
@@ -85,12 +90,12 @@ class TransformerConfig:
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Per block 12·d² (QKV, output projection, 4d MLP; no biases) and two layer norms, plus the final one;
-        the embeddings are the token table (tied to the head) and the position table(s)."""
+        the embeddings are the token table (tied to the head), the position table(s) and the class table."""
         d = self.n_embd
         blocks = transformer_nonembedding_params(self.n_layer, d)
         if non_embedding:
             return blocks
-        return blocks + self.vocab_size * d + self.seq_len * d * (2 if self.any_order else 1)
+        return blocks + (self.vocab_size + self.n_classes) * d + self.seq_len * d * (2 if self.any_order else 1)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward), per-layer count; see scaling.flops.transformer_flops.
@@ -183,6 +188,7 @@ class Transformer(ARModel):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.seq_len, cfg.n_embd)
         self.wpe_next = nn.Embedding(cfg.seq_len, cfg.n_embd) if cfg.any_order else None
+        self.wce = nn.Embedding(cfg.n_classes, cfg.n_embd) if cfg.n_classes else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, self.attention) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
@@ -226,43 +232,49 @@ class Transformer(ARModel):
             new_cache.append(present)
         return self.lm_head(self.ln_f(h)), new_cache
 
-    def _step_inputs(self, previous: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    def _step_inputs(self, previous: torch.Tensor, steps: torch.Tensor,
+                     classes: torch.Tensor | None = None) -> torch.Tensor:
         """Input embeddings [B, S, C] of decoding steps `steps` [S]; previous[:, i] is the token placed at step
-        steps[i] - 1 (ignored at step 0, whose input is an empty token at position 0)."""
+        steps[i] - 1 (ignored at step 0, whose input is an empty token at position 0); `classes` [B] of a
+        conditioned model."""
         first = steps == 0
         own_position = torch.where(first, 0, self.ordering[(steps - 1).clamp(min=0)])
         h = self.wte(previous) * ~first[:, None] + self.wpe(own_position)
         if self.wpe_next is not None:
             h = h + self.wpe_next(self.ordering[steps])
+        if self.wce is not None:
+            h = h + self.wce(classes)[:, None]
         return self.drop(h)
 
-    def _start_and_rest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _start_and_rest(self, x: torch.Tensor,
+                        classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits of step 0 [B, 1, V] and of steps 1.. [B, T-1, V], and the tokens they predict [B, T], all in step
         order."""
         steps = torch.arange(self.seq_len, device=x.device)
         # raster order (the only one without any_order): steps are positions, so both gathers would be copies
         in_steps = x if not self.any_order else x[:, self.ordering]
         previous = F.pad(in_steps[:, :-1], (1, 0))  # step s sees step s-1's token
-        h = self._step_inputs(previous, steps)
+        h = self._step_inputs(previous, steps, classes)
         first, _ = self._run(h[:, :1])  # the start, seen by no later step
         rest, _ = self._run(h[:, 1:])
         return first, rest, in_steps
 
-    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
-        first, rest, _ = self._start_and_rest(x)
+    def conditionals(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        first, rest, _ = self._start_and_rest(x, classes)
         logits = torch.cat([first, rest], dim=1)
         return logits if not self.any_order else logits[:, self.ordering.argsort()]  # step order back to positions
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """ARModel.loss without joining the logits into one tensor: a copy of the step's largest activation (and
         of its gradient) that costs a few percent of a CPU step at the default sizes (bench_mfu.py --breakdown)."""
-        first, rest, targets = self._start_and_rest(x)
+        self.check_classes(classes, x.size(0))
+        first, rest, targets = self._start_and_rest(x, classes)
         nll = F.cross_entropy(first.float().flatten(0, 1), targets[:, 0], reduction="sum")
         nll = nll + F.cross_entropy(rest.float().flatten(0, 1), targets[:, 1:].flatten(), reduction="sum")
         return nll / x.numel()
 
-    def decoder(self, batch_size: int) -> "CachedDecoder":
-        return CachedDecoder(self, batch_size)
+    def decoder(self, batch_size: int, classes: torch.Tensor | None = None) -> "CachedDecoder":
+        return CachedDecoder(self, batch_size, classes)
 
     def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
         """Model FLOP utilisation: achieved training FLOP/s as a fraction of `peak_flops`."""
@@ -273,15 +285,15 @@ class CachedDecoder:
     """Decodes one step at a time from each layer's cached keys and values (or, for linear attention, its running
     state): the same sums as `conditionals`, without recomputing the prefix."""
 
-    def __init__(self, model: Transformer, batch_size: int):
-        self.model, self.batch_size = model, batch_size
+    def __init__(self, model: Transformer, batch_size: int, classes: torch.Tensor | None = None):
+        self.model, self.batch_size, self.classes = model, batch_size, classes
         self.cache: KVCache | None = None
         self.steps = 0
 
     def step(self, token: torch.Tensor | None) -> torch.Tensor:
         device = self.model.ordering.device
         previous = torch.zeros(self.batch_size, 1, dtype=torch.long, device=device) if token is None else token[:, None]
-        h = self.model._step_inputs(previous, torch.tensor([self.steps], device=device))
+        h = self.model._step_inputs(previous, torch.tensor([self.steps], device=device), self.classes)
         if self.steps == 0:
             logits, _ = self.model._run(h)  # the start stays out of the cache, as in `conditionals`
         else:
@@ -290,5 +302,6 @@ class CachedDecoder:
         return logits[:, -1]
 
     def reorder(self, index: torch.Tensor) -> None:
+        self.classes = None if self.classes is None else self.classes[index]
         if self.cache is not None:
             self.cache = [tuple(t[index] if torch.is_tensor(t) else t for t in past) for past in self.cache]

@@ -2,7 +2,9 @@
 
 Its eval.json is the run's record for the fit: size, tokens, FLOPs in each convention, losses and status.
 In image studies (`evaluate_image_model`) the loss is also given in bits per dimension (pixel), which compares
-streams, and for code streams beside the tokenizer's distortion (rate–distortion); samples are a PNG grid.
+streams, and for code streams beside the tokenizer's distortion (rate–distortion); samples are a PNG grid. A
+class-conditioned model is scored given each test image's class (conditional bits/dim), and its grid has one row
+of samples per class.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from armodels.device import torch_device
 from armodels.evaluate import EvalResult, evaluate_loss
 from armodels.files import read_json, write_json_atomic
 from armodels.image_tokenizer import ImageTokenizer
-from armodels.shards import iter_rows_with_bytes, load_token_stream
+from armodels.shards import iter_rows_with_bytes, load_document_labels, load_token_stream
 from armodels.train import TrainRun, flops_conventions, load_model
 from pipelines.step import StepContext
 from pipelines.steps.fit import series_of
@@ -41,6 +43,7 @@ class EvalStepConfig:
     device: str = added_field("cpu")  # the training run's: a GPU run is scored and sampled on a GPU
     series: str = added_field("")  # the grid's label (GridConfig.label), when it has one: what the fits group by
     ensemble: int = added_field(1)  # made: the masks whose mean probability is scored (armodels.evaluate_loss)
+    text_stream: str = added_field("text")  # "text" (the study's tokenizer), or a text_tokenizers kind
 
 
 def run_record(train_dir: Path) -> dict:
@@ -72,6 +75,7 @@ def evaluate_model(config: EvalStepConfig, ctx: StepContext) -> dict:
     record = run_record(train_dir)
     if config.series:
         record["series"] = config.series
+    record["stream"] = config.text_stream
     if (unfinished := _unfinished(ctx, record)) is not None:
         return unfinished
 
@@ -81,6 +85,7 @@ def evaluate_model(config: EvalStepConfig, ctx: StepContext) -> dict:
     val = TokenWindows(load_token_stream(val_dir), model.seq_len)
     result = evaluate_loss(model, val, token_bytes=tokenizer.token_bytes(),
                            max_windows=max(1, config.max_tokens // model.seq_len))
+    record["tokenizer"] = "bpe"
     if isinstance(tokenizer, CharWordTokenizer):
         result, unknown = _over_text_bytes(result, tokenizer, val_dir)
         record.update(tokenizer=tokenizer.level, tokenizer_coverage=tokenizer.meta.coverage, **unknown)
@@ -114,7 +119,7 @@ def _over_text_bytes(result: EvalResult, tokenizer: CharWordTokenizer, val_dir: 
 
 @dataclass(frozen=True)
 class ImageEvalStepConfig:
-    stream: str  # "pixels", "vqvae", "fsq" or "lfq"
+    stream: str  # "pixels", "vqvae", "fsq", "lfq" or "palette"
     common: EvalStepConfig
 
 
@@ -132,7 +137,9 @@ def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
     decode, pixels_per_image, distortion = _image_decoder(config.stream, ctx.inputs["tokenizer"], record["vocab_size"])
     # every token of an image stands for the same number of pixels, so bits per byte (pixel) is bits per dim
     per_token = pixels_per_image / model.seq_len
-    val = TokenWindows(load_token_stream(Path(ctx.inputs["shards"]) / "val"), model.seq_len)
+    val_dir = Path(ctx.inputs["shards"]) / "val"
+    val = TokenWindows(load_token_stream(val_dir), model.seq_len,
+                       labels=load_document_labels(val_dir) if model.n_classes else None)
     result = evaluate_loss(model, val, max_windows=max(1, c.max_tokens // model.seq_len), ensemble=c.ensemble)
     if c.ensemble > 1:
         record["ensemble"] = c.ensemble
@@ -140,7 +147,12 @@ def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
     record.update(loss=result.nats_per_token, bits_per_byte=bits_per_dim, bits_per_dim=bits_per_dim,
                   bits_per_image=result.bits_per_token * model.seq_len, **distortion, eval=asdict(result))
     write_json_atomic(ctx.output / "eval.json", record)
-    if c.samples:
+    if c.samples and model.n_classes:  # `samples` of each class, one row per class
+        classes = torch.arange(model.n_classes).repeat_interleave(c.samples)
+        tokens = model.sample(len(classes), temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, seed=c.seed,
+                              classes=classes)
+        save_image_grid(decode(tokens.cpu().numpy()), ctx.output / "samples.png", columns=c.samples)
+    elif c.samples:
         tokens = model.sample(c.samples, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, seed=c.seed)
         save_image_grid(decode(tokens.cpu().numpy()), ctx.output / "samples.png", columns=min(8, c.samples))
     ctx.log(f"test {result.nats_per_token:.4f} nats/token, {bits_per_dim:.4f} bits/dim, "

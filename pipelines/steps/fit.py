@@ -95,11 +95,13 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
         for t in trunks:
             ctx.log(f"{series} whole curves, {t['trunk']}: " + (t["error"] if "error" in t else (
                 f"{len(t['backtest'])} branches' final losses predicted within {t['worst_error']:.1%}")))
-    comparison = compare_families(selected)
+    scales = per_byte_scales(runs)
+    comparison = compare_families(selected, scales)
     if comparison:
         largest = max(r.law.axis.max() for r in selected.values() if r is not None)
         scaling.plots.plot_families({s: r for s, r in selected.items() if r is not None}, ctx.output / "families.png",
-                                    extrapolate_to=max(config.predict_multipliers, default=1) * largest)
+                                    extrapolate_to=max(config.predict_multipliers, default=1) * largest,
+                                    scales=scales, unit=comparison["unit"])
     write_json_atomic(ctx.output / "fit.json", jsonable({"families": fits, "comparison": comparison}))
 
     ctx.tracker.log_metrics(summary, step=0)
@@ -320,10 +322,11 @@ def confirm_prediction(confirm: dict, fit, lr: dict, largest: float) -> dict:
             "run_interval": (p.run_low, p.run_high), "ci_level": fit.ci_level, "identified": fit.identified}
 
 
-def compare_families(results: dict) -> dict | None:
+def compare_families(results: dict, scales: dict[str, float] | None = None) -> dict | None:
     """With several families: each one's selected L(C) at the largest compute that every family reached (so none
     extrapolates), with the law's interval, and each pair's difference, stated as one only when the two
-    intervals do not overlap (else "within noise")."""
+    intervals do not overlap (else "within noise"). `scales`: each series' factor from nats/token to bits/byte,
+    where the series' tokens differ (per_byte_scales); the comparison is then in bits/byte."""
     results = {series: r for series, r in results.items() if r is not None}
     if len(results) < 2:
         return None
@@ -331,8 +334,9 @@ def compare_families(results: dict) -> dict | None:
     at = {}
     for series, r in results.items():
         low, high = r.predict_interval([common])
-        at[series] = {"form": r.form, "loss": float(r.predict([common])[0]), "low": float(low[0]),
-                      "high": float(high[0]), "identified": r.identified}
+        scale = scales[series] if scales else 1.0
+        at[series] = {"form": r.form, "loss": scale * float(r.predict([common])[0]), "low": scale * float(low[0]),
+                      "high": scale * float(high[0]), "identified": r.identified}
     pairs = []
     names = sorted(at, key=lambda s: at[s]["loss"])
     for i, a in enumerate(names):
@@ -340,7 +344,17 @@ def compare_families(results: dict) -> dict | None:
             separated = at[a]["high"] < at[b]["low"]  # NaN intervals compare False: not separated
             pairs.append({"better": a, "worse": b, "difference": at[b]["loss"] - at[a]["loss"],
                           "beyond_noise": bool(separated)})
-    return {"compute": common, "series": at, "pairs": pairs}
+    return {"compute": common, "series": at, "pairs": pairs, "unit": "bits/byte" if scales else "nats/token"}
+
+
+def per_byte_scales(runs: pd.DataFrame) -> dict[str, float] | None:
+    """Where a text study's series use different tokenizers, a token is worth a different number of bytes in each,
+    so losses per token do not compare: each series' factor from nats/token to bits/byte, the median over its
+    finished runs of bits_per_byte / loss (one ratio per tokenizer and validation text). None otherwise."""
+    if "tokenizer" not in runs or runs["stream"].nunique() < 2:
+        return None
+    ok = runs[(runs["status"] == "ok") & runs["bits_per_byte"].notna()]
+    return {series: float((t["bits_per_byte"] / t["loss"]).median()) for series, t in ok.groupby("series")}
 
 
 CURVE_TAIL = 5  # a run's final loss in the whole-curve backtest: the mean of its last logged training losses

@@ -17,7 +17,7 @@ import numpy as np
 
 from armodels.files import read_json
 from armodels.train import TrainRun, branch_step
-from pipelines.config import IMAGE_STREAMS, TEXT_STREAM
+from pipelines.config import IMAGE_STREAMS, TEXT_STREAMS, TOKENIZER_KIND_NAMES
 from pipelines.progress import human
 from pipelines.report_html import write_report_html
 from pipelines.step import StepContext
@@ -25,8 +25,12 @@ from pipelines.step_status import STATUS
 from pipelines.steps.fit import series_of
 from scaling.plots import plot_learning_curves, plot_rate_distortion
 
-VERSION = "5"  # 3: image studies; runs grouped by series. 4: report.html beside report.md. 5: Approach 3 side by side
-STREAMS = (TEXT_STREAM, *IMAGE_STREAMS)  # the order in which the report lists runs
+# 3: image studies; runs grouped by series. 4: report.html beside report.md. 5: Approach 3 side by side. 6: text
+# studies of several tokenizers (their section, comparisons in bits/byte)
+VERSION = "6"
+BACKTEST_MISS = 0.10  # a law that misses its held-out budget by more: the headline says it does not predict
+VAL_ROSE = 0.05  # a run whose validation loss ends this far above its lowest: the report names it
+STREAMS = (*TEXT_STREAMS, *IMAGE_STREAMS)  # the order in which the report lists runs
 
 
 @dataclass(frozen=True)
@@ -156,9 +160,8 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
     ok = [r for r in grid if runs[r]["status"] == "ok"]
     corpus = c.get("corpus", {})
     if images is None:
-        data = (f"Corpus: {corpus.get('source')} (≤{human(corpus.get('max_bytes', 0))}B); tokenizer: byte-level BPE, "
-                f"vocab {c.get('tokenizer', {}).get('vocab_size')}; context {c.get('models', {}).get('seq_len')} "
-                "tokens")
+        data = (f"Corpus: {corpus.get('source')} (≤{human(corpus.get('max_bytes', 0))}B); tokenizer: "
+                f"{_tokenizer_names(c)}; context {c.get('models', {}).get('seq_len')} tokens")
     else:
         data = (f"Images: {images['source'] or c['images']['data']} ({c['images']['train_images']:,} train, "
                 f"{c['images']['test_images']:,} test); token streams: "
@@ -176,6 +179,9 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
         out += _confirm_section(families, fits, runs)
     if images is not None:
         out += _streams_section(runs, ok, images["tokenizers"], plots)
+        out += _conditioning_section(runs, ok)
+    elif c.get("text_tokenizers") or c.get("tokenizer", {}).get("kind", "bpe") != "bpe":
+        out += _tokenizers_section(runs, ok)
 
     unit = "val bits/byte" if images is None else "test bits/dim"
     out += ["## Runs", "", "Runs marked † are on the compute frontier and enter L(C); ‡ enter only the fits that "
@@ -200,7 +206,7 @@ def render(config: ReportStepConfig, runs: dict, order: list[str], fits: dict, s
     out += _lr_section(families, fits, plots)
     out += _curves_section(runs, order, curves or {}, c, plots)
     if comparison:
-        out += _families_section(comparison, plots, images is not None)
+        out += _families_section(comparison, plots, images is not None, _unknown_shares(runs, ok))
 
     for family in families:
         family_fits = fits.get(family, {})
@@ -279,6 +285,8 @@ def _headline(family: str, fit: dict, runs: dict) -> str:
     bt = compute.get("backtest")
     if bt:
         line += f"; the largest budget held out and predicted: {bt['mean_abs_rel_error']:.2%} error"
+        if bt["mean_abs_rel_error"] > BACKTEST_MISS and _identified(compute):
+            line += f" (**more than {BACKTEST_MISS:.0%}**: its predictions beyond these runs are not borne out)"
     if not _identified(compute):
         return line + f". **Not identified** ({'; '.join(compute['unidentified'])}): no point prediction.  "
     confirm = fit.get("confirm") or {}
@@ -470,29 +478,53 @@ def _curves_section(runs: dict, order: list[str], curves: dict, config: dict, pl
            f"({windows * seq_len:,} tokens) of the validation split" if seq_len else
            f"Validation loss during training, on {windows} windows of the validation split"]
     if gaps:
+        sample = ("a harder-than-average sample" if min(gaps) > 0 else "an easier-than-average sample"
+                  if max(gaps) < 0 else "harder than the scored tokens for some runs, easier for others")
         out[-1] += (f"; the table above scores up to {human(config.get('evaluation', {}).get('max_tokens', 0))} "
                     f"tokens of it, and the curves' last points sit {min(gaps):+.3f} to {max(gaps):+.3f} nats from "
-                    "those scores (the windows are a harder-than-average sample).")
+                    f"those scores (the windows are {sample}).")
     out.append("")
+    rose = [r for r in order if len(curves.get(r, {}).get("val", [])) > 1
+            and curves[r]["val"][-1]["loss"] > (1 + VAL_ROSE) * min(p["loss"] for p in curves[r]["val"])]
+    if rose:
+        out += [f"In {len(rose)} of {len(order)} runs the validation loss ended more than {VAL_ROSE:.0%} above its "
+                f"lowest point ({', '.join(rose)}): they learned what does not carry over to the validation split "
+                "(overfitting, or a shift between the splits), so their final losses, and fits through them, say "
+                "where training stopped, not what their compute could reach.", ""]
     if "learning_curves.png" in plots:
         out += ["![loss vs tokens](learning_curves.png)", ""]
     return out
 
 
-def _families_section(comparison: dict, plots: set[str], image_study: bool) -> list[str]:
+def _families_section(comparison: dict, plots: set[str], image_study: bool,
+                      unknown: dict[str, float] | None = None) -> list[str]:
+    """`unknown`: the series whose bits/byte leave out the bytes of unknown tokens (UNKNOWN_NOTED or more), by
+    their share: no difference is stated against them."""
+    unknown = unknown or {}
     out = ["## Families at matched compute", ""]
     if image_study:
-        out += ["Each stream's loss is per token of that stream (a pixel, or a code standing for a patch): compare "
-                "streams with each other in bits/dim and bits/image (Token streams, above).", ""]
+        out += ["Each stream's loss is per token of that stream (a pixel's value, or a code standing for a pixel or "
+                "a patch), and code streams lose what their tokenizer does not reconstruct: compare streams with each "
+                "other in bits/dim and bits/image beside their distortion (Token streams, above).", ""]
+    unit = comparison.get("unit", "nats/token")
+    if unit == "bits/byte":
+        out += ["The families read different tokens, so each law's loss is given in bits per byte of the validation "
+                "text: nats/token × that stream's measured bits/byte per nat/token (Tokenizers, above).", ""]
     out += [f"Each family's selected L(C) at {comparison['compute']:.3e} FLOPs, the largest compute every family "
             "reached (no extrapolation), with the law's interval. A difference is stated only where the intervals "
-            "do not overlap.", "", "| family | loss | interval |", "|---|--:|--:|"]
+            "do not overlap.", "", f"| family | loss ({unit}) | interval |", "|---|--:|--:|"]
     out += [f"| {s} | {v['loss']:.4f} | [{_num(v['low'])}, {_num(v['high'])}] |"
             for s, v in sorted(comparison["series"].items(), key=lambda kv: kv[1]["loss"])]
     out.append("")
     for p in comparison.get("pairs", []):
-        verdict = (f"{p['better']} is lower than {p['worse']} by {p['difference']:.3f} nats/token" if p["beyond_noise"]
-                   else f"{p['better']} and {p['worse']}: within noise ({p['difference']:.3f} nats/token apart)")
+        partial = [s for s in (p["better"], p["worse"]) if s in unknown]
+        if unit == "bits/byte" and partial:
+            out.append(f"- {p['better']} and {p['worse']}: not compared; " + "; ".join(
+                f"{s}'s bits/byte leave out the {unknown[s]:.1%} of the bytes its vocabulary maps to the unknown token "
+                "(a lower bound)" for s in partial))
+            continue
+        verdict = (f"{p['better']} is lower than {p['worse']} by {p['difference']:.3f} {unit}" if p["beyond_noise"]
+                   else f"{p['better']} and {p['worse']}: within noise ({p['difference']:.3f} {unit} apart)")
         out.append(f"- {verdict}")
     out.append("")
     if "families.png" in plots:
@@ -599,9 +631,9 @@ def _sensitivity_section(rows: list[dict], convention: str) -> list[str]:
 
 def _streams_section(runs: dict, ok: list[str], tokenizers: dict, plots: set[str]) -> list[str]:
     """An image study's streams side by side: what each costs in bits and loses in fidelity."""
-    out = ["## Token streams", "", "Raw pixels are lossless; VQ-VAE, FSQ and LFQ codes are shorter sequences that lose "
-           "detail. Rate: bits per image under the stream's best model; distortion: the tokenizer's reconstruction "
-           "error on the test split.", "",
+    out = ["## Token streams", "", "Raw pixels are lossless; VQ-VAE, FSQ and LFQ codes, and a colour palette's (one "
+           "per pixel), are shorter sequences that lose detail. Rate: bits per image under the stream's best model; "
+           "distortion: the tokenizer's reconstruction error on the test split.", "",
            "| stream | tokens/image | vocabulary | best run | test bits/dim | bits/image | MSE | PSNR (dB) | "
            "codebook usage | code perplexity |", "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|"]
     for stream in dict.fromkeys(runs[r]["stream"] for r in runs):
@@ -624,13 +656,89 @@ def _streams_section(runs: dict, ok: list[str], tokenizers: dict, plots: set[str
     return out
 
 
+UNKNOWN_NOTED = 0.01  # a stream whose unknown tokens stand for this share of the bytes or more is not compared
+
+
+def _unknown_shares(runs: dict, ok: list[str]) -> dict[str, float]:
+    """The series whose validation text is UNKNOWN_NOTED or more unknown bytes, by their largest share."""
+    shares: dict[str, float] = {}
+    for r in ok:
+        share = runs[r].get("unknown_byte_share") or 0.0
+        if share >= UNKNOWN_NOTED:
+            shares[series_of(runs[r])] = max(share, shares.get(series_of(runs[r]), 0.0))
+    return shares
+
+
+def _tokenizer_names(config: dict) -> str:
+    """The study's text tokenizers: "byte-level BPE, vocab 1024", then each further stream's."""
+    tokenizers = {"text": config.get("tokenizer", {}), **config.get("text_tokenizers", {})}
+    names = [f"{TOKENIZER_KIND_NAMES[t.get('kind', 'bpe')]}, vocab {t.get('vocab_size', 1024)}"
+             for t in tokenizers.values()]
+    return names[0] if len(names) == 1 else "; ".join(f"{s}: {n}" for s, n in zip(tokenizers, names))
+
+
+def _tokenizers_section(runs: dict, ok: list[str]) -> list[str]:
+    """A text study's tokenizers side by side: what a token holds, what the vocabulary misses, and the bits per
+    byte of the text under each stream's best run (bits/byte is the one loss that compares across tokenizers)."""
+    out = ["## Tokenizers", "", "Losses per token do not compare across tokenizers (a word holds more bytes than a "
+           "character); bits per byte of the validation text do. A character or word vocabulary maps what it lacks "
+           "to an unknown token: its bits/byte count each unknown token's bytes as covered, a lower bound where "
+           "unknown bytes are many (armodels.char_word).", "",
+           "The last column prices each unknown byte at 8 bits (spelled out as a raw byte, the spans' lengths not "
+           "counted): a plain fallback code, showing what a vocabulary's gaps cost a code that must reproduce the "
+           "text.", "",
+           "| stream | tokenizer | vocabulary | bytes/token (val) | coverage (training sample) | unknown bytes (val) | "
+           "best run | val bits/byte | with unknown bytes at 8 bits |", "|---|---|--:|--:|--:|--:|---|--:|--:|"]
+    for stream in dict.fromkeys(runs[r].get("stream", "text") for r in runs):
+        mine = [r for r in ok if runs[r].get("stream", "text") == stream and runs[r].get("bits_per_byte")]
+        best = min(mine, key=lambda r: runs[r]["bits_per_byte"], default=None)
+        x = runs[best] if best else {}
+        scored = x.get("eval", {})
+        per_token = scored["bytes"] / scored["tokens"] if scored.get("tokens") and scored.get("bytes") else None
+        out.append(f"| {stream} | {TOKENIZER_KIND_NAMES.get(x.get('tokenizer'), '—')} | {x.get('vocab_size', '—')} | "
+                   f"{_num(per_token, 2)} | {_percent(x.get('tokenizer_coverage'))} | "
+                   f"{_percent(x.get('unknown_byte_share'))} | {best or '—'} | {_num(x.get('bits_per_byte'))} | "
+                   f"{_num(x.get('bits_per_byte') + 8 * x.get('unknown_byte_share', 0.0)) if x else '—'} |")
+    return out + [""]
+
+
 def _image_samples_section(runs: dict, order: list[str], plots: set[str]) -> list[str]:
     lines = []
     for r in order:
         if f"samples-{r}.png" in plots:
-            lines += [f"### {r} ({_num(runs[r].get('bits_per_dim'))} bits/dim)", "",
+            n_classes = runs[r].get("config", {}).get("n_classes")
+            given = f" given the class; one row per class, 0 to {n_classes - 1} from the top" if n_classes else ""
+            lines += [f"### {r} ({_num(runs[r].get('bits_per_dim'))} bits/dim{given})", "",
                       f"![samples of {r}](samples-{r}.png)", ""]
     return ["## Samples", "", *lines] if lines else []
+
+
+def _conditioning_section(runs: dict, ok: list[str]) -> list[str]:
+    """What the class buys: each class-conditioned run beside the unconditioned run of the same family, stream,
+    shape, tokens, lr and seed, in test bits/dim (the conditioned one's given each image's class)."""
+    def twin(r: str) -> tuple:
+        x = runs[r]
+        shape = json.dumps({k: v for k, v in x.get("config", {}).items() if k != "n_classes"}, sort_keys=True)
+        return x["family"], x.get("stream"), shape, x["tokens"], x.get("lr"), x.get("seed")
+
+    plain = {twin(r): r for r in ok if not runs[r].get("config", {}).get("n_classes")}
+    pairs = [(plain[twin(r)], r) for r in ok if runs[r].get("config", {}).get("n_classes") and twin(r) in plain]
+    if not pairs:
+        return []
+    k = runs[pairs[0][1]]["config"]["n_classes"]
+    out = ["## Class conditioning", "",
+           f"Each class-conditioned run beside its unconditioned twin (same family, shape, tokens, lr and seed); the "
+           f"conditioned run is scored given each test image's class. For the true distributions the class can save "
+           f"at most log2 {k} = {np.log2(k):.2f} bits per image (its entropy); a larger gain means the class makes "
+           "the images easier to learn at this size, not that it carries more information.", "",
+           "| unconditioned | conditioned | params (non-emb.) | tokens | bits/dim | given the class | difference | "
+           "bits/image saved |", "|---|---|--:|--:|--:|--:|--:|--:|"]
+    for u, c in pairs:
+        a, b = runs[u], runs[c]
+        out.append(f"| {u} | {c} | {human(b['params_nonembedding'])} | {human(b['tokens'])} | "
+                   f"{_num(a['bits_per_dim'])} | {_num(b['bits_per_dim'])} | "
+                   f"{b['bits_per_dim'] - a['bits_per_dim']:+.4f} | {a['bits_per_image'] - b['bits_per_image']:.1f} |")
+    return out + [""]
 
 
 def _allocation_section(family: str, fits: dict, plots: set[str]) -> list[str]:

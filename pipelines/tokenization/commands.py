@@ -1,4 +1,4 @@
-"""The tokenization commands of `arscale`: `tokenizer train bpe|char|word|vqvae|fsq|lfq`, `tokenize` and
+"""The tokenization commands of `arscale`: `tokenizer train bpe|char|word|vqvae|fsq|lfq|palette`, `tokenize` and
 `detokenize` (parsers and handlers, kept here so that pipelines/cli.py only hooks them in)."""
 
 from __future__ import annotations
@@ -174,7 +174,8 @@ def cmd_detokenize(args) -> int:
 def _add_image_trainers(train, common: argparse.ArgumentParser) -> None:
     kinds = {"vqvae": "VQ-VAE with an EMA codebook (k-means initialised, dead codes restarted)",
              "fsq": "finite scalar quantization: no codebook to learn, codes = a grid of per-channel levels",
-             "lfq": "lookup-free quantization: codes = the signs of `bits` latent channels, with an entropy penalty"}
+             "lfq": "lookup-free quantization: codes = the signs of `bits` latent channels, with an entropy penalty",
+             "palette": "a k-means colour palette (iGPT): one code per pixel, its nearest palette colour"}
     for kind, about in kinds.items():
         p = train.add_parser(kind, parents=[common], help=about,
                              description=f"Train an image tokenizer, {about}, on an image data set; prints its metrics "
@@ -188,10 +189,17 @@ def _add_image_trainers(train, common: argparse.ArgumentParser) -> None:
         p.add_argument("--limit", type=int, help="train on the first N images only")
         p.add_argument("--column", default="image", help="Parquet: the column of encoded images (default: image)")
         p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write (new or empty)")
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(handler=cmd_train_image, kind=kind)
+        if kind == "palette":  # fitted by k-means: no gradient steps, no convolutions
+            p.add_argument("--clusters", type=int, help="colours in the palette, the number of codes (default: 512; "
+                                                        "at most the distinct colours of the images)")
+            p.add_argument("--iterations", type=int, help="k-means iterations at most (default: 30)")
+            p.set_defaults(steps=1, batch_size=1, lr=1.0)  # unused
+            continue
         p.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
         p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
         p.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (default: 0.002)")
-        p.add_argument("--seed", type=int, default=0)
         p.add_argument("--hidden", type=int, help="channels of the convolutions (default: 64)")
         p.add_argument("--downsample", type=int, help="times H and W are halved: the code grid is H/2^n × W/2^n "
                                                       "(default: 2)")
@@ -204,7 +212,6 @@ def _add_image_trainers(train, common: argparse.ArgumentParser) -> None:
             p.add_argument("--bits", type=int, help=f"latent channels per code, each quantized to its sign: 2^bits "
                                                     f"codes (1 to {MAX_BITS}; default: 10 = 1,024 codes)")
             p.add_argument("--entropy-weight", type=float, help="weight of the entropy penalty (default: 0.1)")
-        p.set_defaults(handler=cmd_train_image, kind=kind)
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -217,7 +224,8 @@ def _levels(text: str) -> tuple[int, ...]:
 def cmd_train_image(args) -> int:
     _local_out(args.out)
 
-    settings = {name: value for name in ("hidden", "downsample", "codebook_size", "levels", "bits", "entropy_weight")
+    settings = {name: value for name in ("hidden", "downsample", "codebook_size", "levels", "bits", "entropy_weight",
+                                         "clusters", "iterations")
                 if (value := getattr(args, name, None)) is not None}
     try:
         make_config(args.kind, settings)  # bad settings and outputs fail now, not after loading the data
@@ -229,13 +237,17 @@ def cmd_train_image(args) -> int:
         test = load_images(args.data, split="test") if has_test else None
     except (ImageDataError, ValueError) as e:
         raise UserError(str(e)) from None
-    tokenizer = train_image_tokenizer(args.kind, train, config=settings, steps=args.steps, batch_size=args.batch_size,
-                                      lr=args.lr, seed=args.seed, test=test)
+    try:
+        tokenizer = train_image_tokenizer(args.kind, train, config=settings, steps=args.steps,
+                                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, test=test)
+    except ValueError as e:  # a palette with more colours than the images have
+        raise UserError(str(e)) from None
     with new_output(args.out) as tmp:
         tokenizer.save(tmp)
     m, h, w = tokenizer.meta["metrics"], *tokenizer.grid_shape
+    work = f"{tokenizer.meta['iterations']} k-means iterations" if args.kind == "palette" else f"{args.steps} steps"
     print(f"{args.kind} tokenizer: {tokenizer.codebook_size:,} codes, {h}×{w} grid per image "
-          f"({m['bits_per_image']:.0f} bits/image), trained on {train.source} ({args.steps} steps, "
+          f"({m['bits_per_image']:.0f} bits/image), trained on {train.source} ({work}, "
           f"{tokenizer.meta['train_seconds']:.0f} s)")
     print(f"{'test' if has_test else 'train'} metrics: mse {m['mse']:.5f}  psnr {m['psnr']:.2f} dB  "
           f"usage {m['usage']:.1%}  perplexity {m['perplexity']:.1f}  ({tokenizer.meta['evaluated_on']})")

@@ -190,6 +190,9 @@ def test_loading_a_broken_tokenizer_is_one_line(fsq, tmp_path):
         train_image_tokenizer("fsq", load_images("digits", limit=10), config={"codebook_size": 5}, steps=1)
     with pytest.raises(ValueError, match=r"levels must be integers ≥ 3 \(for two levels a channel"):
         FSQConfig(levels=(2, 2))  # tanh's shift would be undefined (NaN codes)
+    with pytest.raises(ValueError, match=r"levels \(8, 8, 8, 8, 8, 8, 8\) make 2,097,152 codes, more than a "
+                                         r"vocabulary may hold \(1,000,000\)"):
+        FSQConfig(levels=(8,) * 7)
 
 
 # The command line: training through the real entry point, the rest in this process (the same `main`).

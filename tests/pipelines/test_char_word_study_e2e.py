@@ -64,3 +64,51 @@ def test_a_study_reports_bits_per_byte_of_a_char_or_word_tokenizer(tmp_path, ray
     assert main(["sample", str(train), "--prompt", "def ", "--max-tokens", "8", "--seed", "1"]) == 0
     header, text = capsys.readouterr().out.splitlines()[:2]
     assert header.startswith("=== sample 1 of 1") and text.startswith("def ")
+
+
+def test_one_study_compares_bpe_char_and_word_tokens_in_bits_per_byte(tmp_path, ray_local):
+    """BPE (the study's tokenizer), char and word streams (text_tokenizers) in one study: each grid reads its own
+    stream's shards, the report's Tokenizers section gives each stream's bits/byte and coverage, and the laws are
+    compared at matched compute in bits/byte, each stream's nats/token scaled by its own measured bits/byte ratio."""
+    raw = study_config("bpe", 300)
+    raw.update(name="tokenizers-e2e", text_tokenizers={"char": {"vocab_size": 64, "train_bytes": 100_000},
+                                                       "word": {"vocab_size": 1000, "train_bytes": 100_000}})
+    sizes = [{"n_layer": 1, "n_embd": 8, "n_head": 2}, {"n_layer": 1, "n_embd": 16, "n_head": 2},
+             {"n_layer": 1, "n_embd": 24, "n_head": 2}]
+    raw["models"]["grids"] = [{"family": "transformer", "stream": s, "label": s if s != "text" else "bpe",
+                               "sizes": sizes} for s in ("text", "char", "word")]
+    raw["training"] = {**raw["training"], "tokens": None, "tokens_per_param": 2}
+    raw["fit"] = {"bootstrap": 20, "holdout_top": 0}
+    cfg = StudyConfig.model_validate(raw)
+    outcomes = run_study(cfg, tmp_path / "tokenizers.yaml", tmp_path / "study")
+    assert {o.state for o in outcomes.values()} == {"succeeded"}, outcomes
+    out = tmp_path / "study"
+
+    runs = pd.read_csv(out / "report" / "runs.csv")
+    assert sorted(runs.groupby("series")["stream"].first().items()) == [("bpe", "text"), ("char", "char"),
+                                                                        ("word", "word")]
+    assert runs.groupby("series")["tokenizer"].first().to_dict() == {"bpe": "bpe", "char": "char", "word": "word"}
+    vocab = runs.groupby("series")["vocab_size"].first().to_dict()
+    assert vocab["char"] == 64 and vocab["word"] == 1000 and vocab["bpe"] == 300
+
+    fits = json.loads((out / "report" / "fit.json").read_text())
+    comparison = fits["comparison"]
+    assert comparison["unit"] == "bits/byte"
+    for series, at in comparison["series"].items():  # the law's nats/token, scaled by the stream's bits per nat
+        mine = runs[(runs["series"] == series) & (runs["status"] == "ok")]
+        ratio = (mine["bits_per_byte"] / mine["loss"]).median()
+        assert 0 < at["loss"] < 8 and at["low"] <= at["loss"] <= at["high"] or math.isnan(at["low"])
+        assert ratio > 0 and math.isfinite(at["loss"] / ratio)
+
+    report = (out / "report" / "report.md").read_text()
+    assert "tokenizer: text: byte-level BPE, vocab 300; char: character-level, vocab 64; word: word-level, " \
+           "vocab 1000" in report
+    section = report.split("## Tokenizers")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| stream")]
+    assert [r.split(" | ")[0] for r in rows] == ["| text", "| char", "| word"]
+    for row in rows:  # bytes/token: a char token holds about one byte, a word more, a BPE token in between
+        assert float(row.split(" | ")[-1].rstrip(" |")) == pytest.approx(
+            runs[runs["stream"] == row.split(" | ")[0][2:]]["bits_per_byte"].min(), abs=1e-4)
+    per_token = {r.split(" | ")[0][2:]: float(r.split(" | ")[3]) for r in rows}
+    assert 0.9 < per_token["char"] < 1.2 < per_token["text"] and per_token["char"] < per_token["word"]
+    assert "loss (bits/byte)" in report.split("## Families at matched compute")[1]

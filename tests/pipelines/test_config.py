@@ -1,3 +1,4 @@
+import json
 from dataclasses import fields
 
 import pytest
@@ -72,6 +73,13 @@ def test_token_budget_rule(tmp_path):
     (MINIMAL + "tokenizer:\n  kind: char\n  vocab_size: 2000000\n",
      r"tokenizer\.vocab_size: Input should be less than or equal to 1000000"),
     (MINIMAL + "tokenizer:\n  kind: chars\n", r"tokenizer\.kind: Input should be 'bpe', 'char' or 'word'"),
+    (MINIMAL.replace("family: transformer", "family: transformer, stream: char"),
+     r"models\.grids\.0\.stream: 'char' needs text_tokenizers\.char \(its vocab_size and train_bytes\)"),
+    (MINIMAL + "text_tokenizers:\n  char: {kind: word}\n",
+     r"text_tokenizers\.char\.kind: is 'word' under the key 'char'; leave it out"),
+    (MINIMAL + "text_tokenizers:\n  word: {vocab_size: 2}\n",
+     r"text_tokenizers\.word\.vocab_size: with tokenizer\.kind word, 2 is too small"),
+    (MINIMAL + "text_tokenizers:\n  chars: {}\n", r"text_tokenizers\.chars.*Input should be 'bpe', 'char' or 'word'"),
     ("name: s\nmodels:\n  grids: [{sizes: [{n_layer: 1, n_embd: 30, n_head: 4}]}]\n",
      r"models\.grids\.0\.sizes\.0: n_embd \(30\) must be a multiple of n_head \(4\)"),
     ("name: s\nmodels:\n  grids: [{family: rnn, sizes: [{hiden: 8}]}]\n",
@@ -185,3 +193,34 @@ def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path):
                                + "training: {lr: 2E-3, flops_budgets: [1e12, 3.5e+12]}\nname: '1e5'\n"))
     assert cfg.models.grids[0].sizes[0]["lr"] == 0.001 and cfg.training.lr == 0.002
     assert cfg.training.flops_budgets == [1e12, 3.5e12] and cfg.name == "1e5"
+
+
+def test_a_study_of_several_text_tokenizers_plans_a_stream_each_and_keeps_the_study_tokenizers_hashes(tmp_path):
+    """text_tokenizers adds corpus ─► tokenizer-<kind> ─► shards-<kind> for the kinds a grid reads; the study's own
+    tokenizer stream ("text") and its runs keep the hashes they had without it."""
+    base, _ = load_config("text-tiny")
+    grids = [*base.stable_dump()["models"]["grids"],
+             {"family": "transformer", "stream": "char", "sizes": [{"n_layer": 1, "n_embd": 8, "n_head": 2}]}]
+    cfg, _ = load_config("text-tiny", ["text_tokenizers.char.vocab_size=64", "text_tokenizers.word.vocab_size=500",
+                                       f"models.grids={json.dumps(grids)}"])
+    assert cfg.text_tokenizers["char"].kind == "char" and cfg.text_tokenizer_for("text") is cfg.tokenizer
+    before = {s.name: s.hash for s in topological_order(build_steps(base))}
+    steps = {s.name: s for s in topological_order(build_steps(cfg))}
+    assert {n for n in steps if n.startswith(("tokenizer", "shards"))} == {
+        "tokenizer", "shards", "tokenizer-char", "shards-char"}  # no grid reads the word stream: not planned
+    assert steps["tokenizer-char"].config.kind == "char" and steps["tokenizer-char"].config.vocab_size == 64
+    assert steps["shards-char"].inputs["tokenizer"] is steps["tokenizer-char"]
+    assert all(steps[n].hash == h for n, h in before.items() if n not in ("fit", "report"))
+    char_runs = [n for n in steps if n.startswith("train-char-transformer")]
+    assert len(char_runs) == 1 and steps[char_runs[0]].config.model["vocab_size"] == 64
+    evaluation = steps[char_runs[0].replace("train-", "eval-")]
+    assert evaluation.inputs["shards"] is steps["shards-char"] and evaluation.inputs["tokenizer"] is steps[
+        "tokenizer-char"]
+    assert evaluation.config.text_stream == "char" and evaluation.config.series == "char-transformer"
+
+
+def test_text_tokenizers_belong_to_text_studies(tmp_path):
+    text = ("name: s\nimages: {data: digits, train_images: 10, test_images: 10}\ntext_tokenizers: {char: {}}\n"
+            "models:\n  grids: [{family: made, stream: pixels, sizes: [{hidden: [8]}]}]\n")
+    with pytest.raises(UserError, match=r"text_tokenizers: text streams need a text study"):
+        load_config(write(tmp_path, text))

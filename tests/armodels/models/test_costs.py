@@ -44,6 +44,9 @@ CONFIGS = {
     "histogram": [{}, {"vocab_size": 7, "seq_len": 3, "pseudocount": 0.1}],
     "ngram": [{}, {"vocab_size": 5, "order": 2, "smoothing": "add_k"}, {"vocab_size": 3, "order": 4, "seq_len": 5}],
 }
+for family in armodels.families():  # class-conditioned: the class tables are embeddings (in the total count only)
+    if armodels.takes_class(family):
+        CONFIGS[family] = [*CONFIGS[family], {"n_classes": 7}, {**CONFIGS[family][1], "n_classes": 2}]
 CASES = [(family, config) for family, configs in CONFIGS.items() for config in configs]
 
 
