@@ -29,4 +29,10 @@ class LastReport(UserCallback):
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         run = metrics[0].get("run") if metrics else None
         if run and "/" not in run and (self.study / run).is_dir():
-            write_json_atomic(self.study / run / RAY_TRAIN_REPORT, metrics[0])
+            try:
+                write_json_atomic(self.study / run / RAY_TRAIN_REPORT, metrics[0])
+            except FileNotFoundError:
+                # The callback runs after the report, asynchronously: a run's last report can arrive after its step
+                # has committed (renamed) the folder. An error here would fail the controller, and with it the next
+                # run on the same warm workers; the run's result.json holds these numbers anyway.
+                pass

@@ -106,9 +106,12 @@ def test_one_study_compares_bpe_char_and_word_tokens_in_bits_per_byte(tmp_path, 
     section = report.split("## Tokenizers")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| stream")]
     assert [r.split(" | ")[0] for r in rows] == ["| text", "| char", "| word"]
-    for row in rows:  # bytes/token: a char token holds about one byte, a word more, a BPE token in between
-        assert float(row.split(" | ")[-1].rstrip(" |")) == pytest.approx(
-            runs[runs["stream"] == row.split(" | ")[0][2:]]["bits_per_byte"].min(), abs=1e-4)
+    for row in rows:  # each stream's best bits/byte, and beside it the price of its unknown bytes at 8 bits each
+        cells = row.rstrip(" |").split(" | ")
+        best = runs[runs["stream"] == cells[0][2:]].sort_values("bits_per_byte").iloc[0]
+        assert float(cells[7]) == pytest.approx(best["bits_per_byte"], abs=1e-4)
+        unknown = 0.0 if cells[0] == "| text" else best["unknown_byte_share"]
+        assert float(cells[8]) == pytest.approx(best["bits_per_byte"] + 8 * unknown, abs=1e-4)
     per_token = {r.split(" | ")[0][2:]: float(r.split(" | ")[3]) for r in rows}
     assert 0.9 < per_token["char"] < 1.2 < per_token["text"] and per_token["char"] < per_token["word"]
     assert "loss (bits/byte)" in report.split("## Families at matched compute")[1]
