@@ -28,6 +28,7 @@ _FAMILIES = {
     "rnn": ("rnn", "RNN", "RNNConfig"),
     "pixelcnn": ("pixelcnn", "PixelCNN", "PixelCNNConfig"),
     "gated_pixelcnn": ("gated_pixelcnn", "GatedPixelCNN", "GatedPixelCNNConfig"),
+    "hierarchical_pixelcnn": ("hierarchical_pixelcnn", "HierarchicalPixelCNN", "HierarchicalPixelCNNConfig"),
     "transformer": ("transformer", "Transformer", "TransformerConfig"),
     "linear_attention": ("linear_attention", "LinearAttention", "LinearAttentionConfig"),
     "ssm": ("ssm", "SSM", "SSMConfig"),
@@ -76,13 +77,20 @@ def takes_class(family: str) -> bool:
 
 def fields_set_by_study(family: str) -> tuple[str, ...]:
     """The config fields a study sets from its data, not from the sizes: the vocabulary, and the image's height,
-    width and channels (for the families that take colour) or the training window's length; and the classes of the
-    labels (`n_classes`, for the families that take a class: models.condition)."""
+    width and channels (for the families that take colour) or the training window's length; the classes of the
+    labels (`n_classes`, for the families that take a class: models.condition); and the pyramid's `factor` (for
+    the hierarchical family, which models the pyramid stream)."""
     classes = ("n_classes",) if takes_class(family) else ()
     if not is_image_family(family):
         return "vocab_size", "seq_len", *classes
-    colour = "channels_in" in {f.name for f in fields(family_classes(family)[1])}
-    return "vocab_size", "height", "width", *(("channels_in",) if colour else ()), *classes
+    names = {f.name for f in fields(family_classes(family)[1])}
+    data = [name for name in ("channels_in", "factor") if name in names]
+    return "vocab_size", "height", "width", *data, *classes
+
+
+def models_pyramids(family: str) -> bool:
+    """Whether `family` models an image study's pyramid stream (a low-resolution image, then the full one)."""
+    return "factor" in {f.name for f in fields(family_classes(family)[1])} and is_image_family(family)
 
 
 def any_order_config(family: str) -> dict | None:

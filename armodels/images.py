@@ -313,3 +313,13 @@ def save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path, format="PNG")
+
+
+def downsample(images: np.ndarray, factor: int) -> np.ndarray:
+    """Images [N, H, W, C] of integer levels at 1/factor resolution: each factor × factor block's mean, rounded half
+    up, so the levels stay the same (binary images stay binary). The pyramid stream's low-resolution images."""
+    n, height, width, channels = images.shape
+    if height % factor or width % factor:
+        raise ImageDataError(f"a factor of {factor} must divide the images' height and width ({height} × {width})")
+    blocks = images.reshape(n, height // factor, factor, width // factor, factor, channels).astype(np.float64)
+    return np.floor(blocks.mean(axis=(2, 4)) + 0.5).astype(images.dtype)

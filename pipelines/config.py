@@ -94,6 +94,8 @@ class ImagesConfig(_Strict):
     train_images: int = Field(10_000, gt=0)  # the first this many of the training split
     test_images: int = Field(2_000, gt=0)
     binarize: bool = False  # pixels become 0 or 255 (threshold 128): the pixel stream then has 2 levels, not 256
+    # the pyramid stream's: each image at 1/pyramid_factor of its resolution (block means), then in full
+    pyramid_factor: int = added_setting(2, ge=2)
 
 
 class ImageTokenizerConfig(_Strict):
@@ -108,7 +110,8 @@ class ImageTokenizerConfig(_Strict):
     model: dict[str, Any] = {}
 
 
-TEXT_STREAM, IMAGE_STREAMS = "text", ("pixels", "vqvae", "fsq", "lfq", "palette")
+TEXT_STREAM, IMAGE_STREAMS = "text", ("pixels", "pyramid", "vqvae", "fsq", "lfq", "palette")
+CODE_STREAMS = IMAGE_STREAMS[2:]  # an image tokenizer's codes: each needs its entry in image_tokenizers
 # A text study's further streams, beside "text" (the study's `tokenizer`): one per kind in `text_tokenizers`, so
 # one study can compare byte-level BPE, characters and words in bits/byte.
 TOKENIZER_KIND_NAMES = {"bpe": "byte-level BPE", "char": "character-level", "word": "word-level"}
@@ -232,8 +235,9 @@ class GridConfig(_Strict):
     family: str = "transformer"
     # The token stream the grid models: in text studies "text" (the study's tokenizer) or "bpe", "char" or "word"
     # (that entry of text_tokenizers); in image studies "pixels" (8-bit values in raster order), "vqvae", "fsq" or
-    # "lfq" (the code grid of that image tokenizer, in raster order), or "palette" (each pixel's palette colour).
-    stream: Literal["text", "bpe", "char", "word", "pixels", "vqvae", "fsq", "lfq", "palette"] = TEXT_STREAM
+    # "lfq" (the code grid of that image tokenizer, in raster order), "palette" (each pixel's palette colour), or
+    # "pyramid" (each image at 1/images.pyramid_factor resolution, then in full: hierarchical_pixelcnn's sequence).
+    stream: Literal["text", "bpe", "char", "word", "pixels", "pyramid", "vqvae", "fsq", "lfq", "palette"] = TEXT_STREAM
     sizes: list[dict[str, Any]] = Field(min_length=1)
     # What the fits and the report call this grid's runs (and their names begin with), instead of the family: two
     # grids of one family that differ in how they train (e.g. `cosine` and `wsd`) are fitted and compared apart.
@@ -576,7 +580,7 @@ class StudyConfig(_Strict):
             if grid.stream in TEXT_TOKENIZER_KINDS and grid.stream not in self.text_tokenizers:
                 problems.append(f"models.grids.{i}.stream: {grid.stream!r} needs text_tokenizers.{grid.stream} (its "
                                 "vocab_size and train_bytes)")
-            if grid.stream in IMAGE_STREAMS[1:] and grid.stream not in self.image_tokenizers:  # the code streams
+            if grid.stream in CODE_STREAMS and grid.stream not in self.image_tokenizers:
                 problems.append(f"models.grids.{i}.stream: {grid.stream!r} needs image_tokenizers.{grid.stream}")
             if self.fit.convention not in flops_conventions(grid.family):
                 problems.append(f"fit.convention: {self.fit.convention} does not count {grid.family} models' compute; "

@@ -66,6 +66,7 @@ class StreamShape:
     seq_len: int
     grid: tuple[int, int] | None = None
     channels: int = 1
+    factor: int | None = None  # the pyramid stream's: the low-resolution image's
 
     def fields_for(self, family: str, n_classes: int = 0) -> dict[str, int]:
         """The config fields the study sets on a `family` model of this stream (armodels.fields_set_by_study), with
@@ -73,7 +74,7 @@ class StreamShape:
         unconditioned model's n_classes 0, a grey one's channels_in 1), so such a model's config, and its steps'
         hashes, are what they were before those fields existed."""
         values = {"vocab_size": self.vocab_size, "seq_len": self.seq_len, "channels_in": self.channels,
-                  "n_classes": n_classes}
+                  "n_classes": n_classes, "factor": self.factor}
         if self.grid:
             values.update(height=self.grid[0], width=self.grid[1])
         added_defaults = {"n_classes": 0, "channels_in": 1}
@@ -110,8 +111,14 @@ def stream_shapes(cfg: StudyConfig) -> dict[str, StreamShape]:
         height, width, channels = image_shape(cfg.images.data, split="test")
     except (ImageDataError, OSError) as e:
         raise UserError(f"images.data: {e}") from None
-    shapes = {"pixels": StreamShape(pixel_levels(cfg.images.binarize), height * width * channels, (height, width),
-                                    channels)}
+    levels, f = pixel_levels(cfg.images.binarize), cfg.images.pyramid_factor
+    shapes = {"pixels": StreamShape(levels, height * width * channels, (height, width), channels)}
+    if any(grid.stream == "pyramid" for grid in cfg.models.grids):
+        if height % f or width % f:
+            raise UserError(f"images.pyramid_factor: {f} must divide the images' height and width ({height} × "
+                            f"{width}); use one that does")
+        low = (height // f) * (width // f)
+        shapes["pyramid"] = StreamShape(levels, (low + height * width) * channels, (height, width), channels, f)
     for kind, tok in cfg.image_tokenizers.items():
         try:
             codes, (h, w) = code_stream_shape(kind, tok.model, (height, width, channels))
@@ -138,6 +145,14 @@ def grid_runs(cfg: StudyConfig, gpus: float = 0.0) -> list[tuple[GridConfig, tra
     for i, grid in enumerate(cfg.models.grids):
         t = cfg.training_for(grid)
         shape = shapes[grid.stream]
+        if armodels.is_image_family(grid.family) and armodels.models_pyramids(grid.family) != (
+                grid.stream == "pyramid"):
+            pyramid = [f for f in armodels.families() if armodels.models_pyramids(f)]
+            raise UserError(f"models.grids.{i}.family: {grid.family} "
+                            + (f"models the pyramid stream only (stream: pyramid), not {grid.stream}"
+                               if armodels.models_pyramids(grid.family) else
+                               f"models one image, not the pyramid stream's two; use {', '.join(pyramid)} or a "
+                               "sequence family such as transformer"))
         if armodels.is_image_family(grid.family) and shape.channels > 1 and "channels_in" not in shape.fields_for(
                 grid.family):
             colour = [f for f in armodels.families() if "channels_in" in armodels.fields_set_by_study(f)]
@@ -306,7 +321,8 @@ def image_streams(cfg: StudyConfig) -> dict[str, tuple[Step, Step]]:
     decoder is the image tokenizer, or for pixels the images step itself."""
     i = cfg.images
     labels = cfg.models.class_conditioned  # keep the labels beside the images and each stream's shards
-    images_step = Step("images", images.gather_images, images.ImagesStepConfig(**i.model_dump(), labels=labels),
+    images_step = Step("images", images.gather_images,
+                       images.ImagesStepConfig(**i.model_dump(exclude={"pyramid_factor"}), labels=labels),
                        version=images.VERSION,
                        describe=f"{i.data}: {i.train_images:,} train, {i.test_images:,} test"
                                 + (", binarized" if i.binarize else ""))
@@ -318,6 +334,15 @@ def image_streams(cfg: StudyConfig) -> dict[str, tuple[Step, Step]]:
                               images.ImageShardStepConfig(**cfg.shards.model_dump(), levels=levels, labels=labels),
                               inputs={"images": images_step}, version=images.VERSION,
                               describe=f"pixels ({levels} levels) in raster order"),
+                         images_step)
+    if "pyramid" in used:
+        levels = pixel_levels(i.binarize)
+        out["pyramid"] = (Step("shards-pyramid", images.shard_pixels,
+                               images.ImageShardStepConfig(**cfg.shards.model_dump(), levels=levels, labels=labels,
+                                                           pyramid_factor=i.pyramid_factor),
+                               inputs={"images": images_step}, version=images.VERSION,
+                               describe=f"each image at 1/{i.pyramid_factor} resolution, then in full ({levels} "
+                                        "levels, raster order)"),
                          images_step)
     for kind, t in cfg.image_tokenizers.items():
         if kind not in used:

@@ -104,10 +104,14 @@ class GatedLayer(nn.Module):
         # class-conditioned: a bias per class on each stack's 2C gate inputs (V_f, V_g of the paper's eq. 4)
         self.class_bias = class_table(n_classes, 4 * channels) if n_classes else None
 
-    def forward(self, v: torch.Tensor, h: torch.Tensor,
-                classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        v_bias, h_bias = (0.0, 0.0) if self.class_bias is None else \
-            self.class_bias(classes)[:, :, None, None].chunk(2, dim=1)
+    def forward(self, v: torch.Tensor, h: torch.Tensor, classes: torch.Tensor | None = None,
+                spatial: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`spatial`: a bias [B, 4C, H, W] on both stacks' gate inputs from an image known in advance (the
+        hierarchical family's low-resolution image), the spatial form of the paper's conditioning (its eq. 5)."""
+        bias = None if self.class_bias is None else self.class_bias(classes)[:, :, None, None]
+        if spatial is not None:
+            bias = spatial if bias is None else bias + spatial
+        v_bias, h_bias = (0.0, 0.0) if bias is None else bias.chunk(2, dim=1)
         v = self.vertical(v)
         above = F.pad(v, (0, 0, 1, 0))[:, :, :-1]  # shift down: pixel (i, j) gets row i-1's vertical features
         h_new = self.out(gate(self.horizontal(h) + self.vertical_to_horizontal(above) + h_bias))

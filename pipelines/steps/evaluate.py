@@ -119,7 +119,7 @@ def _over_text_bytes(result: EvalResult, tokenizer: CharWordTokenizer, val_dir: 
 
 @dataclass(frozen=True)
 class ImageEvalStepConfig:
-    stream: str  # "pixels", "vqvae", "fsq", "lfq" or "palette"
+    stream: str  # "pixels", "pyramid", "vqvae", "fsq", "lfq" or "palette"
     common: EvalStepConfig
 
 
@@ -165,9 +165,10 @@ def evaluate_image_model(config: ImageEvalStepConfig, ctx: StepContext) -> dict:
 
 def _image_decoder(stream: str, source: Path, vocab_size: int):
     """(tokens [N, T] → uint8 images [N, H, W, C], pixels per image, the stream's distortion on the test split)."""
-    if stream == "pixels":  # the source is the images step; tokens are levels 0..vocab_size-1
+    if stream in ("pixels", "pyramid"):  # the source is the images step; tokens are levels 0..vocab_size-1
         shape, scale = load_split(source, "test").shape[1:], 255 // (vocab_size - 1)
-        return (lambda tokens: (tokens * scale).reshape(-1, *shape).astype(np.uint8)), int(np.prod(shape)), {
+        size = int(np.prod(shape))  # a pyramid's sequence ends with the full image, after its low-resolution one
+        return (lambda tokens: (tokens[:, -size:] * scale).reshape(-1, *shape).astype(np.uint8)), size, {
             "mse": 0.0}  # lossless
 
     tokenizer = ImageTokenizer.load(source)

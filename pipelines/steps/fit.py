@@ -44,8 +44,9 @@ from scaling.frontier import group_budgets
 from scaling.results import jsonable
 
 # 3: frontier, lr selection, seeds, forms, FLOPs sensitivity, confirmation runs; 4: steep exponents; 5: L(N, D) of
-# sizes × token budgets, its predictions at multiples of 6ND compute, whole curves from mean losses
-VERSION = "5"
+# sizes × token budgets, its predictions at multiples of 6ND compute, whole curves from mean losses; 6: families of
+# different token streams compared per byte or per pixel (per_byte_scales)
+VERSION = "6"
 COMPUTE_FORMS = ("compute", "compute_pure")  # L(C) with and without E: the selection picks the predicting one
 ISOFLOP_FORMS = ("isoflop", "envelope", "chinchilla")
 SELECTION_FORMS = ("compute", "compute_pure", "chinchilla")
@@ -96,7 +97,7 @@ def fit_study(config: FitStepConfig, ctx: StepContext) -> dict:
             ctx.log(f"{series} whole curves, {t['trunk']}: " + (t["error"] if "error" in t else (
                 f"{len(t['backtest'])} branches' final losses predicted within {t['worst_error']:.1%}")))
     scales = per_byte_scales(runs)
-    comparison = compare_families(selected, scales)
+    comparison = compare_families(selected, scales, "bits/dim" if "bits_per_dim" in runs else "bits/byte")
     if comparison:
         largest = max(r.law.axis.max() for r in selected.values() if r is not None)
         scaling.plots.plot_families({s: r for s, r in selected.items() if r is not None}, ctx.output / "families.png",
@@ -322,11 +323,12 @@ def confirm_prediction(confirm: dict, fit, lr: dict, largest: float) -> dict:
             "run_interval": (p.run_low, p.run_high), "ci_level": fit.ci_level, "identified": fit.identified}
 
 
-def compare_families(results: dict, scales: dict[str, float] | None = None) -> dict | None:
+def compare_families(results: dict, scales: dict[str, float] | None = None, unit: str = "bits/byte") -> dict | None:
     """With several families: each one's selected L(C) at the largest compute that every family reached (so none
     extrapolates), with the law's interval, and each pair's difference, stated as one only when the two
-    intervals do not overlap (else "within noise"). `scales`: each series' factor from nats/token to bits/byte,
-    where the series' tokens differ (per_byte_scales); the comparison is then in bits/byte."""
+    intervals do not overlap (else "within noise"). `scales`: each series' factor from nats/token to `unit`
+    (bits/byte of text, bits/dim of images), where the series' tokens differ (per_byte_scales); the comparison is
+    then in that unit."""
     results = {series: r for series, r in results.items() if r is not None}
     if len(results) < 2:
         return None
@@ -344,14 +346,15 @@ def compare_families(results: dict, scales: dict[str, float] | None = None) -> d
             separated = at[a]["high"] < at[b]["low"]  # NaN intervals compare False: not separated
             pairs.append({"better": a, "worse": b, "difference": at[b]["loss"] - at[a]["loss"],
                           "beyond_noise": bool(separated)})
-    return {"compute": common, "series": at, "pairs": pairs, "unit": "bits/byte" if scales else "nats/token"}
+    return {"compute": common, "series": at, "pairs": pairs, "unit": unit if scales else "nats/token"}
 
 
 def per_byte_scales(runs: pd.DataFrame) -> dict[str, float] | None:
-    """Where a text study's series use different tokenizers, a token is worth a different number of bytes in each,
-    so losses per token do not compare: each series' factor from nats/token to bits/byte, the median over its
-    finished runs of bits_per_byte / loss (one ratio per tokenizer and validation text). None otherwise."""
-    if "tokenizer" not in runs or runs["stream"].nunique() < 2:
+    """Where a study's series read different token streams (text tokenizers; image pixels, pyramids and codes), a
+    token is worth a different number of bytes (pixels) in each, so losses per token do not compare: each series'
+    factor from nats/token to bits/byte (an image study's bits/dim), the median over its finished runs of
+    bits_per_byte / loss (one ratio per stream and held-out split). None otherwise."""
+    if "stream" not in runs or runs["stream"].nunique() < 2:
         return None
     ok = runs[(runs["status"] == "ok") & runs["bits_per_byte"].notna()]
     return {series: float((t["bits_per_byte"] / t["loss"]).median()) for series, t in ok.groupby("series")}

@@ -22,7 +22,7 @@ import numpy as np
 from armodels.config_fields import added_field
 from armodels.files import write_json_atomic
 from armodels.image_tokenizer import ImageTokenizer, train_image_tokenizer, write_code_shards
-from armodels.images import ImageSet, image_grid, load_images, save_png
+from armodels.images import ImageSet, downsample, image_grid, load_images, save_png
 from armodels.shards import ShardWriter, save_document_labels
 from pipelines.step import StepContext
 
@@ -78,11 +78,13 @@ class ImageShardStepConfig:
     shard_tokens: int
     levels: int = 256  # the pixel stream's: 256 (8-bit values) or 2 (binarized images)
     labels: bool = added_field(False)  # write each image's class beside the shards (the images gathered labels)
+    pyramid_factor: int = added_field(0)  # > 0: each document is the image at 1/factor resolution, then in full
 
 
 def shard_pixels(config: ImageShardStepConfig, ctx: StepContext) -> dict:
     """The pixel stream: each image's values in raster order (row by row, channels innermost), 8-bit or binary;
-    n_bytes = H·W·C."""
+    n_bytes = H·W·C. The pyramid stream (pyramid_factor > 0): each image's low-resolution version (armodels.images
+    .downsample), then the image; n_bytes is still the image's H·W·C, so bits per byte are bits per full pixel."""
     summary = {}
     for shard_split, split in SHARD_TO_DATA_SPLIT.items():
         images = load_split(ctx.inputs["images"], split)
@@ -90,8 +92,10 @@ def shard_pixels(config: ImageShardStepConfig, ctx: StepContext) -> dict:
             images = images >= 128
         writer = ShardWriter(ctx.output / shard_split, split=shard_split, tokenizer_sha256=PIXELS_SHA256,
                              vocab_size=config.levels, eod_id=None, shard_tokens=config.shard_tokens)
-        for i, image in enumerate(images):
-            writer.add(i, image.reshape(-1).tolist(), image.size)
+        images = images.astype(np.uint8)  # the tokens: binary levels or 8-bit values
+        low = downsample(images, config.pyramid_factor) if config.pyramid_factor else images[:, :0]
+        for i, (image, small) in enumerate(zip(images, low)):
+            writer.add(i, small.reshape(-1).tolist() + image.reshape(-1).tolist(), image.size)
         summary[f"{shard_split}_tokens"] = writer.close().tokens
         if config.labels:
             write_split_labels(ctx.inputs["images"], split, ctx.output / shard_split)

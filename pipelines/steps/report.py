@@ -31,6 +31,7 @@ VERSION = "6"
 BACKTEST_MISS = 0.10  # a law that misses its held-out budget by more: the headline says it does not predict
 VAL_ROSE = 0.05  # a run whose validation loss ends this far above its lowest: the report names it
 STREAMS = (*TEXT_STREAMS, *IMAGE_STREAMS)  # the order in which the report lists runs
+LOSSLESS = ("pixels", "pyramid")  # image streams that hold every pixel's value
 
 
 @dataclass(frozen=True)
@@ -502,11 +503,16 @@ def _families_section(comparison: dict, plots: set[str], image_study: bool,
     their share: no difference is stated against them."""
     unknown = unknown or {}
     out = ["## Families at matched compute", ""]
+    unit = comparison.get("unit", "nats/token")
     if image_study:
-        out += ["Each stream's loss is per token of that stream (a pixel's value, or a code standing for a pixel or "
+        out += ["Each stream's token stands for a different part of an image (a pixel's value, a code standing for a "
+                "pixel or a patch, a pyramid's low-resolution pixel), so each law's loss is given in bits/dim: "
+                "nats/token × that stream's measured bits/dim per nat/token. Code streams lose what their tokenizer "
+                "does not reconstruct: compare them beside their distortion (Token streams, above).", ""
+                ] if unit == "bits/dim" else [
+                "Each stream's loss is per token of that stream (a pixel's value, or a code standing for a pixel or "
                 "a patch), and code streams lose what their tokenizer does not reconstruct: compare streams with each "
                 "other in bits/dim and bits/image beside their distortion (Token streams, above).", ""]
-    unit = comparison.get("unit", "nats/token")
     if unit == "bits/byte":
         out += ["The families read different tokens, so each law's loss is given in bits per byte of the validation "
                 "text: nats/token × that stream's measured bits/byte per nat/token (Tokenizers, above).", ""]
@@ -631,9 +637,10 @@ def _sensitivity_section(rows: list[dict], convention: str) -> list[str]:
 
 def _streams_section(runs: dict, ok: list[str], tokenizers: dict, plots: set[str]) -> list[str]:
     """An image study's streams side by side: what each costs in bits and loses in fidelity."""
-    out = ["## Token streams", "", "Raw pixels are lossless; VQ-VAE, FSQ and LFQ codes, and a colour palette's (one "
-           "per pixel), are shorter sequences that lose detail. Rate: bits per image under the stream's best model; "
-           "distortion: the tokenizer's reconstruction error on the test split.", "",
+    out = ["## Token streams", "", "Raw pixels are lossless (so is the pyramid: each image at low resolution, then "
+           "in full); VQ-VAE, FSQ and LFQ codes, and a colour palette's (one per pixel), are shorter sequences that "
+           "lose detail. Rate: bits per image under the stream's best model; distortion: the tokenizer's "
+           "reconstruction error on the test split.", "",
            "| stream | tokens/image | vocabulary | best run | test bits/dim | bits/image | MSE | PSNR (dB) | "
            "codebook usage | code perplexity |", "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|"]
     for stream in dict.fromkeys(runs[r]["stream"] for r in runs):
@@ -643,8 +650,8 @@ def _streams_section(runs: dict, ok: list[str], tokenizers: dict, plots: set[str
         t = tokenizers.get(stream, {})
         out.append(f"| {stream} | {x.get('seq_len', '—')} | {x.get('vocab_size', '—')} | {best or '—'} | "
                    f"{_num(x.get('bits_per_dim'))} | {_num(x.get('bits_per_image'), 1)} | "
-                   f"{_num(t.get('mse', 0.0 if stream == 'pixels' else None), 5)} | "
-                   f"{'∞ (lossless)' if stream == 'pixels' else _num(t.get('psnr'), 2)} | "
+                   f"{_num(t.get('mse', 0.0 if stream in LOSSLESS else None), 5)} | "
+                   f"{'∞ (lossless)' if stream in LOSSLESS else _num(t.get('psnr'), 2)} | "
                    f"{_percent(t.get('usage'))} | {_num(t.get('perplexity'), 1)} |")
     out.append("")
     if "rate_distortion.png" in plots:

@@ -21,7 +21,7 @@ def test_per_byte_scales_are_each_streams_own_ratio_and_only_where_tokenizers_di
     scales = per_byte_scales(runs)
     assert scales == {"bpe": pytest.approx(0.7), "char": pytest.approx((2.9 / 2.0 + 2.2 / 1.5) / 2)}
     assert per_byte_scales(runs[runs["stream"] == "text"]) is None  # one tokenizer: nats/token compare as they are
-    assert per_byte_scales(runs.drop(columns=["tokenizer"])) is None  # records from before text_tokenizers
+    assert per_byte_scales(runs.drop(columns=["tokenizer", "stream"])) is None  # text records before streams
 
 
 def test_a_stream_with_many_unknown_bytes_is_listed_but_not_compared():
@@ -47,3 +47,21 @@ def test_a_stream_with_many_unknown_bytes_is_listed_but_not_compared():
     assert by_stream["word"][3] == "3.13" and by_stream["word"][5] == "30.0%" and by_stream["word"][7] == "0.9000"
     assert math.isclose(float(by_stream["word"][8].rstrip(" |")), 0.9 + 8 * 0.3)  # unknown bytes at 8 bits each
     assert by_stream["text"][1] == "byte-level BPE" and by_stream["text"][4] == "—"
+
+
+def test_image_streams_compare_in_bits_per_dim():
+    """Pixels and a pyramid (a low-resolution image, then the image) read different tokens per image: their laws
+    compare per pixel of the full image, each scaled by its own stream's ratio."""
+    runs = pd.DataFrame([{"series": "one-scale", "stream": "pixels", "status": "ok", "loss": 0.15,
+                          "bits_per_byte": 0.2164, "bits_per_dim": 0.2164},
+                         {"series": "two-scales", "stream": "pyramid", "status": "ok", "loss": 0.13,
+                          "bits_per_byte": 0.2345, "bits_per_dim": 0.2345}])
+    scales = per_byte_scales(runs)
+    assert scales["two-scales"] == pytest.approx(0.2345 / 0.13) and scales["one-scale"] == pytest.approx(0.2164 / 0.15)
+    comparison = {"compute": 1e11, "unit": "bits/dim", "series": {
+        "one-scale": {"loss": 0.2164, "low": 0.2, "high": 0.23}, "two-scales": {"loss": 0.2345, "low": 0.22,
+                                                                                 "high": 0.25}},
+        "pairs": [{"better": "one-scale", "worse": "two-scales", "difference": 0.018, "beyond_noise": False}]}
+    text = "\n".join(_families_section(comparison, set(), True))
+    assert "| family | loss (bits/dim) | interval |" in text and "so each law's loss is given in bits/dim" in text
+    assert "- one-scale and two-scales: within noise (0.018 bits/dim apart)" in text

@@ -33,6 +33,8 @@ CONFIGS = {
                  {"channels": 2, "first_kernel": 1},
                  {"channels_in": 3}, {"channels_in": 3, "channels": 7, "n_layers": 2, "first_kernel": 3, "kernel": 5,
                                       "vocab_size": 256, "height": 3, "width": 5}],
+    "hierarchical_pixelcnn": [{}, {"height": 6, "width": 4, "vocab_size": 256, "channels": 5, "n_layers": 2,
+                                   "kernel": 3}, {"height": 9, "width": 6, "factor": 3, "n_layers": 1}],
     "gated_pixelcnn": [{}, {"channels": 5, "n_layers": 1, "kernel": 3, "vocab_size": 256},
                        {"channels": 3, "n_layers": 3, "kernel": 1},
                        {"channels": 4, "n_layers": 2, "kernel": 7, "height": 3, "width": 9},
@@ -91,6 +93,11 @@ def built_flops(family: str, model) -> float:
         return 3.0 * weights / c.seq_len
     if family == "mixture_of_logistics":  # once per pixel of channels_in tokens, and the bin masses
         return 3.0 * (weights / c.channels_in + 10 * c.n_mixtures * c.vocab_size)
+    if family == "hierarchical_pixelcnn":  # each stage once per pixel of its grid, the conditioning per low pixel
+        low = c.stage(low=True).seq_len
+        high = built_weight_flops(model.high)
+        condition = sum(built_weight_flops(m) for m in model.condition)
+        return 3.0 * (built_weight_flops(model.low) * low + high * c.height * c.width + condition * low) / c.seq_len
     if family in ("pixelcnn", "gated_pixelcnn"):  # once per pixel of channels_in tokens
         return 3.0 * (weights / c.channels_in)
     if family == "histogram":

@@ -29,8 +29,9 @@ def make(family: str, **config):
 
 
 def tiny(family: str, vocab_size: int = 3) -> dict:
-    """A config small enough to enumerate every sequence: 6 positions (2×3 images)."""
-    return sized(family, vocab_size, 2, 3)
+    """A config small enough to enumerate every sequence: 6 positions (2×3 images; 2×2 images for the hierarchical
+    family, whose factor of 2 must divide both sides: 1 + 4 positions)."""
+    return sized(family, vocab_size, 2, 2 if family == "hierarchical_pixelcnn" else 3)
 
 
 def make_ordered(family: str, ordering: str, seed: int = 0, **config):
