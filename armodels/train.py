@@ -101,9 +101,8 @@ class TrainConfig:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         object.__setattr__(self, "branch_points", tuple(sorted(set(self.branch_points))))  # run.json has a list
-        if self.branch_points and (self.zero_stage or min(self.branch_points) < 1):
-            raise ValueError("branch_points must be steps ≥ 1 of a zero_stage 0 run (a ZeRO checkpoint is split "
-                             "among the workers that saved it)")
+        if self.branch_points and min(self.branch_points) < 1:
+            raise ValueError(f"branch_points must be steps ≥ 1, got {list(self.branch_points)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.decay_shape not in DECAY_SHAPES:
@@ -295,12 +294,12 @@ class Objective(torch.nn.Module):
 
 def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, on_checkpoint: Callable[[], None] | None = None,
-          on_checkpoint_files: OnFiles | None = None, on_eval: Callable[[dict], None] | None = None) -> dict:
+          on_checkpoint_files: OnFiles | None = None, on_result: Callable[[dict], None] | None = None) -> dict:
     """Train `run` on the current torch.distributed group; returns the result dict (also saved as result.json).
 
     `on_metrics` is called on rank 0 every `log_every` steps and at each evaluation with a flat metrics dict.
-    `on_eval` is called on every rank, with the same metrics on each, at each evaluation and once at the end (for
-    reporters that are collectives, such as `ray.train.report`).
+    `on_result` is called on every rank, with the same final metrics on each, once at the end (for reporters that
+    are collectives, such as `ray.train.report`).
     A non-finite loss stops the run with status "diverged" (the result says where); that is a result, not a crash.
     If `out_dir` holds a checkpoint of this run, training continues from it. `should_stop` is asked after every
     step (by every rank); when it says yes on any rank, all ranks save a checkpoint and return status "interrupted".
@@ -328,10 +327,9 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
                        labels=load_document_labels(run.val_shards) if model.n_classes else None)
     loop = _optimise if model.trainable else _count
     start, started_at, cpu_start = time.perf_counter(), time.time(), time.process_time()
-    on_eval = on_eval or (lambda m: None)
     outcome = loop(run, model, windows, val, rank, world, on_metrics or (lambda m: None),
                    Path(out_dir), should_stop or (lambda: False),
-                   _CheckpointHooks(on_checkpoint_files, on_checkpoint or (lambda: None)), on_eval)
+                   _CheckpointHooks(on_checkpoint_files, on_checkpoint or (lambda: None)))
     elapsed = time.perf_counter() - start + outcome.earlier_seconds
 
     tokens = outcome.steps * run.train.batch_size * model.seq_len
@@ -358,8 +356,9 @@ def train(run: TrainRun, out_dir: Path, *, on_metrics: Callable[[dict], None] | 
         write_json_atomic(Path(out_dir) / "result.json", result)
         if outcome.status != "interrupted":
             remove_checkpoint(Path(out_dir))  # the run is over: only a stopped run needs its optimizer state
-    on_eval({k: result[k] for k in ("tokens", "final_train_loss", "final_val_loss", "tokens_per_s", "params",
-                                    "params_nonembedding") if result[k] is not None} | {"status": outcome.status})
+    (on_result or (lambda m: None))(
+        {k: result[k] for k in ("tokens", "final_train_loss", "final_val_loss", "tokens_per_s", "params",
+                                "params_nonembedding") if result[k] is not None} | {"status": outcome.status})
     return result
 
 
@@ -386,7 +385,7 @@ class _CheckpointHooks:
 
 def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
               on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool],
-              on_checkpoint: _CheckpointHooks, on_eval: Callable[[dict], None]) -> _Outcome:
+              on_checkpoint: _CheckpointHooks) -> _Outcome:
     """Gradient descent with DeepSpeed on the global batches of every step, resuming from a checkpoint in
     `out_dir` if there is one and saving checkpoints along the way."""
     cfg = run.train
@@ -410,7 +409,7 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
     if device.type == "cuda":
         torch.cuda.set_device(device)
     can_checkpoint = True  # until a ZeRO checkpoint finds no folder that every rank's files reach
-    resume = _matching_checkpoint(out_dir, run, rank, world, precision) or _branch_start(run, precision)
+    resume = _matching_checkpoint(out_dir, run, rank, world, precision) or _branch_start(run, precision, rank, world)
     if resume and not cfg.zero_stage:
         resume.load_weights(model)  # before DeepSpeed wraps the parameters (ZeRO: DeepSpeed loads them, below)
     model.to(device)  # before the optimizer: its fused kernel needs the parameters where they will live
@@ -470,11 +469,20 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
         return can_checkpoint
 
     def keep_branch_point(steps_done: int) -> None:
-        """A checkpoint after `steps_done` steps that outlives the run, in branch-<steps>/ (zero_stage 0)."""
+        """A checkpoint after `steps_done` steps that outlives the run, in branch-<steps>/ (every rank calls it).
+        Its branches load it as they would their own checkpoint, so under ZeRO they run on as many workers."""
+        folder = branch_folder(out_dir, steps_done)
+        if cfg.zero_stage:
+            if save_zero_checkpoint(folder, steps_done, engine, run_state(), _rng_state(device),
+                                    on_checkpoint.on_files) is None:
+                raise ValueError(f"{run.name} could not keep its branch point after step {steps_done}: its workers "
+                                 "write into folders that are not shared (other machines); put the study on a "
+                                 "shared filesystem or in an object store")
+            return
         if rank == 0:
             optimizer_state = {"optimizer": engine.optimizer.state_dict(), "scheduler": schedule.state_dict(),
                                **_rng_state(device)}
-            save_checkpoint(branch_folder(out_dir, steps_done), steps_done, model, optimizer_state, run_state())
+            save_checkpoint(folder, steps_done, model, optimizer_state, run_state())  # rank 0 has every file
         dist.barrier()
 
     def evaluate() -> float:
@@ -537,8 +545,6 @@ def _optimise(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, ra
             curve.val.append({"step": step, "tokens": tokens, "loss": evaluate()})
             if rank == 0:
                 on_metrics({"step": step, "tokens": tokens, "val_loss": curve.val[-1]["loss"]})
-            on_eval({"step": step, "tokens": tokens, "train_loss": out.last_loss,
-                     "val_loss_subset": curve.val[-1]["loss"]})
         if (stop or step + 1 in checkpoint_steps) and can_checkpoint:
             stop = checkpoint(step + 1) and stop  # with no checkpoint kept, stopping would lose the run: go on
         if step + 1 in cfg.branch_points:
@@ -601,23 +607,40 @@ def branch_step(folder: str | Path) -> int:
     return int(Path(folder).name.removeprefix("branch-"))
 
 
-def _branch_start(run: TrainRun, precision: str) -> Checkpoint | None:
+def _branch_start(run: TrainRun, precision: str, rank: int = 0, world: int = 1) -> Checkpoint | None:
     """The branch point `run` starts from (run.start_from), checked against it: the same family, model and
-    training settings but for BRANCH_SETTINGS, one saved with zero_stage 0 in the same precision. None without one."""
+    training settings but for BRANCH_SETTINGS (so the same ZeRO stage), saved in the same precision and, under
+    ZeRO, by as many workers (ZeRO partitions do not re-shard). None without one. Every rank calls it and all raise
+    the same one-line ValueError when it does not fit."""
     if not run.start_from:
         return None
-    start = load_checkpoint(Path(run.start_from))
-    if start is None:
-        raise ValueError(f"{run.start_from} holds no checkpoint to start the branch {run.name} from; run its trunk")
-    trunk, own = start.state.get("run", {}), _fingerprint(run)
-    differs = [k for k in ("family", "model") if trunk.get(k) != own[k]]
-    differs += [f"train.{k}" for k, v in own["train"].items()
-                if k not in BRANCH_SETTINGS and trunk.get("train", {}).get(k) != v]
-    if differs or run.train.zero_stage or start.precision != precision:
-        what = ", ".join(differs) or "zero_stage or precision"
-        raise ValueError(f"the branch {run.name} differs from the trunk it starts from ({run.start_from}) in {what}")
-    if start.step >= run.steps:
-        raise ValueError(f"the branch {run.name} ({run.steps} steps) would start after its end, at step {start.step}")
+    start, problem = None, None
+    try:
+        start = load_checkpoint(Path(run.start_from), rank)
+        if start is None:
+            raise ValueError(f"{run.start_from} holds no checkpoint to start the branch {run.name} from; run its "
+                             "trunk")
+        trunk, own = start.state.get("run", {}), _fingerprint(run)
+        differs = [k for k in ("family", "model") if trunk.get(k) != own[k]]
+        differs += [f"train.{k}" for k, v in own["train"].items()
+                    if k not in BRANCH_SETTINGS and trunk.get("train", {}).get(k) != v]
+        if differs:
+            raise ValueError(f"the branch {run.name} differs from the trunk it starts from ({run.start_from}) in "
+                             f"{', '.join(differs)}")
+        saved_world = start.world_size if start.zero_stage else world  # zero_stage 0 saves whole state
+        saved = (saved_world, start.precision or precision)
+        if saved != (world, precision):
+            problem = (f"the branch point {start.folder} was saved on {saved[0]} worker(s) in {saved[1]} but the "
+                       f"branch {run.name} runs on {world} in {precision}: give the branch its trunk's num_workers "
+                       "and precision")
+        if start.step >= run.steps:
+            problem = f"the branch {run.name} ({run.steps} steps) would start after its end, at step {start.step}"
+    except (OSError, ValueError) as e:
+        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if world > 1:  # the ranks agree: all start from the branch point, or all refuse with the same line
+        problem = next((p for p in gather_json(problem) if p), None)
+    if problem:
+        raise ValueError(problem)
     return start
 
 
@@ -697,7 +720,7 @@ def _layout_mismatch(resume: Checkpoint, zero_stage: int, world: int, precision:
 
 def _count(run: TrainRun, model, windows: TokenWindows, val: TokenWindows, rank: int, world: int,
            on_metrics: Callable[[dict], None], out_dir: Path, should_stop: Callable[[], bool],
-           on_checkpoint: _CheckpointHooks, on_eval: Callable[[dict], None]) -> _Outcome:
+           on_checkpoint: _CheckpointHooks) -> _Outcome:
     """Count-based families see the same token budget as the others, counted once, then summed over workers.
     Counting takes seconds, so it neither checkpoints nor stops early."""
     import torch.distributed as dist

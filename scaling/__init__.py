@@ -19,7 +19,7 @@ _EXPORTS = {
     "Backtest": "results", "FitResult": "results", "Prediction": "results",
     "FitInputError": "runs", "load_runs_csv": "runs", "FORMS": "forms",
     "FormComparison": "selection", "compare_forms": "selection",
-    **{name: "annealing" for name in ("AnnealingCurve", "backtest_annealing", "fit_annealing")},
+    **{name: "annealing" for name in ("AnnealingCurve", "backtest_annealing", "fit_annealing", "select_annealing")},
     **{name: "fit" for name in ("fit_chinchilla", "fit_compute", "fit_envelope", "fit_isoflop", "fit_law",
                                 "fit_params", "fit_runs", "fit_tokens")},
 }

@@ -13,8 +13,15 @@ few runs of one size (any schedules: cosine runs, a WSD trunk and its cooldown b
 schedule or length that was not trained; `backtest_annealing` measures that on the runs themselves (each run's final
 loss predicted from the others' curves).
 
+Two settings are not parameters of the law: the momentum λ, and how much of the start of the curves to leave out
+(where the loss falls faster than the law describes). Tissue et al.'s λ = 0.999 was set on runs of tens of thousands
+of steps; on short runs (a cooldown of a few hundred steps) it leaves most of a decay's effect still to come.
+`select_annealing` picks both among candidates by how well each predicts the final loss of one curve from the
+others (leave-one-curve-out), and `backtest_annealing(..., select=True)` repeats that choice without the run it
+predicts (nested), so a backtest never sees the run it scores.
+
     curves = [AnnealingCurve(lrs, steps, losses), ...]
-    fit = fit_annealing(curves)
+    fit = select_annealing(curves, min_step=warmup)
     fit.predict(lrs_of_another_schedule, [last_step])
 """
 
@@ -31,6 +38,9 @@ MOMENTUM = 0.999  # λ of the annealing area (Tissue et al.'s choice; 0.99-0.999
 HUBER_SCALE = 0.01  # residuals (in log loss) beyond ~1% count linearly: a noisy minibatch loss does not steer the fit
 ALPHA_STARTS = (0.1, 0.3, 0.6, 1.0)  # starting exponents: the fit is not convex in α
 BOUND_SHARE = 1e-3  # a parameter within this share of its bound (a term worth less of the loss) is not identified
+FINAL_POINTS = 5  # a run's final loss: the mean of its last logged losses (one is as noisy as a minibatch)
+MOMENTA = (0.98, 0.99, 0.995, 0.999)  # λ candidates of select_annealing
+SKIPS = (0.0, 0.1, 0.2)  # candidate shares of the shortest fitted curve's steps left out at its start
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,15 @@ class AnnealingCurve:
             raise ValueError(f"steps must lie within the {len(self.lrs)} steps of the schedule")
         if np.any(self.lrs < 0) or not np.all(np.isfinite(self.losses)) or np.any(self.losses <= 0):
             raise ValueError("learning rates must be non-negative and losses positive and finite")
+
+    @property
+    def final_steps(self) -> np.ndarray:
+        """The steps whose mean loss is the run's final loss (its last FINAL_POINTS logged points)."""
+        return np.sort(self.steps)[-FINAL_POINTS:]
+
+    @property
+    def final_loss(self) -> float:
+        return float(np.mean(self.losses[np.argsort(self.steps)][-FINAL_POINTS:]))
 
 
 def areas(lrs: Sequence[float], momentum: float = MOMENTUM) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +95,7 @@ class AnnealingFit:
     points: int
     runs: int
     at_bound: tuple[str, ...] = ()  # parameters the fit left at a bound: the curves do not identify them
+    min_step: int = 0  # the first step fitted
 
     def predict(self, lrs: Sequence[float], steps: Sequence[int] | None = None) -> np.ndarray:
         """The loss after each of `steps` (default: the last step) of a run with schedule `lrs`."""
@@ -83,10 +103,14 @@ class AnnealingFit:
         at = np.asarray([len(s1) - 1] if steps is None else steps, dtype=int)
         return _law(np.array([self.L0, self.A, self.alpha, self.C]), s1[at], s2[at])
 
+    def predict_final(self, curve: AnnealingCurve) -> float:
+        """The law's final loss of `curve`'s run, over the same steps as `curve.final_loss`."""
+        return float(np.mean(self.predict(curve.lrs, curve.final_steps)))
+
     def to_dict(self) -> dict:
         return {"form": "lr_annealing", "params": {"L0": self.L0, "A": self.A, "alpha": self.alpha, "C": self.C},
-                "momentum": self.momentum, "rmse": self.rmse, "points": self.points, "runs": self.runs,
-                "at_bound": list(self.at_bound)}
+                "momentum": self.momentum, "min_step": self.min_step, "rmse": self.rmse, "points": self.points,
+                "runs": self.runs, "at_bound": list(self.at_bound)}
 
 
 def _law(x: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
@@ -142,7 +166,39 @@ def fit_annealing(curves: Sequence[AnnealingCurve], *, momentum: float = MOMENTU
         ("L0", L0 <= BOUND_SHARE * losses.min() or L0 >= (1 - BOUND_SHARE) * upper[0]),
         ("alpha", alpha <= lower[2] * (1 + BOUND_SHARE) or alpha >= upper[2] * (1 - BOUND_SHARE)),
         ("C", C * s2.max() <= BOUND_SHARE * losses.min())) if stuck)
-    return AnnealingFit(L0, A, alpha, C, momentum, rmse, len(losses), len(curves), at_bound)
+    return AnnealingFit(L0, A, alpha, C, momentum, rmse, len(losses), len(curves), at_bound, min_step)
+
+
+def select_annealing(curves: Sequence[AnnealingCurve], *, min_step: int = 0, momenta: Sequence[float] = MOMENTA,
+                     skips: Sequence[float] = SKIPS) -> AnnealingFit:
+    """`fit_annealing` on `curves` with the momentum λ in `momenta` and the first fitted step that predict final
+    losses best: each pair is scored by the mean squared relative error of every curve's final loss predicted from
+    the other curves (leave-one-curve-out). The first fitted step is `min_step` (the warmup) or a share in `skips` of
+    the shortest curve's steps, whichever is later. With fewer than 3 curves there is nothing to score on, and the
+    first candidates are used. Raises ValueError as fit_annealing does."""
+    def first_step(skip: float, fitted: Sequence[AnnealingCurve]) -> int:
+        return max(min_step, int(skip * min(len(c.lrs) for c in fitted)))
+
+    if len(curves) < 3:
+        return fit_annealing(curves, momentum=momenta[0], min_step=first_step(skips[0], curves))
+    best = None
+    for momentum in momenta:
+        for skip in skips:
+            try:
+                errors = []
+                for i, held_out in enumerate(curves):
+                    others = [c for j, c in enumerate(curves) if j != i]
+                    fit = fit_annealing(others, momentum=momentum, min_step=first_step(skip, others))
+                    errors.append(fit.predict_final(held_out) / held_out.final_loss - 1)
+            except ValueError:  # too few points left, or no convergence: not a candidate
+                continue
+            score = float(np.mean(np.square(errors)))
+            if best is None or score < best[0]:
+                best = (score, momentum, skip)
+    if best is None:
+        raise ValueError("the annealing law did not converge for any momentum and start")
+    _, momentum, skip = best
+    return fit_annealing(curves, momentum=momentum, min_step=first_step(skip, curves))
 
 
 @dataclass(frozen=True)
@@ -151,6 +207,7 @@ class AnnealingBacktest:
 
     predicted: np.ndarray
     actual: np.ndarray
+    fits: tuple[AnnealingFit, ...] = ()  # the law each prediction came from (its momentum and first step)
 
     @property
     def relative_errors(self) -> np.ndarray:
@@ -162,15 +219,13 @@ class AnnealingBacktest:
         return float(np.max(np.abs(self.relative_errors)))
 
 
-def backtest_annealing(curves: Sequence[AnnealingCurve], **options) -> AnnealingBacktest:
-    """Leave each curve out in turn: fit the others (`fit_annealing` with `options`) and predict its last logged
-    loss from its schedule. Needs at least 2 curves."""
+def backtest_annealing(curves: Sequence[AnnealingCurve], *, select: bool = False, **options) -> AnnealingBacktest:
+    """Leave each curve out in turn: fit the others (`fit_annealing` with `options`, or `select_annealing` with
+    them if `select`, which then chooses among the others alone) and predict its final loss (the mean of its last
+    FINAL_POINTS logged losses) from its schedule. Needs at least 2 curves."""
     if len(curves) < 2:
         raise ValueError("a backtest needs at least 2 curves: one to predict, the others to fit")
-    predicted, actual = [], []
-    for i, held_out in enumerate(curves):
-        fit = fit_annealing([c for j, c in enumerate(curves) if j != i], **options)
-        last = int(np.argmax(held_out.steps))
-        predicted.append(float(fit.predict(held_out.lrs, [held_out.steps[last]])[0]))
-        actual.append(float(held_out.losses[last]))
-    return AnnealingBacktest(np.array(predicted), np.array(actual))
+    fitter = select_annealing if select else fit_annealing
+    fits = [fitter([c for j, c in enumerate(curves) if j != i], **options) for i in range(len(curves))]
+    return AnnealingBacktest(np.array([fit.predict_final(c) for fit, c in zip(fits, curves)]),
+                             np.array([c.final_loss for c in curves]), tuple(fits))

@@ -45,8 +45,9 @@ from scaling.results import jsonable
 
 # 3: frontier, lr selection, seeds, forms, FLOPs sensitivity, confirmation runs; 4: steep exponents; 5: L(N, D) of
 # sizes × token budgets, its predictions at multiples of 6ND compute, whole curves from mean losses; 6: families of
-# different token streams compared per byte or per pixel (per_byte_scales)
-VERSION = "6"
+# different token streams compared per byte or per pixel (per_byte_scales); 7: whole-curve laws with the momentum
+# and first step each trunk's curves choose (scaling.annealing.select_annealing), final losses over 5 points
+VERSION = "7"
 COMPUTE_FORMS = ("compute", "compute_pure")  # L(C) with and without E: the selection picks the predicting one
 ISOFLOP_FORMS = ("isoflop", "envelope", "chinchilla")
 SELECTION_FORMS = ("compute", "compute_pure", "chinchilla")
@@ -360,15 +361,13 @@ def per_byte_scales(runs: pd.DataFrame) -> dict[str, float] | None:
     return {series: float((t["bits_per_byte"] / t["loss"]).median()) for series, t in ok.groupby("series")}
 
 
-CURVE_TAIL = 5  # a run's final loss in the whole-curve backtest: the mean of its last logged training losses
-
-
 def annealing_fits(trained: dict[str, Path], series: dict[str, str]) -> dict[str, list[dict]]:
     """The learning-rate annealing law (scaling.annealing) of each trunk of a WSD design, by series: fitted on its
-    cooldown branches' training curves (each holds the trunk's part before its cooldown; the warmup left out), and
-    each branch's final loss (the mean of its last CURVE_TAIL logged points, each the mean training loss since the
-    point before) predicted from the other branches' curves. `trained`: the branches' training folders by run name;
-    trunks with fewer than 3 finished branches are left out (a backtest fits on at least 2)."""
+    cooldown branches' training curves (each holds the trunk's part before its cooldown; the warmup left out) with
+    the momentum and first step `select_annealing` picks, and each branch's final loss (the mean of its last logged
+    points, each the mean training loss since the point before) predicted from the other branches' curves alone
+    (the choice made again without it). `trained`: the branches' training folders by run name; trunks with fewer
+    than 3 finished branches are left out (a backtest fits on at least 2)."""
     from armodels.train import TrainRun, lr_schedule  # torch: imported only for a WSD design
 
     groups: dict[tuple[str, str], list] = {}
@@ -391,23 +390,20 @@ def annealing_fits(trained: dict[str, Path], series: dict[str, str]) -> dict[str
         branches.sort(key=lambda b: b[1].steps)
         trunk_name = re.sub(r"-cd[^-]+", "", branches[0][0])  # the size, its lr and seed: what its branches share
         warmup = round(branches[0][1].warmup_fraction * branches[0][1].steps)
+        curves = [c for _, _, c in branches]
         try:
-            law = scaling.annealing.fit_annealing([c for _, _, c in branches], min_step=warmup)
+            law = scaling.annealing.select_annealing(curves, min_step=warmup)
+            backtest = scaling.annealing.backtest_annealing(curves, select=True, min_step=warmup)
         except ValueError as e:
             out.setdefault(name_of_series, []).append({"trunk": trunk_name, "error": str(e)})
             continue
-        backtest = []
-        for i, (name, _, held_out) in enumerate(branches):
-            others = scaling.annealing.fit_annealing([c for j, (_, _, c) in enumerate(branches) if j != i],
-                                                     min_step=warmup)
-            tail = held_out.steps[-CURVE_TAIL:]
-            predicted = float(np.mean(others.predict(held_out.lrs, tail)))
-            actual = float(np.mean(held_out.losses[-CURVE_TAIL:]))
-            backtest.append({"run": name, "tokens": branches[i][1].tokens_seen, "predicted": predicted,
-                             "actual": actual, "error": predicted / actual - 1})
+        rows = [{"run": name, "tokens": run.tokens_seen, "predicted": float(predicted), "actual": float(actual),
+                 "error": float(predicted / actual - 1), "momentum": fit.momentum, "min_step": fit.min_step}
+                for (name, run, _), predicted, actual, fit in zip(branches, backtest.predicted, backtest.actual,
+                                                                  backtest.fits)]
         out.setdefault(name_of_series, []).append({
             "trunk": trunk_name, "params_nonembedding": branches[0][1].costs().params_nonembedding,
-            "law": law.to_dict(), "backtest": backtest, "worst_error": max(abs(b["error"]) for b in backtest)})
+            "law": law.to_dict(), "backtest": rows, "worst_error": backtest.worst})
     return out
 
 

@@ -26,8 +26,8 @@ from pipelines.steps.fit import series_of
 from scaling.plots import plot_learning_curves, plot_rate_distortion
 
 # 3: image studies; runs grouped by series. 4: report.html beside report.md. 5: Approach 3 side by side. 6: text
-# studies of several tokenizers (their section, comparisons in bits/byte)
-VERSION = "6"
+# studies of several tokenizers (their section, comparisons in bits/byte). 7: each whole-curve law's λ and first step
+VERSION = "7"
 BACKTEST_MISS = 0.10  # a law that misses its held-out budget by more: the headline says it does not predict
 VAL_ROSE = 0.05  # a run whose validation loss ends this far above its lowest: the report names it
 STREAMS = (*TEXT_STREAMS, *IMAGE_STREAMS)  # the order in which the report lists runs
@@ -358,18 +358,21 @@ def _whole_curves_section(families: list[str], fits: dict) -> list[str]:
     if not rows:
         return []
     out = ["## Whole training curves", "",
-           "Each trunk's training curves (its cooldown branches, each with the trunk's part before it, the warmup "
-           "left out) fitted by the learning-rate annealing law of Tissue et al. (2024), L(s) = L0 + A·S1^−α − C·S2 "
-           "(S1: the summed learning rate so far; S2: its summed fall, with momentum "
-           f"{rows[0][1].get('law', {}).get('momentum', 0.999):g}). Each branch's final loss (the mean training "
-           "loss of its last steps) is predicted from the other branches' curves. These are training losses (each "
-           "point the mean over the steps since the one before), one model size per law: the law says nothing about "
-           "other sizes, and a parameter marked at its bound is not identified by these curves.", "",
-           "| family | trunk | L0 | A | α | C | points | branches: predicted vs actual final loss | worst |",
-           "|---|---|--:|--:|--:|--:|--:|---|--:|"]
+           "Each trunk's training curves (its cooldown branches, each with the trunk's part before it) fitted by the "
+           "learning-rate annealing law of Tissue et al. (2024), L(s) = L0 + A·S1^−α − C·S2 (S1: the summed learning "
+           "rate so far; S2: its summed fall, with momentum λ). λ and the first fitted step (the start of training, "
+           "where the loss falls faster than the law, left out) are chosen per trunk among a few candidates by how "
+           "well each predicts one branch's final loss from the others. Each branch's final loss (the mean training "
+           "loss of its last 5 logged points) is then predicted from the other branches' curves, with λ and the "
+           "first step chosen again without it. These are training losses (each point the mean over the steps since "
+           "the one before), one model size per law: the law says nothing about other sizes, and a parameter marked "
+           "at its bound is not identified by these curves.", "",
+           "| family | trunk | L0 | A | α | C | λ | from step | points | branches: predicted vs actual final loss "
+           "| worst |",
+           "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|"]
     for family, t in rows:
         if "error" in t:
-            out.append(f"| {family} | {t['trunk']} | | | | | | not fitted: {t['error']} | |")
+            out.append(f"| {family} | {t['trunk']} | | | | | | | | not fitted: {t['error']} | |")
             continue
         law, stuck = t["law"]["params"], set(t["law"].get("at_bound", ()))
         shown = {k: (f"{law[k]:{spec}}" + (" (at bound: not identified)" if k in stuck else ""))
@@ -377,7 +380,8 @@ def _whole_curves_section(families: list[str], fits: dict) -> list[str]:
         branches = ", ".join(f"{human(b['tokens'])} tokens {b['predicted']:.4f} vs {b['actual']:.4f} "
                              f"({b['error']:+.1%})" for b in t["backtest"])
         out.append(f"| {family} | {t['trunk']} | {shown['L0']} | {shown['A']} | {shown['alpha']} | "
-                   f"{shown['C']} | {t['law']['points']} | {branches} | {t['worst_error']:.1%} |")
+                   f"{shown['C']} | {t['law'].get('momentum', 0.999):g} | {t['law'].get('min_step', 0)} | "
+                   f"{t['law']['points']} | {branches} | {t['worst_error']:.1%} |")
     return out + [""]
 
 

@@ -200,10 +200,12 @@ def _train_job(loop_config: dict) -> None:
         return stop_signal()
 
     try:
-        # every rank reports at each evaluation (ray.train.report is a collective), so Ray's dashboard has them
+        # every rank reports the run's final metrics to Ray Train (a collective), once: a report waits until Ray
+        # Train's controller has taken the one before, which it looks for every 2 s, so a report at each evaluation
+        # held a short run's training up for seconds (a third of a 15-second run); MLflow has every evaluation
         train(run, out, on_metrics=on_metrics, should_stop=should_stop,
               on_checkpoint=push_state, on_checkpoint_files=push_files,
-              on_eval=lambda metrics: ray.train.report({**metrics, "run": out.name}))
+              on_result=lambda metrics: ray.train.report({**metrics, "run": out.name}))
         if store and rank == 0:
             _push_run(store, out)  # the result and the model, for the step's own node
     finally:
@@ -281,8 +283,13 @@ def _pull_checkpoint(store: StudyStore, out: Path) -> None:
 
 def _push_checkpoint_files(store: StudyStore, out: Path, folder: Path, names: list[str], step: int) -> None:
     """Every rank, while a checkpoint is written: the files it wrote, into the store's folder of this checkpoint's
-    generation. Nothing points at them until rank 0 switches the pointer (_push_checkpoint_state)."""
-    generation = f"{out.name}/{CHECKPOINT}/{_generation(step)}"
+    generation. Nothing points at them until rank 0 switches the pointer (_push_checkpoint_state). A branch point's
+    files (ZeRO partitions in `<run>/branch-<step>/`) go to its folder there; rank 0 sends its state.json with the
+    run's other files."""
+    if folder.parent != out:  # <run>/branch-<step>/checkpoint.tmp: written once, never replaced
+        generation = f"{out.name}/{folder.parent.relative_to(out).as_posix()}/{CHECKPOINT}"
+    else:
+        generation = f"{out.name}/{CHECKPOINT}/{_generation(step)}"
     for name in names:
         _retried(f"upload {name} of checkpoint {generation} to {store.shown}", store.push, folder / name,
                  f"{generation}/{name}")

@@ -1,7 +1,7 @@
 """What the training workers report to Ray Train, kept beside the run (imported when a training step runs, as it
 imports ray.train).
 
-The workers call `ray.train.report` at each evaluation and at the end (pipelines/steps/train.py); Ray Train passes
+The workers call `ray.train.report` once, at the end of a run (pipelines/steps/train.py); Ray Train passes
 reports without a checkpoint only to its callbacks (its Result holds checkpointed ones), so this callback keeps the
 last one in the run's folder, where the step puts it in its summary. One Ray Train run trains many of the study's
 runs one after another (pipelines.warm_workers), so each report names its run's folder ("run").

@@ -1,6 +1,7 @@
 """ZeRO stages 1-3 checkpoint and resume exactly, on gloo with two ranks: a run stopped mid-way and started again
 gives the curve and the weights of an unbroken run, also when the ranks share no disk and meet in an object store.
-Damaged, crafted or mismatched checkpoints are refused with one line, on every rank alike.
+A WSD cooldown branch off a ZeRO trunk's branch point equals a straight WSD run, there too. Damaged, crafted or
+mismatched checkpoints are refused with one line, on every rank alike.
 
 Two worker processes (torch.multiprocessing, meeting through a file store) run every training job of this module
 one after another in the same process group, so DeepSpeed is imported once per process, not once per run."""
@@ -13,6 +14,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -21,13 +23,14 @@ import torch
 
 from armodels.checkpoint import file_rank, load_checkpoint
 from armodels.files import file_sha256
-from armodels.train import TrainConfig, TrainRun, load_model, train_single_process
+from armodels.train import TrainConfig, TrainRun, branch_folder, load_model, train_single_process
 from pipelines.steps.train import _pull_checkpoint, _push_checkpoint_files, _push_checkpoint_state, _push_run
 from pipelines.storage import StudyStore
 
 STAGES = (1, 2, 3)
 CASES = [(1, "fp32"), (2, "fp32"), (3, "fp32"), (3, "bf16")]  # (zero_stage, precision)
 STOP_AFTER = 7  # of 16 steps; periodic checkpoints after steps 5 and 11, so the stop replaces one
+BRANCH_AT = 12  # a trunk's branch point; the branch cools down over the last 4 of its 16 steps
 
 
 def make_run(shards: Path, zero_stage: int, **train) -> TrainRun:
@@ -35,6 +38,14 @@ def make_run(shards: Path, zero_stage: int, **train) -> TrainRun:
     return TrainRun("transformer", {"vocab_size": 320, "seq_len": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
                     TrainConfig(**{**options, **train, "zero_stage": zero_stage}),
                     str(shards / "train"), str(shards / "val"), name=f"zero{zero_stage}")
+
+
+def trunk_and_wsd(shards: Path, zero_stage: int) -> tuple[TrainRun, TrainRun]:
+    """A constant-lr trunk that keeps its state after BRANCH_AT steps, and the straight WSD run its branch equals."""
+    warmup = dict(warmup_tokens=2 * 16 * 32, checkpoints=0)
+    trunk = make_run(shards, zero_stage, tokens=BRANCH_AT * 16 * 32, schedule="constant", branch_points=(BRANCH_AT,),
+                     **warmup)
+    return trunk, make_run(shards, zero_stage, schedule="wsd", decay_fraction=0.25, **warmup)
 
 
 def _worker(rank: int, world: int, store: str, jobs_file: str) -> None:
@@ -48,7 +59,7 @@ def _worker(rank: int, world: int, store: str, jobs_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     for index, job in enumerate(json.loads(Path(jobs_file).read_text())):
         # "own_folders": each rank runs in a folder of its own, as on machines that share no disk
-        out = Path(job["out"]) / f"node{rank}" / "run" if job.get("own_folders") else Path(job["out"])
+        out = Path(job["out"]) / f"node{rank}" / job.get("name", "run") if job.get("own_folders") else Path(job["out"])
         if job.get("copy_from") and rank == 0:
             shutil.copytree(job["copy_from"], out)
         if job.get("list_store") and rank == 0:
@@ -60,7 +71,12 @@ def _worker(rank: int, world: int, store: str, jobs_file: str) -> None:
         stop_after = job.get("stop_after")
         try:
             hooks = store_hooks(StudyStore(job["store"]), out, rank) if job.get("store") else {}
-            result = train(TrainRun.from_dict(job["run"]), out, **hooks,
+            run = TrainRun.from_dict(job["run"])
+            if job.get("branch_of"):  # a branch on a machine of its own: its trunk's branch point from the store
+                trunk = Path(job["branch_of"]["out"]) / f"node{rank}" / job["branch_of"]["name"]
+                StudyStore(job["store"]).pull(trunk.name, trunk)
+                run = replace(run, start_from=str(branch_folder(trunk, BRANCH_AT)))
+            result = train(run, out, **hooks,
                            should_stop=(lambda c=calls, n=stop_after: next(c) >= n - 1) if stop_after else None)
             if job.get("store") and rank == 0:
                 _push_run(StudyStore(job["store"]), out)
@@ -132,6 +148,16 @@ def zero_runs(tmp_path_factory, shards, s3):
     # the stage-1 checkpoint resumed as stage 2
     jobs.append({"out": str(root / "other-stage"), "run": make_run(shards, 2).to_dict(),
                  "copy_from": str(root / "stopped1-fp32")})
+    # per stage: a trunk, a cooldown branch off its branch point, the straight WSD run; a stage-2 branch of stage 1
+    cases = len(jobs)
+    for stage in STAGES:
+        trunk, straight = trunk_and_wsd(shards, stage)
+        start = str(branch_folder(root / f"trunk{stage}", BRANCH_AT))
+        jobs += [{"out": str(root / f"trunk{stage}"), "run": trunk.to_dict()},
+                 {"out": str(root / f"branch{stage}"), "run": replace(straight, start_from=start).to_dict()},
+                 {"out": str(root / f"wsd{stage}"), "run": straight.to_dict()}]
+    other = replace(trunk_and_wsd(shards, 2)[1], start_from=str(branch_folder(root / "trunk1", BRANCH_AT)))
+    jobs.append({"out": str(root / "branch-other-stage"), "run": other.to_dict()})
     records = run_jobs(jobs)
     # the damaged and crafted checkpoints are made from the stopped runs' copies, then resumed in a second batch
     damaged = root / "damaged"
@@ -148,14 +174,21 @@ def zero_runs(tmp_path_factory, shards, s3):
     # store it is stopped, then resumed on "new machines" (empty folders) from the store alone; without, it cannot
     # keep a checkpoint, so it runs on to the end
     run2, uri = make_run(shards, 2).to_dict(), s3.uri("zero-study")
+    # and a stage-2 trunk on such machines, whose branch then runs on new ones from the store alone
+    trunk2, straight2 = (r.to_dict() for r in trunk_and_wsd(shards, 2))
     more = run_jobs([{"out": str(damaged), "run": make_run(shards, 2).to_dict()},
                      {"out": str(crafted), "run": make_run(shards, 3).to_dict()},
                      {"out": str(root / "store-a"), "own_folders": True, "store": uri, "run": run2,
                       "stop_after": STOP_AFTER},
                      {"out": str(root / "store-listing.json"), "list_store": uri},
                      {"out": str(root / "store-b"), "own_folders": True, "store": uri, "run": run2},
-                     {"out": str(root / "unshared"), "own_folders": True, "run": run2, "stop_after": STOP_AFTER}])
-    return {"root": root, "records": records, "bad": more[:2], "store": more[2:], "marker": marker, "uri": uri}
+                     {"out": str(root / "unshared"), "own_folders": True, "run": run2, "stop_after": STOP_AFTER},
+                     {"out": str(root / "store-trunk"), "own_folders": True, "name": "trunk2", "store": uri,
+                      "run": trunk2},
+                     {"out": str(root / "store-branch"), "own_folders": True, "name": "branch2", "store": uri,
+                      "run": straight2, "branch_of": {"out": str(root / "store-branch-trunk"), "name": "trunk2"}}])
+    return {"root": root, "records": records[:cases], "branches": records[cases:], "bad": more[:2],
+            "store": more[2:6], "store_branch": more[6:], "marker": marker, "uri": uri}
 
 
 def partition_file(run_dir: Path, rank: int) -> Path:
@@ -266,7 +299,8 @@ def test_without_a_shared_disk_every_rank_sends_its_partition_to_the_store(zero_
     listing = sorted(json.loads((root / "store-listing.json").read_text()))
     # each checkpoint a generation of its own, the last two kept, and the pointer
     generations = sorted({n.split("/")[2] for n in listing if n.startswith("run/checkpoint/gen-")})
-    assert len(generations) == 2 and generations[-1] == f"gen-{STOP_AFTER:09d}" and "run/checkpoint/state.json" in listing
+    assert len(generations) == 2 and generations[-1] == f"gen-{STOP_AFTER:09d}"
+    assert "run/checkpoint/state.json" in listing
     latest = f"run/checkpoint/{generations[-1]}/"
     assert [n for n in listing if n.startswith(latest)] == [
         latest + "state.json", *(f"{latest}step-{STOP_AFTER}/{name}" for name in (
@@ -285,3 +319,41 @@ def test_without_a_shared_disk_every_rank_sends_its_partition_to_the_store(zero_
     assert result(unshared)["status"] == "ok" and result(unshared)["resumed_at_step"] is None
     assert curve(root / "unshared" / "node0" / "run") == whole
     assert not (root / "unshared" / "node0" / "run" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_cooldown_branch_off_a_zero_trunk_equals_a_straight_wsd_run(zero_runs, stage):
+    """The trunk keeps its partitioned state after BRANCH_AT steps; the branch loads it on as many workers and
+    cools down: the same lr curve and losses as one WSD run."""
+    root = zero_runs["root"]
+    trunk, branch, straight = (result(r) for r in zero_runs["branches"][3 * (stage - 1):3 * stage])
+    assert trunk["status"] == "ok" and trunk["steps"] == BRANCH_AT
+    state = json.loads((branch_folder(root / f"trunk{stage}", BRANCH_AT) / "checkpoint" / "state.json").read_text())
+    assert (state["zero_stage"], state["world_size"], state["step"]) == (stage, 2, BRANCH_AT)
+    assert {file_rank(n) for n in state["files"]} >= {0, 1}  # each rank's partition, checksummed
+    assert branch["resumed_at_step"] == BRANCH_AT and branch["steps"] == straight["steps"] == 16
+    a, b = curve(root / f"branch{stage}")["train"], curve(root / f"wsd{stage}")["train"]
+    assert [p["step"] for p in a] == [p["step"] for p in b] == list(range(16))
+    assert [p["lr"] for p in a] == pytest.approx([p["lr"] for p in b], rel=1e-12)
+    assert [p["loss"] for p in a] == pytest.approx([p["loss"] for p in b], rel=1e-6, abs=1e-7)
+    assert branch["final_val_loss"] == pytest.approx(straight["final_val_loss"], rel=1e-6)
+
+
+def test_a_branch_of_another_zero_stage_is_refused_on_every_rank(zero_runs):
+    message = error(zero_runs["branches"][-1])
+    assert message.startswith("ValueError: the branch zero2 differs from the trunk it starts from") and \
+        message.endswith("in train.zero_stage")
+
+
+def test_a_branch_point_without_a_shared_disk_is_kept_in_the_store(zero_runs):
+    """A stage-2 trunk whose ranks share no disk: rank 1 sends its partition of the branch point to the store; a
+    branch on new machines (empty folders) starts from the store's branch point and equals the straight run."""
+    root, store = zero_runs["root"], StudyStore(zero_runs["uri"])
+    trunk, branch = (result(r) for r in zero_runs["store_branch"])
+    assert trunk["status"] == "ok" and branch["status"] == "ok" and branch["resumed_at_step"] == BRANCH_AT
+    point = f"trunk2/branch-{BRANCH_AT:09d}/checkpoint"
+    listing = store.files(point)
+    assert "state.json" in listing and {file_rank(n) for n in listing if "optim_states" in n} == {0, 1}
+    assert not list((root / "store-trunk" / "node1" / "trunk2").rglob("*.pt"))  # rank 1's went to the store only
+    a, b = curve(root / "store-branch" / "node0" / "branch2")["train"], curve(root / "wsd2")["train"]
+    assert [p["loss"] for p in a] == pytest.approx([p["loss"] for p in b], rel=1e-6, abs=1e-7)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scaling.annealing import AnnealingCurve, areas, backtest_annealing, fit_annealing
+from scaling.annealing import AnnealingCurve, areas, backtest_annealing, fit_annealing, select_annealing
 
 PEAK, WARMUP = 1e-3, 50
 TRUE = dict(L0=2.0, A=0.6, alpha=0.45, C=0.4)
@@ -25,14 +25,14 @@ def wsd(steps: int, decay_fraction: float = 0.2) -> np.ndarray:
     return PEAK * np.where(s < WARMUP, (s + 1) / WARMUP, 0.1 + 0.9 * (1 - np.sqrt(progress)))
 
 
-def law(lrs: np.ndarray) -> np.ndarray:
-    s1, s2 = areas(lrs)
+def law(lrs: np.ndarray, momentum: float = 0.999) -> np.ndarray:
+    s1, s2 = areas(lrs, momentum)
     return TRUE["L0"] + TRUE["A"] * s1 ** -TRUE["alpha"] - TRUE["C"] * s2
 
 
-def curve(lrs: np.ndarray, noise: float, seed: int, every: int = 10) -> AnnealingCurve:
+def curve(lrs: np.ndarray, noise: float, seed: int, every: int = 10, momentum: float = 0.999) -> AnnealingCurve:
     steps = np.arange(every - 1, len(lrs), every)
-    losses = law(lrs)[steps] * np.exp(np.random.default_rng(seed).normal(0, noise, len(steps)))
+    losses = law(lrs, momentum)[steps] * np.exp(np.random.default_rng(seed).normal(0, noise, len(steps)))
     return AnnealingCurve(lrs, steps, losses)
 
 
@@ -59,7 +59,30 @@ def test_the_backtest_predicts_each_run_from_the_others():
     runs = [curve(lrs, 0.003, seed) for seed, lrs in enumerate([wsd(1000), wsd(2000), cosine(1500), cosine(3000)])]
     backtest = backtest_annealing(runs, min_step=WARMUP)
     assert len(backtest.predicted) == 4 and backtest.worst < 0.01
-    assert np.allclose(backtest.actual, [c.losses[-1] for c in runs])
+    # a run's final loss is the mean of its last 5 logged losses, and the law's over the same steps
+    assert np.allclose(backtest.actual, [c.losses[-5:].mean() for c in runs])
+    assert [f.runs for f in backtest.fits] == [3, 3, 3, 3]
+
+
+def test_the_selection_finds_the_momentum_of_short_cooldowns_and_never_sees_the_run_it_predicts():
+    """Curves of a law whose annealing area has a short memory (λ = 0.99, as short cooldowns need): the default
+    λ = 0.999 misses their cooldowns, the selection finds λ and predicts a held-out branch; and a backtest's
+    prediction of a run is the same whatever that run's own losses are (the choice is made without it)."""
+    branches = [curve(wsd(n), 0.002, n, momentum=0.99) for n in (600, 900, 1200, 1500, 1800)]
+    chosen = select_annealing(branches, min_step=WARMUP)
+    assert chosen.momentum == 0.99 and chosen.min_step >= WARMUP
+    fixed = fit_annealing(branches, min_step=WARMUP)  # λ = 0.999
+    unseen = wsd(2400)
+    truth = law(unseen, 0.99)[-1]
+    assert abs(chosen.predict(unseen)[0] / truth - 1) < 0.003 < abs(fixed.predict(unseen)[0] / truth - 1)
+
+    four = branches[:4]
+    backtest = backtest_annealing(four, select=True, min_step=WARMUP)
+    assert backtest.worst < 0.01 and {f.runs for f in backtest.fits} == {3}
+    shifted = four[:3] + [AnnealingCurve(four[3].lrs, four[3].steps, four[3].losses * 1.1)]
+    again = backtest_annealing(shifted, select=True, min_step=WARMUP)
+    assert again.predicted[3] == backtest.predicted[3] and again.actual[3] == pytest.approx(backtest.actual[3] * 1.1)
+    assert again.predicted[0] != backtest.predicted[0]  # the others' predictions do see it
 
 
 def test_a_cooldown_the_law_cannot_see_is_missed_not_hidden():
