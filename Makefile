@@ -54,7 +54,7 @@ study: setup
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); s=$$?; [ $$s -eq 5 ] && echo "no tests collected" >&2; exit $$s
 
-# Every benchmark, one table (bench/results.md, also logged to MLflow); see bench/README.md. 50–80 minutes on 2 cores.
+# Every benchmark, one table (bench/results.md, also logged to MLflow); see bench/README.md. 35–80 minutes on 2 cores.
 bench: setup
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 

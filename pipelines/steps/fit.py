@@ -403,7 +403,7 @@ def annealing_fits(trained: dict[str, Path], series: dict[str, str]) -> dict[str
                                                                   backtest.fits)]
         out.setdefault(name_of_series, []).append({
             "trunk": trunk_name, "params_nonembedding": branches[0][1].costs().params_nonembedding,
-            "law": law.to_dict(), "backtest": rows, "worst_error": backtest.worst})
+            "law": law.to_dict(), "backtest": rows, "worst_error": max(abs(r["error"]) for r in rows)})
     return out
 
 
