@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= text-default
 OUT    ?= studies/$(CONFIG)
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2  # tests side by side (pytest-xdist); tests/support/exclusive.py says which run alone
 BENCH_ARGS ?=
 GPU_PYTHON ?= python3
 GPU_CHECK_ARGS ?=
@@ -52,7 +53,7 @@ study: setup
 
 # pytest exits 5 when it collects no tests: a broken suite, so it fails here too.
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS); s=$$?; [ $$s -eq 5 ] && echo "no tests collected" >&2; exit $$s
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS); s=$$?; [ $$s -eq 5 ] && echo "no tests collected" >&2; exit $$s
 
 # Every benchmark, one table (bench/results.md, also logged to MLflow); see bench/README.md. 35–80 minutes on 2 cores.
 bench: setup

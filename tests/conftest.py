@@ -13,7 +13,26 @@ from pathlib import Path
 import pytest
 
 from armodels.packaged_text import STDLIB
+from tests.support.exclusive import MARKER, machine_lock, worker_groups
 from tests.support.s3 import S3Server
+
+_machine_lock = machine_lock()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n`, keep tests that share an expensive fixture on one worker (tests/support/exclusive.py)."""
+    if _machine_lock is not None:
+        items[:] = worker_groups(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under `pytest -n`, a test marked `exclusive` runs with no other test beside it (tests/support/exclusive.py)."""
+    if _machine_lock is None:
+        return (yield)
+    with _machine_lock.hold(exclusive=item.get_closest_marker(MARKER) is not None):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from tests.support.local_cluster import cluster_up
 from tests.support.processes import CHECKPOINT, kill, wait_for_checkpoint
 from tests.support.studies import micro_study_yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # kills a node of the machine: alone under pytest -n
 
 
 def test_the_head_nodes_death_fails_the_study_in_one_line_and_a_new_cluster_resumes_it(tmp_path):

@@ -41,7 +41,7 @@ from tests.support.processes import CHECKPOINT, kill_session, named, session_of,
 from tests.support.runs import assert_curves_agree
 from tests.support.studies import MICRO_STUDY_STEPS, micro_study_yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # kills a node of the machine: alone under pytest -n
 
 STUDY = micro_study_yaml("node-death", max_bytes=200000, train_bytes=60000, tokens=48000, checkpoints=4)
 

@@ -25,6 +25,7 @@ def kill_train_worker_after_first_checkpoint(out, killed: list) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # kills every training worker on the machine
 def test_a_killed_worker_resumes_at_the_same_data_position(tmp_path, shards, ray_local):
     model = dict(vocab_size=320, seq_len=32, n_layer=2, n_head=2, n_embd=32)
     train = TrainConfig(tokens=200_000, batch_size=16, lr=3e-3, eval_points=2, eval_windows=8, log_every=5,

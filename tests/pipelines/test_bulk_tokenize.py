@@ -195,6 +195,7 @@ def test_packed_rows_hold_the_same_stream(ray_local, two_workers, corpus, tok_di
     assert decoded(tmp_path / "p", tmp_path) == corpus[1]
 
 
+@pytest.mark.exclusive  # the kill must land mid-run: no other test's load to shift when
 def test_killed_run_resumes_to_the_same_shards(ray_local, tok_dir, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

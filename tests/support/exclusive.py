@@ -1,0 +1,73 @@
+"""Tests side by side (`pytest -n 2`, pytest-xdist): which run together, and which alone.
+
+Most tests can share the machine with another test: each has its own Ray, folders and ports. A test marked
+`exclusive` cannot: it kills processes by name (every training worker on the machine), or it waits on timings that
+a second test's load would stretch (a node's death noticed, a killed process's restart). Around each test, every
+xdist worker takes one lock file: shared for an ordinary test, exclusive for an `exclusive` one, so an exclusive
+test waits for the test running beside it to end and runs alone.
+
+A plain shared/exclusive lock lets a stream of shared holders starve the exclusive one (there is always a test
+running somewhere). A second lock, the turnstile, orders them: every test passes through it to take the main lock,
+and an exclusive test keeps it until the main lock is its, so no new test starts in the meantime.
+
+Tests that share an expensive fixture (a module's, or the tiny study's) run on one worker, so it is made once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+MARKER = "exclusive"
+
+
+class MachineLock:
+    """The two lock files of one `pytest -n` run (named by xdist's run id, shared by its workers)."""
+
+    def __init__(self, run_id: str):
+        base = Path(tempfile.gettempdir()) / f"arscale-tests-{run_id}"
+        self._turnstile = open(f"{base}.turnstile", "a")  # noqa: SIM115 (held for the session)
+        self._main = open(f"{base}.main", "a")  # noqa: SIM115
+
+    @contextmanager
+    def hold(self, exclusive: bool):
+        fcntl.flock(self._turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._main, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(self._turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._main, fcntl.LOCK_UN)
+
+
+def machine_lock() -> MachineLock | None:
+    """The lock of this xdist run, or None when the tests run in one process (nothing runs beside them)."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return MachineLock(run_id) if run_id and os.environ.get("PYTEST_XDIST_WORKER") else None
+
+
+SHARED_FIXTURES = ("tiny_study",)  # session fixtures worth making once: the tests that use one share a worker
+
+
+def worker_groups(items: list) -> list:
+    """Give each test the xdist group it runs in (`--dist loadgroup`): its own `xdist_group` mark, else the shared
+    fixture it uses, else its module (whose module fixtures are then made once); returns the tests with the groups
+    that hold the most slow tests first, so that the longest work starts early and no worker ends alone."""
+    groups: dict[str, list] = {}
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark:
+            name = str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        else:
+            name = next((f for f in SHARED_FIXTURES if f in item.fixturenames), item.nodeid.split("::")[0])
+            item.add_marker(pytest.mark.xdist_group(name))
+        groups.setdefault(name, []).append(item)
+    ordered = sorted(groups.values(), key=lambda group: -sum(bool(i.get_closest_marker("slow")) for i in group))
+    return [item for group in ordered for item in group]
