@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 CONFIG ?= text-default
 OUT    ?= studies/$(CONFIG)
 PYTEST_ARGS ?=
-TEST_WORKERS ?= 2  # tests side by side (pytest-xdist); tests/support/exclusive.py says which run alone
+# tests side by side (pytest-xdist; 0: all in one process); tests/support/exclusive.py says which run alone
+TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 GPU_PYTHON ?= python3
 GPU_CHECK_ARGS ?=
@@ -53,7 +54,7 @@ study: setup
 
 # pytest exits 5 when it collects no tests: a broken suite, so it fails here too.
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS); s=$$?; [ $$s -eq 5 ] && echo "no tests collected" >&2; exit $$s
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS); s=$$?; [ $$s -eq 5 ] && echo "no tests collected" >&2; exit $$s
 
 # Every benchmark, one table (bench/results.md, also logged to MLflow); see bench/README.md. 35–80 minutes on 2 cores.
 bench: setup

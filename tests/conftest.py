@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 
 from armodels.packaged_text import STDLIB
-from tests.support.exclusive import MARKER, machine_lock, worker_groups
+from tests.support.exclusive import MARKER, machine_lock, slow_modules_first
 from tests.support.s3 import S3Server
 
 _machine_lock = machine_lock()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n`, keep tests that share an expensive fixture on one worker (tests/support/exclusive.py)."""
+    """Under `pytest -n`, the modules with slow tests are handed out first (tests/support/exclusive.py)."""
     if _machine_lock is not None:
-        items[:] = worker_groups(items)
+        items[:] = slow_modules_first(items)
 
 
 @pytest.hookimpl(wrapper=True)

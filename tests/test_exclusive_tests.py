@@ -1,5 +1,6 @@
-"""The lock that runs `exclusive` tests alone under `pytest -n` (tests/support/exclusive.py): an exclusive holder
-waits for the shared one beside it, and a test that comes after it waits its turn instead of starving it."""
+"""The order xdist hands modules out in, and the lock that runs `exclusive` tests alone under `pytest -n`
+(tests/support/exclusive.py): an exclusive holder waits for the shared one beside it, and a test that comes after
+it waits its turn instead of starving it."""
 
 import os
 import threading
@@ -7,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.support.exclusive import MachineLock
+from tests.support.exclusive import MachineLock, slow_modules_first
 
 
 def waiting_on(path: Path) -> bool:
@@ -56,3 +57,18 @@ def test_an_exclusive_test_waits_for_the_one_beside_it_and_then_runs_alone(tmp_p
         lock._turnstile.close(), lock._main.close()
     for path in (main, Path(beside._turnstile.name)):
         path.unlink()
+
+
+class Collected:  # what slow_modules_first reads of a pytest item
+    def __init__(self, nodeid: str, slow: bool = False):
+        self.nodeid, self.slow = nodeid, slow
+
+    def get_closest_marker(self, name: str):
+        return name == "slow" and self.slow or None
+
+
+def test_modules_with_the_most_slow_tests_go_first_each_kept_whole():
+    tests = [Collected("a.py::t1"), Collected("b.py::t1", slow=True), Collected("a.py::t2"), Collected("c.py::t1", slow=True),
+             Collected("c.py::t2", slow=True), Collected("b.py::t2")]
+    assert [t.nodeid for t in slow_modules_first(tests)] == \
+        ["c.py::t1", "c.py::t2", "b.py::t1", "b.py::t2", "a.py::t1", "a.py::t2"]

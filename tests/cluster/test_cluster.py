@@ -26,7 +26,7 @@ from tests.support.processes import CHECKPOINT, wait_for
 from tests.support.runs import assert_curves_agree
 from tests.support.studies import MICRO_STUDY_STEPS, micro_study_yaml
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-cluster")]  # one `cluster up` at a time
+pytestmark = pytest.mark.slow
 
 # One training run, on 2 workers of 1 CPU: on a cluster of two 1-CPU nodes, one worker per node.
 # Long enough (250 steps) that `arscale jobs stop` reaches the run well before it ends; its first checkpoint comes

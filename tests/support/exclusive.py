@@ -10,7 +10,8 @@ A plain shared/exclusive lock lets a stream of shared holders starve the exclusi
 running somewhere). A second lock, the turnstile, orders them: every test passes through it to take the main lock,
 and an exclusive test keeps it until the main lock is its, so no new test starts in the meantime.
 
-Tests that share an expensive fixture (a module's, or the tiny study's) run on one worker, so it is made once.
+The tests of a module run on one worker, so its module fixtures are made once; each worker makes the session
+fixtures (its own Ray, the tiny study) it needs.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 MARKER = "exclusive"
 
@@ -53,21 +52,12 @@ def machine_lock() -> MachineLock | None:
     return MachineLock(run_id) if run_id and os.environ.get("PYTEST_XDIST_WORKER") else None
 
 
-SHARED_FIXTURES = ("tiny_study",)  # session fixtures worth making once: the tests that use one share a worker
-
-
-def worker_groups(items: list) -> list:
-    """Give each test the xdist group it runs in (`--dist loadgroup`): its own `xdist_group` mark, else the shared
-    fixture it uses, else its module (whose module fixtures are then made once); returns the tests with the groups
-    that hold the most slow tests first, so that the longest work starts early and no worker ends alone."""
-    groups: dict[str, list] = {}
+def slow_modules_first(items: list) -> list:
+    """The tests in the order xdist hands them out (`--dist loadscope --no-loadscope-reorder`: a module at a time,
+    to one worker, so its module fixtures are made once): the modules with the most slow tests first, so that the
+    longest work starts early and no worker is left alone with it at the end."""
+    modules: dict[str, list] = {}
     for item in items:
-        mark = item.get_closest_marker("xdist_group")
-        if mark:
-            name = str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-        else:
-            name = next((f for f in SHARED_FIXTURES if f in item.fixturenames), item.nodeid.split("::")[0])
-            item.add_marker(pytest.mark.xdist_group(name))
-        groups.setdefault(name, []).append(item)
-    ordered = sorted(groups.values(), key=lambda group: -sum(bool(i.get_closest_marker("slow")) for i in group))
-    return [item for group in ordered for item in group]
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    ordered = sorted(modules.values(), key=lambda tests: -sum(bool(t.get_closest_marker("slow")) for t in tests))
+    return [item for tests in ordered for item in tests]
