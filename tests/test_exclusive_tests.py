@@ -68,7 +68,7 @@ class Collected:  # what slow_modules_first reads of a pytest item
 
 
 def test_modules_with_the_most_slow_tests_go_first_each_kept_whole():
-    tests = [Collected("a.py::t1"), Collected("b.py::t1", slow=True), Collected("a.py::t2"), Collected("c.py::t1", slow=True),
-             Collected("c.py::t2", slow=True), Collected("b.py::t2")]
+    tests = [Collected("a.py::t1"), Collected("b.py::t1", slow=True), Collected("a.py::t2"),
+             Collected("c.py::t1", slow=True), Collected("c.py::t2", slow=True), Collected("b.py::t2")]
     assert [t.nodeid for t in slow_modules_first(tests)] == \
         ["c.py::t1", "c.py::t2", "b.py::t1", "b.py::t2", "a.py::t1", "a.py::t2"]
