@@ -60,8 +60,8 @@ def test_an_exclusive_test_waits_for_the_one_beside_it_and_then_runs_alone(tmp_p
 
 
 class Collected:  # what slow_modules_first reads of a pytest item
-    def __init__(self, nodeid: str, slow: bool = False):
-        self.nodeid, self.slow = nodeid, slow
+    def __init__(self, nodeid: str, slow: bool = False, fixtures: tuple[str, ...] = ()):
+        self.nodeid, self.slow, self.fixturenames = nodeid, slow, fixtures
 
     def get_closest_marker(self, name: str):
         return name == "slow" and self.slow or None
@@ -72,3 +72,9 @@ def test_modules_with_the_most_slow_tests_go_first_each_kept_whole():
              Collected("c.py::t1", slow=True), Collected("c.py::t2", slow=True), Collected("b.py::t2")]
     assert [t.nodeid for t in slow_modules_first(tests)] == \
         ["c.py::t1", "c.py::t2", "b.py::t1", "b.py::t2", "a.py::t1", "a.py::t2"]
+
+
+def test_modules_that_share_the_tiny_study_keep_their_order():
+    tests = [Collected("a.py::t1", fixtures=("tiny_study",)), Collected("b.py::t1", slow=True),
+             Collected("c.py::t1", slow=True, fixtures=("tiny_study",)), Collected("c.py::t2", slow=True)]
+    assert [t.nodeid for t in slow_modules_first(tests)] == ["a.py::t1", "c.py::t1", "c.py::t2", "b.py::t1"]

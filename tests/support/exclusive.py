@@ -52,12 +52,21 @@ def machine_lock() -> MachineLock | None:
     return MachineLock(run_id) if run_id and os.environ.get("PYTEST_XDIST_WORKER") else None
 
 
+SHARED_FIXTURES = ("tiny_study",)  # session fixtures that some tests change: their modules keep their order
+
+
 def slow_modules_first(items: list) -> list:
     """The tests in the order xdist hands them out (`--dist loadscope --no-loadscope-reorder`: a module at a time,
     to one worker, so its module fixtures are made once): the modules with the most slow tests first, so that the
-    longest work starts early and no worker is left alone with it at the end."""
-    modules: dict[str, list] = {}
+    longest work starts early and no worker is left alone with it at the end. Modules that use one of
+    SHARED_FIXTURES move as one block, in their own order (tests/pipelines/test_study_e2e.py adds to the tiny
+    study's folder, after the others have read it)."""
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    shared = {module(i): f for i in items for f in SHARED_FIXTURES if f in i.fixturenames}
+    blocks: dict[str, list] = {}
     for item in items:
-        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-    ordered = sorted(modules.values(), key=lambda tests: -sum(bool(t.get_closest_marker("slow")) for t in tests))
+        blocks.setdefault(shared.get(module(item), module(item)), []).append(item)
+    ordered = sorted(blocks.values(), key=lambda tests: -sum(bool(t.get_closest_marker("slow")) for t in tests))
     return [item for tests in ordered for item in tests]
