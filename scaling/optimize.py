@@ -85,7 +85,7 @@ def minimize_batch(
                                rho[:, running], scale[running], newest)
         direction[held] = 0.0
         # no usable curvature yet, or not a descent direction: a steepest-descent step of unit length
-        slope = np.sum(gr * direction, axis=1)
+        slope = (gr * direction).sum(axis=1)
         fallback = ~(slope < 0)
         if fallback.any():
             pg = np.where(held[fallback], 0.0, gr[fallback])
@@ -95,8 +95,8 @@ def minimize_batch(
 
         x_new, f_new, g_new, stalled = _backtrack(fun, running, xr, fr, gr, direction, lower, upper)
         s, y = x_new - xr, g_new - gr
-        sy, yy = np.sum(s * y, axis=1), np.sum(y * y, axis=1)
-        usable = sy > 1e-10 * np.sqrt(np.sum(s * s, axis=1) * yy)
+        sy, yy = (s * y).sum(axis=1), (y * y).sum(axis=1)
+        usable = sy > 1e-10 * np.sqrt((s * s).sum(axis=1) * yy)
         slot = it % memory
         steps[slot, running], changes[slot, running] = s, y
         rho[slot, running] = np.where(usable, 1.0 / np.where(usable, sy, 1.0), 0.0)
@@ -105,7 +105,7 @@ def minimize_batch(
         x[running], f[running], g[running] = x_new, f_new, g_new
         nit[running] += 1
         held_new = ((x_new <= lower) & (g_new > 0)) | ((x_new >= upper) & (g_new < 0))
-        small_gradient = np.max(np.abs(np.where(held_new, 0.0, g_new)), axis=1) <= gtol
+        small_gradient = np.abs(np.where(held_new, 0.0, g_new)).max(axis=1) <= gtol
         small_decrease = (fr - f_new) <= ftol * np.maximum(np.abs(f_new), 1e-300)
         done = small_gradient | small_decrease | stalled
         converged[running[done]] = True
@@ -118,11 +118,11 @@ def _two_loop(g, steps, changes, rho, scale, newest):
     q = g.copy()
     alphas = {}
     for k in newest:
-        alphas[k] = rho[k] * np.sum(steps[k] * q, axis=1)
+        alphas[k] = rho[k] * (steps[k] * q).sum(axis=1)
         q -= alphas[k][:, None] * changes[k]
     r = np.where(scale > 0, scale, 1.0)[:, None] * q
     for k in reversed(newest):
-        beta = rho[k] * np.sum(changes[k] * r, axis=1)
+        beta = rho[k] * (changes[k] * r).sum(axis=1)
         r += steps[k] * (alphas[k] - beta)[:, None]
     return r
 
@@ -137,9 +137,9 @@ def _backtrack(fun, rows, x, f, g, direction, lower, upper, *, c1=1e-4, shrink=0
     searching = np.arange(len(rows))
     t = np.ones(len(rows))
     for _ in range(tries):
-        trial = np.clip(x[searching] + t[searching, None] * direction[searching], lower, upper)
+        trial = np.minimum(np.maximum(x[searching] + t[searching, None] * direction[searching], lower), upper)
         ft, gt = fun(trial, rows[searching])
-        decrease = np.sum(g[searching] * (trial - x[searching]), axis=1)
+        decrease = (g[searching] * (trial - x[searching])).sum(axis=1)
         accept = np.isfinite(ft) & (ft <= f[searching] + c1 * decrease)
         done = searching[accept]
         x_new[done], f_new[done], g_new[done] = trial[accept], ft[accept], gt[accept]

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from armodels.corpus_readers import ReadOptions, Segment, file_format, iter_docs, plan_corpus, safe_cut
+from armodels.packaged_text import STDLIB, gcide
 from armodels.piece_encoder import EncodeOptions, encode_piece
 from armodels.shards import iter_documents_with_ids, load_token_stream, read_manifest, shard_index
 from pipelines import cli
@@ -26,7 +27,6 @@ from pipelines.progress import ThroughputProgress
 from pipelines.tokenization.bpe_training import train_bpe_on_corpus
 from pipelines.tokenization.corpus_to_shards import JOURNAL, TokenizeSettings, tokenize_corpus
 from pipelines.tokenization.shards_to_documents import detokenize
-from armodels.packaged_text import STDLIB, gcide
 from tests.support.cli import ARSCALE, ROOT, arscale, one_line_error
 
 GCIDE = gcide()
@@ -317,14 +317,24 @@ def bad_inputs(root: Path) -> dict:
     }
 
 
-def test_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, tok_dir):
+def test_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, tok_dir, capsys):
+    """In this process through `pipelines.cli.main` (a subprocess would spend 3 s a case importing arscale), and
+    once as the real console script, for the exit-code plumbing."""
+
+    def tokenize(*args) -> subprocess.CompletedProcess:
+        code = cli.main([*map(str, args)])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
     for name, (inputs, words) in bad_inputs(tmp_path).items():
-        r = arscale("tokenize", "--tokenizer", tok_dir, "--input", *inputs, "--out", tmp_path / "out")
-        one_line_error(r, 2, words)
-    one_line_error(arscale("tokenize", "--tokenizer", tmp_path, "--input", STDLIB / "json", "--out", tmp_path / "o"),
+        one_line_error(tokenize("tokenize", "--tokenizer", tok_dir, "--input", *inputs, "--out", tmp_path / "out"),
+                       2, words)
+    one_line_error(tokenize("tokenize", "--tokenizer", tmp_path, "--input", STDLIB / "json", "--out", tmp_path / "o"),
                    2, "tokenizer.json not found")
+    one_line_error(arscale("tokenize", "--tokenizer", tok_dir, "--input", tmp_path / "nope.txt", "--out",
+                           tmp_path / "out"), 2, "nope.txt does not exist")
     assert not (tmp_path / "out").exists()
-    r = arscale("--debug", "tokenize", "--tokenizer", tok_dir, "--input", tmp_path / "nope", "--out", tmp_path / "o")
+    r = tokenize("--debug", "tokenize", "--tokenizer", tok_dir, "--input", tmp_path / "nope", "--out", tmp_path / "o")
     assert r.returncode == 2 and "Traceback" in r.stderr
 
 
