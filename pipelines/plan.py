@@ -426,6 +426,7 @@ def train_step(tc: train.TrainStepConfig, function, inputs: dict[str, Step], con
                                     cpus_per_worker=tc.cpus_per_worker, gpus=tc.num_workers * tc.gpus_per_worker,
                                     gpus_per_worker=tc.gpus_per_worker), priority=flops,
                 work_tokens=tokens, work_flops=flops, nested_under="trunk" if "trunk" in inputs else None,
+                trains_on=train.lane_spec(tc),
                 describe=(f"{what}{tc.family}, {human(run.costs().params_nonembedding)} params (non-emb), "
                           f"{human(run.tokens_seen)} tokens{start}, {flops:.2e} FLOPs ({convention}); "
                           f"{tc.describe_workers()}"))

@@ -97,6 +97,8 @@ class Step:
     # a LaneSpec (pipelines.warm_workers): the whole step runs as one job on the study's warm workers of that shape,
     # not in a Ray task of its own (an evaluation: torch work that would otherwise start a fresh process)
     warm_lane: Any = None
+    # a training step's LaneSpec: the warm workers its run trains on (the executor may start them before the step)
+    trains_on: Any = None
     nested_under: str | None = None  # the input whose MLflow run this step's run nests under (a branch: its trunk)
 
     @property

@@ -6,6 +6,7 @@ and DeepSpeed imports, the process group). A study trains many runs of one shape
 processes, and each later run starts in about a second.
 
     study driver ── creates ──> WarmWorkers (an actor on the driver's node; one per study)
+    executor ── start_early(spec) ──> a lane for the first training run, while the data steps run beside it
     train step task ── run(spec, fn, payload) ──> a lane of that spec: idle, or a new one
     evaluation step's task ── run(spec, execute_step, its launch) ──> a one-worker lane of the same shape
     lane (a task on the driver's node) ── TorchTrainer.fit() ──> workers: loop { next_job; fn(payload) }
@@ -101,14 +102,22 @@ class WarmWorkers:
         {"error": one line, "no_room": whether the workers never found room in the cluster}. A worker group that
         dies mid-job is restarted and resumes the job, up to `restarts` times."""
         job = _Job(next(self.ids), spec, fn, payload, restarts)
-        if self.demand_watch is None:
-            self.demand_watch = asyncio.get_running_loop().create_task(self._release_for_waiting_work())
+        self._watch_demand()
         async with self.changed:
             self.queue.append(job)
             self._balance()
             self.changed.notify_all()
         await job.done.wait()
         return job.outcome
+
+    async def start_early(self, spec: LaneSpec) -> None:
+        """Start a lane of `spec` before any job of it comes: its start-up (process starts and imports, ~10 s on a
+        CPU) then overlaps the study's data steps. It takes the first job of its spec, or leaves like any idle lane
+        (after `idle_s`, or at once for work that waits for its CPUs)."""
+        self._watch_demand()
+        async with self.changed:
+            if not self.closing:
+                self._start_lane(spec)
 
     async def next_job(self, lane_id: int) -> dict | None:
         """Rank 0 of a lane asks for its next job: the one in flight when its worker group was restarted (so that
@@ -226,6 +235,11 @@ class WarmWorkers:
                         needed = {k: v - held.get(k, 0.0) for k, v in needed.items()}
                 self.changed.notify_all()
 
+    def _watch_demand(self) -> None:
+        """Start the task that releases idle lanes for work that waits (once, from the pool's event loop)."""
+        if self.demand_watch is None:
+            self.demand_watch = asyncio.get_running_loop().create_task(self._release_for_waiting_work())
+
     def _others_wait(self, spec: LaneSpec) -> bool:
         """Work of another spec waits: a queued job, or a lane still starting (its workers may need our CPUs)."""
         return any(j.spec != spec for j in self.queue) or \
@@ -242,27 +256,29 @@ class WarmWorkers:
         job.done.set()
 
     def _balance(self) -> None:
-        """Start a lane for each queued job that no idle lane of its spec will take."""
+        """Start a lane for each queued job that no idle lane of its spec will take (nor one started early, still
+        starting without a job)."""
         for spec in {j.spec for j in self.queue}:
             queued = [j for j in self.queue if j.spec == spec]
-            idle = sum(lane.spec == spec and lane.state == "idle" and lane.job is None for lane in self.lanes.values())
-            for job in queued[idle:]:
+            free = sum(lane.spec == spec and lane.state in ("idle", "starting") and lane.job is None
+                       for lane in self.lanes.values())
+            for job in queued[free:]:
                 self.queue.remove(job)
-                self._start_lane(job)
+                self._start_lane(spec, job)
 
-    def _start_lane(self, job: _Job) -> None:
+    def _start_lane(self, spec: LaneSpec, job: _Job | None = None) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        lane = _Lane(next(self.lane_ids), job.spec, job)
+        lane = _Lane(next(self.lane_ids), spec, job)
         self.lanes[lane.id] = lane
         self.started += 1
         # on the driver's node, as Ray Train's controller then is: a worker node that dies takes only workers
         ref = ray.remote(_lane_main).options(
             num_cpus=0, max_retries=0, name=f"warm-workers:lane-{lane.id}",
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
-            runtime_env={"env_vars": {**self.env, **dict(job.spec.env)}},
-        ).remote(ray.get_runtime_context().current_actor, lane.id, job.spec, self.root, f"{self.token}-{lane.id}")
+            runtime_env={"env_vars": {**self.env, **dict(spec.env)}},
+        ).remote(ray.get_runtime_context().current_actor, lane.id, spec, self.root, f"{self.token}-{lane.id}")
         asyncio.get_running_loop().create_task(self._watch(lane, ref))
 
     async def _watch(self, lane: _Lane, ref) -> None:

@@ -162,6 +162,40 @@ def test_steps_on_warm_workers_share_their_process_and_a_failed_one_fails_alone(
     assert lanes == 1  # Ray Train restarted the lane's worker group after the failure: no second lane
 
 
+def watch_for_a_lane(config: Value, ctx) -> dict:
+    """A data step that runs for up to `config.sleep` seconds, until the study's pool has started a lane, and
+    records whether one started while it ran."""
+    import ray
+
+    from pipelines import warm_workers
+
+    pool = warm_workers.find(ctx.output.parent)
+    deadline = time.monotonic() + config.sleep
+    while not (started := ray.get(pool.lanes_started.remote())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (ctx.output / "out.json").write_text(json.dumps({"total": config.value, "lane_started_meanwhile": started > 0}))
+    return {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data_cpus", [1, 2])
+def test_the_first_runs_workers_start_while_the_data_steps_run_where_the_cluster_holds_both(tmp_path, ray_local,
+                                                                                            data_cpus):
+    """A study's first training run does not wait for its workers' start-up after the data steps: on this 2-CPU
+    cluster a data step of 1 CPU leaves room for them beside it, and the run then takes that lane; one of 2 CPUs
+    does not, and the lane starts only after it."""
+    data = Step("data", watch_for_a_lane, Value(1, sleep=60 if data_cpus == 1 else 5),
+                resources=Resources(cpus=data_cpus))
+    trained = on_warm_workers("trained", Value(2), data=data)
+    with warm_workers(tmp_path) as pool:
+        outcomes = Executor(tmp_path, log=lambda m: None).run([trained])
+        lanes = ray_local.get(pool.lanes_started.remote())
+    assert {n: o.state for n, o in outcomes.items()} == {"data": "succeeded", "trained": "succeeded"}
+    record = json.loads((tmp_path / data.dirname / "out.json").read_text())
+    assert record["lane_started_meanwhile"] == (data_cpus == 1)
+    assert lanes == 1  # the run took the lane started early, or started the only one
+
+
 def test_an_incomplete_final_directory_is_not_trusted(tmp_path, ray_local):
     sa = Step("a", produce, Value(1))
     (tmp_path / sa.dirname).mkdir()  # e.g. copied by hand, no success record
