@@ -1,4 +1,5 @@
-"""The `arscale cluster`, `arscale submit` and `arscale jobs` commands (pipelines.cli adds them to its parser)."""
+"""The `arscale cluster` and `arscale jobs` commands (`arscale submit`: cluster.submit); pipelines.cli adds them
+to its parser."""
 
 from __future__ import annotations
 
@@ -9,20 +10,23 @@ from pathlib import Path
 from cluster import jobs, local_cluster
 from cluster.client import dashboard_url, job_client, reaching
 from pipelines.errors import RunFailure
-from pipelines.study import run_study
 
 
-def add_commands(sub, common: argparse.ArgumentParser) -> None:
+def cluster_options() -> list[argparse.ArgumentParser]:
+    """The options of every command that talks to a cluster: --home and --address."""
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument("--home", type=Path, help="arscale's state folder (default: $ARSCALE_HOME, else ~/.arscale)")
     address = argparse.ArgumentParser(add_help=False)
     address.add_argument("--address", help="a Ray cluster's dashboard address, http://HEAD:8265 (default: "
                                            "$RAY_ADDRESS if it is such a URL, else the local cluster)")
+    return [home, address]
+
+
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    home, address = cluster_options()
     parents = [common, home, address]
 
-    cluster_actions = sub.add_parser("cluster", parents=[common],
-                                     help="a local Ray cluster of several nodes on 127.0.0.1"
-                                     ).add_subparsers(metavar="ACTION")
+    cluster_actions = sub.add_parser("cluster", parents=[common]).add_subparsers(metavar="ACTION")
     p = cluster_actions.add_parser("up", parents=[common, home], help="start a head and worker nodes on 127.0.0.1",
                                    description="Start a Ray head and N worker nodes on this machine, each a separate "
                                                "`ray start` bound to 127.0.0.1, with token authentication.")
@@ -35,18 +39,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p = cluster_actions.add_parser("status", parents=parents, help="nodes, resources and running jobs")
     p.set_defaults(handler=cmd_cluster_status)
 
-    p = sub.add_parser("submit", parents=parents, help="run a study on a Ray cluster as a job",
-                       description="Submit a study as a Ray job. Its folder is STORAGE/<study name>; submitting "
-                                   "the same study again resumes it.")
-    p.add_argument("config", nargs="?", help="study YAML file or preset name (default: text-default)")
-    p.add_argument("--storage", help="where study folders go: a path every node sees, or an object-store URI "
-                                     "such as s3://bucket/studies (default: ./studies)")
-    p.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
-    p.add_argument("--dry-run", action="store_true", help="print the job and the study's plan; submit nothing")
-    p.set_defaults(handler=cmd_submit)
-
-    jobs_actions = sub.add_parser("jobs", parents=[common], help="list, inspect, follow and stop jobs"
-                                  ).add_subparsers(metavar="ACTION")
+    jobs_actions = sub.add_parser("jobs", parents=[common]).add_subparsers(metavar="ACTION")
     p = jobs_actions.add_parser("list", parents=parents, help="the jobs of the cluster")
     p.set_defaults(handler=cmd_jobs_list)
     for action, handler, text in (("status", cmd_jobs_status, "a job's state; why it failed"),
@@ -93,7 +86,7 @@ def cmd_cluster_status(args) -> int:
             raise RunFailure(f"the local cluster recorded in {local_cluster.state_path(args.home)} is gone (its "
                              "processes have ended): `arscale cluster up` starts a new one")
         print(state.describe())
-    print(describe_cluster(_url(args)))
+    print(describe_cluster(cluster_url(args)))
     return 0
 
 
@@ -131,52 +124,26 @@ def _cpus_in_use(client) -> float | None:
         return None
 
 
-def cmd_submit(args) -> int:
-    if args.dry_run:
-        return _submit_dry_run(args)
-    url = _url(args)
-    submission = jobs.submit(args.config, url, args.storage)
-    print(f"job {submission.job_id} submitted to {url}")
-    print(f"  study folder: {submission.out}")
-    print(f"  follow it:    arscale jobs logs {submission.job_id} --follow")
-    print(f"  its state:    arscale jobs status {submission.job_id}")
-    print(f"  stop it:      arscale jobs stop {submission.job_id}   (submit the same config again to resume)")
-    if args.wait:
-        print(flush=True)
-        jobs.wait(url, submission)
-        print(f"job {submission.job_id} succeeded; `arscale study status {submission.out}` shows its steps")
-    return 0
-
-
-def _submit_dry_run(args) -> int:
-    """What `submit` would send, and the study's plan as the cluster would see it now (no cluster needed)."""
-    cfg, path, out = jobs.prepare(args.config, args.storage)
-    print(f"dry run: would submit `{jobs.entrypoint(out)}` with {path} as {jobs.CONFIG_NAME} and the packages "
-          f"{', '.join(jobs.PACKAGES)} to {args.address or 'the cluster'}")
-    run_study(cfg, path, out, dry_run=True, check_inputs=False)  # the corpus paths are the cluster's
-    return 0
-
-
 def cmd_jobs_list(args) -> int:
-    print(jobs.list_jobs(_url(args)))
+    print(jobs.list_jobs(cluster_url(args)))
     return 0
 
 
 def cmd_jobs_status(args) -> int:
-    print(jobs.job_status(_url(args), args.job_id))
+    print(jobs.job_status(cluster_url(args), args.job_id))
     return 0
 
 
 def cmd_jobs_logs(args) -> int:
-    jobs.print_logs(_url(args), args.job_id, args.follow)
+    jobs.print_logs(cluster_url(args), args.job_id, args.follow)
     return 0
 
 
 def cmd_jobs_stop(args) -> int:
-    print(f"job {args.job_id}: {jobs.stop(_url(args), args.job_id)}")
+    print(f"job {args.job_id}: {jobs.stop(cluster_url(args), args.job_id)}")
     return 0
 
 
-def _url(args) -> str:
+def cluster_url(args) -> str:
     """The dashboard URL of the cluster the command talks to (--address, $RAY_ADDRESS or the local cluster)."""
     return dashboard_url(args.address, args.home)

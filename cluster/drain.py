@@ -1,5 +1,5 @@
 """`python -m cluster.drain`: stop the studies whose drivers run on this machine as SIGTERM stops one (like Ctrl-C:
-running steps save a checkpoint, up to the executor's STEP_STOP_GRACE_S), and wait until they have exited.
+running steps save a checkpoint, up to STEP_STOP_GRACE_S of pipelines.step_status), and wait until they have exited.
 
 The KubeRay templates run it as the head pod's preStop hook: a pod that is deleted or evicted (a node drained, a
 spot node reclaimed) would otherwise lose what its studies did since their last checkpoint, since the container's
@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from pipelines.executor import STEP_STOP_GRACE_S
+from pipelines.step_status import STEP_STOP_GRACE_S
 
 WAIT_S = STEP_STOP_GRACE_S + 45  # the checkpoint grace, then the study's own stopping; below the pods' 180 s
 

@@ -14,7 +14,6 @@ counts a step the store holds as finished as done.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -24,34 +23,16 @@ from typing import Any
 
 from pipelines import warm_workers
 from pipelines.admission import ClusterRoom
-from pipelines.errors import ClusterLost, StepStopped, UserError
+from pipelines.errors import ClusterLost, StepStopped
 from pipelines.progress import StudyProgress
 from pipelines.ray_connect import task_env
 from pipelines.step import Step, chain_priorities, config_dict, topological_order
 from pipelines.step_runner import StepLaunch, execute_on_warm_workers, execute_step, one_line_error
-from pipelines.step_status import STATUS, STOP_FILE, SUCCEEDED, ensure_failed, finish_commit, step_state
+from pipelines.step_status import STATUS, STOP_FILE, SUCCEEDED, ensure_failed, finish_commit, step_state, stop_grace_s
 from pipelines.storage import StudyStore
 from pipelines.tracking import NullStudyTracking, StudyTracking, redact_text
 
-STEP_STOP_GRACE_S = 120.0  # how long running steps get to save a checkpoint when the study is stopped (default)
-STOP_GRACE_ENV = "ARSCALE_STOP_GRACE_S"
 CLUSTER_CHECK_S = 5.0  # while steps run, how often the executor checks that the cluster still answers
-
-
-def stop_grace_s() -> float:
-    """How long running steps get to save a checkpoint when the study is stopped: $ARSCALE_STOP_GRACE_S, else
-    STEP_STOP_GRACE_S. A scheduler's own grace (KubeRay's terminationGracePeriodSeconds, the lead time of SLURM's
-    --signal) must exceed it by the study's own stopping, about 30 s."""
-    text = os.environ.get(STOP_GRACE_ENV)
-    if not text:
-        return STEP_STOP_GRACE_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise UserError(f"${STOP_GRACE_ENV} must be a number of seconds, 0 or more (got {text!r})")
-    return value
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """`arscale sample RUN_DIR`: samples from a trained model of a study (its parser and handler, hooked into
-pipelines/cli.py by `add_parser`).
+pipelines/cli.py by `add_parsers`).
 
 From the run folder to its tokenizer: run.json names the shards the run was trained on (`<shards>/train`), and the
 shard set keeps a copy of its tokenizer (armodels.trained_run). The pixel stream has none: the image shape comes from
@@ -41,8 +41,8 @@ from pipelines.steps.images import PIXELS_SHA256
 DEFAULT_MAX_TOKENS = 200
 
 
-def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("sample", parents=[common], help="sample from a trained model of a study",
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("sample", parents=[common],
                        description="Sample from the model of a finished training run. Text models continue --prompt "
                                    "as a new document (after the end-of-document token) up to the next "
                                    "end-of-document or --max-tokens, and print each sample under a header line; "

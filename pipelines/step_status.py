@@ -10,7 +10,7 @@ A step's directory goes through two names:
 So a directory without `.tmp` is always complete, and only such a directory counts as done. A `.tmp` folder whose
 record says succeeded (the process died between the record and the rename) is finished by `finish_commit` when
 every file the record lists is there at its size, and otherwise is rerun. The study folder's `STOP` file asks
-running steps to save a checkpoint and stop (see pipelines.executor).
+running steps to save a checkpoint and stop (see pipelines.executor), within `stop_grace_s()`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,29 @@ import time
 from pathlib import Path
 
 from armodels.files import fsync_dir, fsync_tree, read_json, write_json_atomic
+from pipelines.errors import UserError
 
 STATUS = "STATUS.json"
 STOP_FILE = "STOP"  # its presence asks running steps to checkpoint and stop
 SUCCEEDED, FAILED, RUNNING, STOPPED, INTERRUPTED = "succeeded", "failed", "running", "stopped", "interrupted"
+STEP_STOP_GRACE_S = 120.0  # how long running steps get to save a checkpoint when the study is stopped (default)
+STOP_GRACE_ENV = "ARSCALE_STOP_GRACE_S"
+
+
+def stop_grace_s() -> float:
+    """How long running steps get to save a checkpoint when the study is stopped: $ARSCALE_STOP_GRACE_S, else
+    STEP_STOP_GRACE_S. A scheduler's own grace (KubeRay's terminationGracePeriodSeconds, the lead time of SLURM's
+    --signal) must exceed it by the study's own stopping, about 30 s."""
+    text = os.environ.get(STOP_GRACE_ENV)
+    if not text:
+        return STEP_STOP_GRACE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UserError(f"${STOP_GRACE_ENV} must be a number of seconds, 0 or more (got {text!r})")
+    return value
 
 
 def step_state(root: Path, dirname: str) -> dict:

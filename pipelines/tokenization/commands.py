@@ -27,7 +27,7 @@ from pipelines.tokenization.shards_to_documents import detokenize
 
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
-    tokenizer = sub.add_parser("tokenizer", parents=[common], help="train tokenizers").add_subparsers(metavar="ACTION")
+    tokenizer = sub.add_parser("tokenizer", parents=[common]).add_subparsers(metavar="ACTION")
     train = tokenizer.add_parser("train", parents=[common], help="train a tokenizer").add_subparsers(metavar="KIND")
     p = train.add_parser("bpe", parents=[common], help="byte-level BPE, lossless on any bytes",
                          description="Train a byte-level BPE tokenizer (HF tokenizers; all 256 bytes in the alphabet, "
@@ -50,7 +50,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         p.set_defaults(handler=cmd_train_char_word, level=level)
     _add_image_trainers(train, common)
 
-    p = sub.add_parser("tokenize", parents=[common], help="tokenize a corpus into Parquet token shards (on Ray)",
+    p = sub.add_parser("tokenize", parents=[common],
                        description="Tokenize a corpus with a trained tokenizer into Parquet shards with a manifest, "
                                    "on a pool of Ray workers; a killed run resumes where it stopped when run again. "
                                    "The study's shard step writes the same format. With an image tokenizer (VQ-VAE, "
@@ -72,7 +72,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     p.set_defaults(handler=cmd_tokenize)
 
-    p = sub.add_parser("detokenize", parents=[common], help="decode token shards back to documents",
+    p = sub.add_parser("detokenize", parents=[common],
                        description="Decode a shard set back to the exact bytes of its documents: documents.parquet "
                                    "(doc_id, text as binary), or with --files one <doc_id>.txt per document. Code "
                                    "shards of an image tokenizer decode to <doc_id>.png files and grid.png (the "

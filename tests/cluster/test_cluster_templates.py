@@ -1,8 +1,8 @@
 """The cluster templates: each parses, has the fields its tool requires, and the study commands it holds run (with
 --dry-run) against this checkout. The GPU variants (a gpu worker group, --gres, GPU instance types, the CUDA image)
 and the GPU preset they run are checked the same way. Preemption: each gives a stopped study the time to save its
-checkpoints (the executor's STEP_STOP_GRACE_S) and retries or requeues it; the pieces that pass the signal on (the
-SLURM scripts' trap, the KubeRay head's preStop hook, cluster/drain.py) run here on real processes."""
+checkpoints (STEP_STOP_GRACE_S of pipelines.step_status) and retries or requeues it; the pieces that pass the
+signal on (the SLURM scripts' trap, the KubeRay head's preStop hook, cluster/drain.py) run here on real processes."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from cluster import drain
-from pipelines.executor import STEP_STOP_GRACE_S
+from pipelines.step_status import STEP_STOP_GRACE_S
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "cluster" / "templates"

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from cluster import jobs
+from cluster import submit
 from pipelines.cli import main
 from pipelines.errors import UserError
 
@@ -50,7 +50,7 @@ def test_submit_dry_run_refuses_a_storage_uri_with_credentials_and_prints_none(c
 @pytest.mark.parametrize("storage", CREDENTIALED)
 def test_no_job_is_built_with_credentials_in_its_entrypoint_or_metadata(storage):
     with pytest.raises(UserError) as refused:
-        jobs.prepare("text-tiny", storage)  # what `submit` builds the job from, before it reaches any cluster
+        submit.prepare("text-tiny", storage)  # what `submit` builds the job from, before it reaches any cluster
     assert_hidden(str(refused.value))
 
 
@@ -59,9 +59,9 @@ def test_a_job_gets_no_credentials_from_the_submitters_environment(tmp_path, mon
     whose runtime environment the dashboard shows like its entrypoint."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    cfg, path, out = jobs.prepare("text-tiny", "s3://bucket/studies?region=us-east-1&endpoint_override=127.0.0.1:9")
+    cfg, path, out = submit.prepare("text-tiny", "s3://bucket/studies?region=us-east-1&endpoint_override=127.0.0.1:9")
     assert out.startswith("s3://bucket/studies/text-tiny?") and "endpoint_override" in out
-    request = jobs.job_request(cfg, path, out, tmp_path)
+    request = submit.job_request(cfg, path, out, tmp_path)
     assert set(request) == {"entrypoint", "runtime_env", "submission_id", "metadata"}
     assert "--out" in request["entrypoint"] and request["metadata"]["arscale.out"] == out
     assert_hidden(json.dumps(request))

@@ -1,8 +1,13 @@
 """The CLI as a user runs it (a subprocess): one-line errors and exit codes; 2 = bad input, 1 = failure."""
 
+import argparse
+import subprocess
+import sys
+
 import pytest
 
-from tests.support.cli import arscale, one_line_error
+from pipelines.cli import COMMANDS, build_parser
+from tests.support.cli import ROOT, arscale, one_line_error, subprocess_env
 
 
 def test_dry_run_prints_the_plan_with_sizes_and_flops(tmp_path):
@@ -78,6 +83,49 @@ def test_usage_errors_exit_2():
     assert arscale().returncode == 2
     assert arscale("study", "run", "--no-such-flag").returncode == 2
     assert arscale("tokenize", "--help").returncode == 0
+
+
+IMPORTED = """
+import sys
+from pipelines.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:  # --help
+    code = e.code
+heavy = sorted(m for m in ("torch", "ray", "mlflow", "scipy", "matplotlib", "deepspeed") if m in sys.modules)
+print("imported:", " ".join(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("args, needs_torch", [
+    (["--help"], False),
+    (["jobs", "list"], False),  # no cluster: exit 2
+    (["cluster", "status"], False),  # none up: exit 1
+    (["fit", "--help"], False),
+    (["advise", "--help"], False),
+    (["study", "status", "."], True),  # not a study: exit 2
+])
+def test_a_command_imports_only_what_it_needs(tmp_path, args, needs_torch):
+    """Each command's module is imported only when it runs: `arscale --help` or `jobs list` need not import torch,
+    Ray and scipy (~3 s); `study` does."""
+    env = {**subprocess_env(), "ARSCALE_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([sys.executable, "-c", IMPORTED, *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=120)
+    assert r.returncode in (0, 1, 2) and "Traceback" not in r.stderr, r.stderr
+    imported = r.stderr.strip().splitlines()[-1].removeprefix("imported:").split()
+    assert "torch" in imported if needs_torch else imported == [], r.stderr
+
+
+def test_every_listed_command_is_added_by_its_module():
+    """Each entry of COMMANDS names the module that adds the command complete: a handler, or actions of its own
+    (a stub from the list has neither)."""
+    for name in COMMANDS:
+        sub = next(a for a in build_parser([name])._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[name]
+        actions = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        assert command.get_default("handler") or actions, name
 
 
 def synthetic_runs(path, *, rows=8, seed=0):

@@ -10,7 +10,7 @@ import pytest
 from pipelines.errors import UserError
 from pipelines.executor import Executor
 from pipelines.step import Resources, Step, chain_priorities, topological_order
-from pipelines.step_status import step_state
+from pipelines.step_status import STEP_STOP_GRACE_S, STOP_GRACE_ENV, step_state
 from pipelines.warm_workers import LaneSpec, warm_workers
 
 
@@ -205,8 +205,6 @@ def test_an_incomplete_final_directory_is_not_trusted(tmp_path, ray_local):
 
 def test_the_checkpoint_grace_of_a_stop_is_configurable(tmp_path, monkeypatch):
     """So it fits a scheduler's window (templates set theirs above it)."""
-    from pipelines.executor import STEP_STOP_GRACE_S, STOP_GRACE_ENV
-
     assert Executor(tmp_path).stop_grace_s == STEP_STOP_GRACE_S
     monkeypatch.setenv(STOP_GRACE_ENV, "45")
     assert Executor(tmp_path).stop_grace_s == 45
