@@ -17,6 +17,8 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -138,6 +140,41 @@ def create_experiment(client, uri: str, name: str) -> str:
     if folder:
         anchor_artifacts(uri)
     return experiment_id
+
+
+def seed_sqlite_store(uri: str) -> None:
+    """Start a new SQLite store as a copy of an empty one made once per MLflow version (in ~/.cache/arscale):
+    MLflow builds a store by running its schema migrations, ~2 s of every new study. The copy's Default experiment
+    keeps its artifacts in the study's `mlartifacts/0`. Any failure here leaves the store to MLflow to make."""
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or db.exists():
+        return
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(_empty_store_template(), tmp)
+        now = int(time.time() * 1000)
+        with contextlib.closing(sqlite3.connect(tmp)) as copy, copy:
+            copy.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
+                         "WHERE experiment_id = 0", (f"{ARTIFACTS_DIR}/0", now, now))
+        os.replace(tmp, db)
+    except (OSError, sqlite3.Error):
+        tmp.unlink(missing_ok=True)
+
+
+def _empty_store_template() -> Path:
+    """An empty SQLite store of this MLflow version, made on first use."""
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arscale"
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if not template.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{template.name}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        SqlAlchemyStore(f"sqlite:///{tmp}", (cache / ARTIFACTS_DIR).as_uri()).engine.dispose()
+        os.replace(tmp, template)  # whole, or not there: another process may be making it too
+    return template
 
 
 def anchor_artifacts(uri: str) -> None:
@@ -296,8 +333,9 @@ class StudyTracking:
         from mlflow import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
         _check_reachable(uri)
+        seed_sqlite_store(uri)
+        self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
             self.experiment_id = create_experiment(self.client, uri, study_name)

@@ -7,7 +7,8 @@ processes, and each later run starts in about a second.
 
     study driver ── creates ──> WarmWorkers (an actor on the driver's node; one per study)
     executor ── start_early(spec) ──> a lane for the first training run, while the data steps run beside it
-    train step task ── run(spec, fn, payload) ──> a lane of that spec: idle, or a new one
+    train step task ── run(spec, fn, payload) ──> queued for the first lane of that spec to ask (one is started
+                                                  when no idle or starting lane is left for it)
     evaluation step's task ── run(spec, execute_step, its launch) ──> a one-worker lane of the same shape
     lane (a task on the driver's node) ── TorchTrainer.fit() ──> workers: loop { next_job; fn(payload) }
 
@@ -256,21 +257,22 @@ class WarmWorkers:
         job.done.set()
 
     def _balance(self) -> None:
-        """Start a lane for each queued job that no idle lane of its spec will take (nor one started early, still
-        starting without a job)."""
+        """Start a lane for each queued job that no idle or starting lane of its spec will take. The jobs stay
+        queued: whichever lane of their spec asks first takes them, so a job never waits for a new lane's start-up
+        (~10 s) when a warm one is done sooner (a grid of short runs: the lane that trains the first one trains
+        the next ones while the new lane starts)."""
         for spec in {j.spec for j in self.queue}:
-            queued = [j for j in self.queue if j.spec == spec]
+            queued = sum(j.spec == spec for j in self.queue)
             free = sum(lane.spec == spec and lane.state in ("idle", "starting") and lane.job is None
                        for lane in self.lanes.values())
-            for job in queued[free:]:
-                self.queue.remove(job)
-                self._start_lane(spec, job)
+            for _ in range(queued - free):
+                self._start_lane(spec)
 
-    def _start_lane(self, spec: LaneSpec, job: _Job | None = None) -> None:
+    def _start_lane(self, spec: LaneSpec) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        lane = _Lane(next(self.lane_ids), spec, job)
+        lane = _Lane(next(self.lane_ids), spec)
         self.lanes[lane.id] = lane
         self.started += 1
         # on the driver's node, as Ray Train's controller then is: a worker node that dies takes only workers
@@ -292,6 +294,13 @@ class WarmWorkers:
             if lane.job is not None:
                 self._finish(lane, outcome if outcome.get("error") else
                              {"error": "its training workers stopped before the run ended", "no_room": False})
+            elif outcome.get("error"):  # it never started (no room for its workers, say): a job it was started
+                # for fails with its error, unless another lane of the spec is there to take it
+                waiting = next((j for j in self.queue if j.spec == lane.spec), None)
+                if waiting and not any(other.spec == lane.spec for other in self.lanes.values()):
+                    self.queue.remove(waiting)
+                    waiting.outcome = outcome
+                    waiting.done.set()
             self._balance()
             self.changed.notify_all()
 

@@ -8,6 +8,7 @@ tests/cluster); tests/faults injects faults into whole studies; tests/test_layer
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ from tests.support.exclusive import MARKER, machine_lock, slow_modules_first
 from tests.support.s3 import S3Server
 
 _machine_lock = machine_lock()
+# The local Rays the tests start (here and in the `arscale` they run) leave out the dashboard: nothing in a study
+# needs it, and its processes take CPU from the tests (tests/faults/test_security.py checks a Ray with one).
+os.environ.setdefault("ARSCALE_RAY_DASHBOARD", "0")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -25,7 +25,7 @@ from armodels.image_tokenizer import ImageTokenizer
 from armodels.shards import iter_rows_with_bytes, load_document_labels, load_token_stream
 from armodels.train import TrainRun, flops_conventions, load_model
 from pipelines.step import StepContext
-from pipelines.steps.fit import series_of
+from pipelines.steps import series_of
 from pipelines.steps.images import load_split, save_image_grid
 
 VERSION = "2"  # 2: records carry compute in every convention, lr, seed and batch size

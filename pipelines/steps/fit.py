@@ -40,6 +40,7 @@ from armodels.config_fields import added_field
 from armodels.files import read_json, write_json_atomic
 from pipelines.progress import human
 from pipelines.step import StepContext
+from pipelines.steps import series_of
 from scaling.frontier import group_budgets
 from scaling.results import jsonable
 
@@ -405,11 +406,6 @@ def annealing_fits(trained: dict[str, Path], series: dict[str, str]) -> dict[str
             "trunk": trunk_name, "params_nonembedding": branches[0][1].costs().params_nonembedding,
             "law": law.to_dict(), "backtest": rows, "worst_error": max(abs(r["error"]) for r in rows)})
     return out
-
-
-def series_of(record: dict) -> str:
-    """What fits and reports group runs by: the family, or in image studies `<stream>-<family>`."""
-    return record.get("series") or record["family"]
 
 
 def _form_convention(form: str, convention: str) -> str | None:

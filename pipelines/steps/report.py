@@ -22,7 +22,7 @@ from pipelines.progress import human
 from pipelines.report_html import write_report_html
 from pipelines.step import StepContext
 from pipelines.step_status import STATUS
-from pipelines.steps.fit import series_of
+from pipelines.steps import series_of
 from scaling.plots import plot_learning_curves, plot_rate_distortion
 
 # 3: image studies; runs grouped by series. 4: report.html beside report.md. 5: Approach 3 side by side. 6: text

@@ -3,14 +3,49 @@
 in tracking URIs are redacted (test_tracking), a Ray Train run's rendezvous listens on loopback only
 (test_train_ray)."""
 
+import ast
+import subprocess
+import sys
+
+import pytest
+
 from armodels.train import TrainConfig, TrainRun, train_single_process
+from pipelines.ray_connect import DASHBOARD_ENV
+from tests.support.cli import ROOT, subprocess_env
 from tests.support.processes import listening_sockets
+
+# Starts a local Ray as a study does, prints its dashboard URL, and keeps it up until its stdin closes.
+LOCAL_RAY = """
+import sys
+from pipelines.ray_connect import connect
+print(repr(connect(num_cpus=1)), flush=True)  # its URL, or "" when it has none
+sys.stdin.read()
+"""
 
 
 def test_the_local_ray_it_starts_listens_on_loopback_only(ray_local):
     listening, exposed = listening_sockets()
     assert listening, "found no listening socket of the local Ray"
     assert not exposed
+
+
+@pytest.mark.parametrize("dashboard", ["1", "0"])
+def test_a_local_rays_dashboard_listens_on_loopback_only_and_can_be_left_out(dashboard):
+    """The tests' own Ray runs without a dashboard ($ARSCALE_RAY_DASHBOARD=0, tests/conftest.py); a user's has one,
+    on 127.0.0.1 like the rest."""
+    ray = subprocess.Popen([sys.executable, "-c", LOCAL_RAY], cwd=ROOT, text=True, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, env={**subprocess_env(), DASHBOARD_ENV: dashboard})
+    try:
+        url = ast.literal_eval(ray.stdout.readline())
+        listening, exposed = listening_sockets(ray.pid)
+        ports = {c.laddr.port for c in listening}
+        assert listening and not exposed, exposed
+        if dashboard == "1":
+            assert url.startswith("http://127.0.0.1:") and int(url.rsplit(":", 1)[1]) in ports, (url, ports)
+        else:
+            assert url == "" and 8265 not in ports
+    finally:
+        ray.communicate("", timeout=60)
 
 
 def test_training_in_one_process_opens_no_port_to_the_network(tmp_path, shards):

@@ -118,6 +118,15 @@ def test_a_command_imports_only_what_it_needs(tmp_path, args, needs_torch):
     assert "torch" in imported if needs_torch else imported == [], r.stderr
 
 
+def test_an_evaluation_imports_none_of_the_fits_libraries():
+    """An evaluation step runs on a warm training worker, which has torch but not the fit's pandas, scipy and
+    matplotlib (~2 s to import in each worker)."""
+    r = subprocess.run([sys.executable, "-c", "import sys, pipelines.steps.evaluate; print(sorted(m for m in "
+                        "('pandas', 'scipy.optimize', 'matplotlib', 'pipelines.steps.fit') if m in sys.modules))"],
+                       capture_output=True, text=True, cwd=ROOT, env=subprocess_env(), timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
 def test_every_listed_command_is_added_by_its_module():
     """Each entry of COMMANDS names the module that adds the command complete: a handler, or actions of its own
     (a stub from the list has neither)."""

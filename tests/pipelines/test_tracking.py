@@ -1,6 +1,7 @@
 """MLflow tracking against a real `mlflow server` on 127.0.0.1, and what happens when it is unreachable."""
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ from mlflow import MlflowClient
 
 from pipelines.step import config_dict
 from pipelines.tracking import (NullRunLogger, NullStudyTracking, RunLogger, StudyTracking, flatten,
-                                 resolve_tracking_uri, run_logger)
+                                 resolve_tracking_uri, run_logger, seed_sqlite_store)
 from tests.support.servers import free_port, start_mlflow_server, stop_mlflow_server
 
 
@@ -32,6 +33,39 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri(None, tmp_path) == "http://127.0.0.1:5000"
     assert resolve_tracking_uri("http://x:1", tmp_path) == "http://x:1"
+
+
+def test_a_new_sqlite_store_is_a_copy_of_one_mlflow_made_with_the_studys_own_artifact_folder(tmp_path, monkeypatch):
+    """seed_sqlite_store copies an empty store MLflow made once (its migrations take seconds a study): the same
+    schema as MLflow's own store; the template is made once; a store that exists is left alone."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    own = tmp_path / "own" / "mlflow.db"
+    own.parent.mkdir()
+    SqlAlchemyStore(f"sqlite:///{own}", str(tmp_path / "own" / "mlruns")).engine.dispose()
+    seeded = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        seed_sqlite_store(f"sqlite:///{tmp_path / name / 'mlflow.db'}")
+        seeded.append(tmp_path / name / "mlflow.db")
+    [template] = (tmp_path / "cache" / "arscale").iterdir()
+    made = template.stat().st_mtime_ns
+
+    def schema(db):  # each statement's lines as a set: MLflow's migrations order a table's constraints at random
+        with sqlite3.connect(db) as con:
+            return ({(kind, name, frozenset(line.strip(" ,") for line in (sql or "").splitlines()))
+                     for kind, name, sql in con.execute("SELECT type, name, sql FROM sqlite_master")},
+                    con.execute("SELECT version_num FROM alembic_version").fetchall())
+
+    assert schema(seeded[0]) == schema(seeded[1]) == schema(own)
+    with sqlite3.connect(seeded[1]) as con:
+        assert con.execute("SELECT experiment_id, name, artifact_location FROM experiments").fetchall() == \
+            [(0, "Default", "mlartifacts/0")]
+    seed_sqlite_store(f"sqlite:///{seeded[0]}")  # exists: untouched, and the template not made again
+    assert template.stat().st_mtime_ns == made and seeded[0].stat().st_size == template.stat().st_size
+    tracking = StudyTracking(f"sqlite:///{seeded[0]}", "s", tmp_path / "a", config={"lr": 0.1})
+    assert MlflowClient(f"sqlite:///{seeded[0]}").get_run(tracking.parent_run_id).data.params == {"lr": "0.1"}
 
 
 def test_flatten_nested_config():

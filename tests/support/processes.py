@@ -82,10 +82,11 @@ def kill_session(session: int) -> list[psutil.Process]:
     return kill(p for p in psutil.process_iter(["cmdline"]) if session_of(p) == session)
 
 
-def listening_sockets() -> tuple[list, list]:
-    """(every socket this process and its descendants listen on, those of them not on a loopback address, each as
-    (address, process name))."""
-    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+def listening_sockets(pid: int | None = None) -> tuple[list, list]:
+    """(every socket this process (or process `pid`) and its descendants listen on, those of them not on a loopback
+    address, each as (address, process name))."""
+    root = psutil.Process(pid)
+    ours = {p.pid for p in root.children(recursive=True)} | {root.pid}
     listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
     exposed = []
     for c in listening:
