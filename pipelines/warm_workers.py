@@ -7,8 +7,8 @@ processes, and each later run starts in about a second.
 
     study driver ── creates ──> WarmWorkers (an actor on the driver's node; one per study)
     executor ── start_early(spec) ──> a lane for the first training run, while the data steps run beside it
-    train step task ── run(spec, fn, payload) ──> queued for the first lane of that spec to ask (one is started
-                                                  when no idle or starting lane is left for it)
+    train step task ── run(spec, fn, payload) ──> queued for the first lane of that spec to ask (a new one starts
+                                                  when none will be free within a lane's start-up)
     evaluation step's task ── run(spec, execute_step, its launch) ──> a one-worker lane of the same shape
     lane (a task on the driver's node) ── TorchTrainer.fit() ──> workers: loop { next_job; fn(payload) }
 
@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import importlib
 import itertools
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -37,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IDLE_S = 60.0  # how long an idle lane waits for the next run of its shape when nothing else needs its CPUs
+# How long a queued job waits for a busy lane of its shape before a new lane is started for it: about a lane's
+# start-up on a CPU, so a lane done with a short run sooner takes the next one, and no new lane starts for it.
+NEW_LANE_WAIT_S = 10.0
 DEMAND_CHECK_S = 0.5  # how often, while a lane is idle, the cluster's waiting work is looked at
 RELEASE_GRACE_S = 15.0  # how long a lane let go for waiting work counts as given to it (the status lags)
 LANE_RESTARTS = 100  # Ray Train restarts of one lane's worker group in all (the pool bounds each job's own)
@@ -66,6 +70,7 @@ class _Job:
     fn: str  # "module:function", imported by the workers (the pool itself imports no torch)
     payload: dict
     restarts: int  # worker-group restarts it may resume after
+    queued: float = field(default_factory=time.monotonic)  # when it came
     handouts: int = 0  # times a worker group was given it: more than one means it resumes after a restart
     error: str | None = None  # the last error a worker of a multi-worker group raised (a dead peer's, perhaps)
     outcome: dict | None = None
@@ -96,6 +101,7 @@ class WarmWorkers:
         self.closing = False
         self.changed = asyncio.Condition()
         self.demand_watch = None  # the task that releases idle lanes for work that waits (started with the first job)
+        self.recheck = None  # the timer that looks again at jobs waiting for a busy lane (_balance)
 
     async def run(self, spec: LaneSpec, fn: str, payload: dict, restarts: int) -> dict:
         """Run `fn(payload)` ("module:function") on every worker of a lane of `spec`; returns the outcome: {} when
@@ -257,16 +263,36 @@ class WarmWorkers:
         job.done.set()
 
     def _balance(self) -> None:
-        """Start a lane for each queued job that no idle or starting lane of its spec will take. The jobs stay
-        queued: whichever lane of their spec asks first takes them, so a job never waits for a new lane's start-up
-        (~10 s) when a warm one is done sooner (a grid of short runs: the lane that trains the first one trains
-        the next ones while the new lane starts)."""
+        """Start lanes for the queued jobs that no idle or starting lane of their spec will take: at once for a
+        spec with no lane at all, else once a job has waited NEW_LANE_WAIT_S for a busy lane of its spec. The jobs
+        stay queued, and the first lane of their spec that asks takes them: a grid of short runs trains on one warm
+        lane, each run after the one before, instead of paying a new lane's start-up (~10 s, 15 CPU-seconds) for
+        every run that comes while the lane is busy."""
+        now, next_look = time.monotonic(), None
         for spec in {j.spec for j in self.queue}:
-            queued = sum(j.spec == spec for j in self.queue)
-            free = sum(lane.spec == spec and lane.state in ("idle", "starting") and lane.job is None
-                       for lane in self.lanes.values())
-            for _ in range(queued - free):
+            lanes = [lane for lane in self.lanes.values() if lane.spec == spec and lane.state != "leaving"]
+            free = sum(lane.state in ("idle", "starting") and lane.job is None for lane in lanes)
+            uncovered = [j for j in self.queue if j.spec == spec][free:]
+            if uncovered and not lanes:  # nothing of this spec to wait for
                 self._start_lane(spec)
+                uncovered = uncovered[1:]
+            for job in uncovered:
+                if now - job.queued >= NEW_LANE_WAIT_S:
+                    self._start_lane(spec)
+                else:
+                    next_look = min(next_look or math.inf, job.queued + NEW_LANE_WAIT_S)
+        if next_look is not None and self.recheck is None:
+            self.recheck = asyncio.get_running_loop().call_later(max(0.0, next_look - now) + 0.05, self._look_again)
+
+    def _look_again(self) -> None:
+        """The recheck timer: balance again, under the pool's lock, now that waiting jobs may have waited enough."""
+        async def balance():
+            async with self.changed:
+                self._balance()
+                self.changed.notify_all()
+
+        self.recheck = None
+        asyncio.get_running_loop().create_task(balance())
 
     def _start_lane(self, spec: LaneSpec) -> None:
         import ray
